@@ -1,0 +1,188 @@
+"""What a layer type is: a parameter schema, a shape rule and a module builder.
+
+Each layer family lives in its own module under ``deeplab_compile/layers`` and defines
+one :class:`LayerType` subclass per Caffe type.  ``registry.py`` lists them all
+explicitly; nothing registers itself on import.
+
+Contract for a subclass
+-----------------------
+``type_name``      the Caffe type string, e.g. ``"Convolution"``.
+``params``         ``{key: P(...)}``: every parameter the type accepts (flat, no ``*_param``).
+``bottoms``/``tops``  ``(min, max)`` counts; ``max=None`` means unbounded.
+``blobs``          names of the learnable tensors in Caffe blob order (``("weight", "bias")``);
+                   ``param:`` entry *i* of the netdef applies to ``blobs[i]``.
+``check(layer)``   cross-parameter validation (raise ``layer.error(...)``).
+``shapes(layer, in_shapes) -> out_shapes``  raise ``layer.error(..., cls=ShapeError)``.
+``build(layer) -> nn.Module``  called after shapes are known (``layer.in_shapes`` and
+                   ``layer.out_shapes`` are set).  ``module(*bottom_tensors)`` returns one
+                   tensor, or a tuple with one tensor per top.  Learnable tensors are
+                   attributes named as in ``blobs`` (so parameters read ``fc6.weight``);
+                   the module is created with the layer's fillers already applied.
+``flops(layer) -> int``  multiply-adds for the whole batch (convs and inner products only,
+                   as counted in the literature); default 0.
+``geometry(layer) -> (kernel_extent, stride)``  for receptive-field / output-stride
+                   bookkeeping along H (and W); default ``(1, 1)``.  Interp returns a
+                   Fraction stride below 1 when it zooms.
+Flags: ``is_data`` (tops become graph inputs, the layer is not in the graph), ``is_loss``
+(tops are losses, ``loss_weight`` defaults to 1), ``is_metric`` (tops are train outputs
+with weight 0, e.g. SegAccuracy).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, ClassVar, Sequence
+
+from torch import nn
+
+from ..graph import Layer, Shape
+from ..netdef.errors import ParameterError, ShapeError, did_you_mean
+
+REQUIRED = object()
+
+_KINDS = ("int", "float", "bool", "str", "enum", "ints", "floats", "strs", "filler", "dict", "any")
+
+
+class P:
+    """Schema of one layer parameter.
+
+    kind: ``int`` ``float`` ``bool`` ``str`` ``enum`` (case-insensitive, stored lower-case),
+    ``ints`` / ``floats`` / ``strs`` (a scalar or a list; stored as a list),
+    ``filler`` (a ``{type: ..., ...}`` mapping checked by :mod:`.fillers`), ``dict``, ``any``.
+    """
+
+    def __init__(self, kind: str, default: Any = REQUIRED, *, choices: Sequence[str] | None = None,
+                 min: float | None = None, max: float | None = None, aliases: Sequence[str] = (),
+                 doc: str = ""):
+        assert kind in _KINDS, kind
+        self.kind = kind
+        self.default = default
+        self.choices = tuple(c.lower() for c in choices) if choices else None
+        self.min = min
+        self.max = max
+        self.aliases = tuple(aliases)
+        self.doc = doc
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def coerce(self, key: str, value: Any, layer: Layer):
+        def bad(what: str, hint: str | None = None):
+            return layer.error(f"parameter '{key}' {what}", key=key, hint=hint, cls=ParameterError)
+
+        def scalar(kind: str, v: Any):
+            if kind == "int":
+                if isinstance(v, bool) or not isinstance(v, int):
+                    if isinstance(v, float) and v.is_integer():
+                        v = int(v)
+                    else:
+                        raise bad(f"must be an integer, got {v!r}")
+            elif kind == "float":
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise bad(f"must be a number, got {v!r}")
+                v = float(v)
+            elif kind == "bool":
+                if not isinstance(v, bool):
+                    raise bad(f"must be true or false, got {v!r}")
+            elif kind == "str":
+                if not isinstance(v, str):
+                    raise bad(f"must be a string, got {v!r}")
+            if kind in ("int", "float"):
+                if self.min is not None and v < self.min:
+                    raise bad(f"must be >= {self.min:g}, got {v!r}")
+                if self.max is not None and v > self.max:
+                    raise bad(f"must be <= {self.max:g}, got {v!r}")
+            return v
+
+        k = self.kind
+        if k in ("int", "float", "bool", "str"):
+            return scalar(k, value)
+        if k == "enum":
+            if not isinstance(value, str) or value.lower() not in self.choices:
+                raise bad(f"must be one of {', '.join(self.choices)}, got {value!r}")
+            return value.lower()
+        if k in ("ints", "floats", "strs"):
+            base = {"ints": "int", "floats": "float", "strs": "str"}[k]
+            items = value if isinstance(value, list) else [value]
+            return [scalar(base, v) for v in items]
+        if k == "filler":
+            from .fillers import check_filler
+            return check_filler(value, key, layer)
+        if k == "dict":
+            if not isinstance(value, dict):
+                raise bad(f"must be a mapping, got {value!r}")
+            return dict(value)
+        return value
+
+
+class LayerType:
+    type_name: ClassVar[str] = ""
+    params: ClassVar[dict[str, P]] = {}
+    bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
+    tops: ClassVar[tuple[int, int | None]] = (1, 1)
+    blobs: ClassVar[tuple[str, ...]] = ()
+    is_data: ClassVar[bool] = False
+    is_loss: ClassVar[bool] = False
+    is_metric: ClassVar[bool] = False
+    doc: ClassVar[str] = ""
+
+    # -- validation -------------------------------------------------------
+    def validate(self, layer: Layer, raw: dict[str, Any]) -> dict[str, Any]:
+        """Check ``raw`` (the flat parameters from the netdef) against the schema and
+        return the parameters with defaults filled in and aliases resolved."""
+        alias_of = {a: key for key, p in self.params.items() for a in p.aliases}
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            canon = alias_of.get(key, key)
+            if canon not in self.params:
+                hint = did_you_mean(key, list(self.params) + list(alias_of))
+                known = ", ".join(sorted(self.params)) or "none"
+                raise layer.error(f"unknown parameter '{key}'", key=key,
+                                  hint=hint or f"this type takes: {known}", cls=ParameterError)
+            if canon in out:
+                raise layer.error(f"parameter '{canon}' given twice (as '{key}' and an alias)",
+                                  key=key, hint="keep one of them", cls=ParameterError)
+            if canon != key and key in layer.key_locs:
+                layer.key_locs.setdefault(canon, layer.key_locs[key])
+            out[canon] = self.params[canon].coerce(key, value, layer)
+        for key, p in self.params.items():
+            if key not in out:
+                if p.required:
+                    raise layer.error(f"missing required parameter '{key}'",
+                                      hint=f"add '{key}: ...' to the layer", cls=ParameterError)
+                out[key] = list(p.default) if isinstance(p.default, list) else p.default
+        layer.params = out
+        self.check(layer)
+        return out
+
+    def check(self, layer: Layer) -> None:
+        """Cross-parameter checks; override."""
+
+    # -- shapes and building ----------------------------------------------
+    def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
+        raise NotImplementedError
+
+    def build(self, layer: Layer) -> nn.Module:
+        raise NotImplementedError
+
+    def flops(self, layer: Layer) -> int:
+        return 0
+
+    def geometry(self, layer: Layer) -> tuple[int, Fraction | int]:
+        return 1, 1
+
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        """Shapes of the learnable tensors, keyed by ``blobs`` names (for counting and
+        weight import).  Default: read them off a built module."""
+        mod = self.build(layer)
+        return {n: tuple(getattr(mod, n).shape) for n in self.blobs if getattr(mod, n, None) is not None}
+
+
+def positive_size(layer: Layer, shape: Shape, what: str = "output") -> Shape:
+    """Raise a ShapeError naming the layer if any dimension of ``shape`` is < 1."""
+    if any(d < 1 for d in shape):
+        raise layer.error(
+            f"{what} shape {'x'.join(map(str, shape))} has a zero or negative size "
+            f"(input {' , '.join('x'.join(map(str, s)) for s in layer.in_shapes) or '?'})",
+            hint="use a larger input, or a smaller kernel/stride/shrink factor", cls=ShapeError)
+    return tuple(shape)
