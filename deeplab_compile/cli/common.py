@@ -4,11 +4,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from typing import Callable
 
 from ..errors import DeepLabError
+from ..io.atomic import atomic_path, atomic_write  # noqa: F401  (re-exported for the commands)
 
 EXIT_USER_ERROR = 2
 
@@ -33,44 +32,3 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         return int(rc or 0)
 
     return main
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file beside ``path``; rename it over ``path`` only when the
-    block finishes without an exception, so nothing is ever left half-written."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path`` for writers that want a file name
-    (``torch.save``, ``scipy.io.savemat``, ``Image.save``); renamed on success."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp" + ext, dir=d)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -1,0 +1,95 @@
+"""The layer table ``deeplab-compile`` prints: shapes, parameters, FLOPs, stride, RF."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .codegen import CompiledNet, module_name
+from .layers import registry
+
+
+@dataclass
+class Row:
+    name: str
+    type: str
+    wiring: str
+    shape: str
+    params: int
+    flops: int
+    stride: str
+    rf: str
+    note: str = ""
+
+
+def _fmt_shape(s) -> str:
+    return "x".join(str(d) for d in s) if s is not None else "?"
+
+
+def _fmt_stride(f: Fraction) -> str:
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+
+
+def human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def rows(gm: CompiledNet) -> list[Row]:
+    net = gm.net
+    seen: set[int] = set()
+    out = []
+    for name, shape in net.inputs.items():
+        bid = net.input_ids[name]
+        if name in gm.input_names:
+            out.append(Row(name, "(input)", f"-> {name}", _fmt_shape(shape), 0, 0, "1", "1"))
+    for lay in net.layers:
+        spec = registry.get(lay.type)
+        mname = module_name(lay.name)
+        n_params = 0
+        if hasattr(gm, mname):
+            for p in getattr(gm, mname).parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n_params += p.numel()
+        tops = lay.top_ids
+        blob = net.blobs[tops[0]] if tops else None
+        wiring = ",".join(lay.bottoms) + " -> " + ",".join(lay.tops)
+        shape = " ".join(_fmt_shape(net.blobs[t].shape) for t in tops) if tops else "-"
+        note = []
+        if lay.fused_from:
+            note.append("fused: " + ",".join(lay.fused_from))
+        if any(lay.loss_weight):
+            note.append("loss x" + "/".join(f"{w:g}" for w in lay.loss_weight))
+        out.append(Row(lay.name, lay.type, wiring, shape, n_params, 0 if spec.is_data else spec.flops(lay),
+                       _fmt_stride(blob.stride) if blob else "-", str(blob.rf) if blob else "-", "; ".join(note)))
+    return out
+
+
+def format_table(gm: CompiledNet) -> str:
+    rs = rows(gm)
+    head = ("layer", "type", "bottoms -> tops", "top shape", "params", "FLOPs (MAdds)", "stride", "RF", "")
+    body = [(r.name, r.type, r.wiring, r.shape, f"{r.params:,}" if r.params else "-",
+             human(r.flops) if r.flops else "-", r.stride, r.rf, r.note) for r in rs]
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    right = {4, 5, 6, 7}
+
+    def line(cells):
+        return "  ".join((str(c).rjust(w) if i in right else str(c).ljust(w))
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    total_params = sum(r.params for r in rs)
+    total_flops = sum(r.flops for r in rs)
+    net = gm.net
+    inputs = ", ".join(f"{n} {_fmt_shape(s)}" for n, s in net.inputs.items() if n in gm.input_names)
+    outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(gm.output_names, net.outputs))
+    sep = "-" * len(line(head))
+    lines = [f"{net.name}  (phase {net.phase}; {len(net.layers)} layers)", sep, line(head), sep]
+    lines += [line(b) for b in body]
+    lines += [sep,
+              f"total: {total_params:,} parameters ({total_params * 4 / 2**20:.1f} MiB fp32), "
+              f"{human(total_flops)} multiply-adds",
+              f"inputs: {inputs or '-'}",
+              f"outputs: {outs or '-'}"]
+    return "\n".join(lines)
