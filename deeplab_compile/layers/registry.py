@@ -5,10 +5,39 @@ nothing registers itself as an import side effect.
 """
 from __future__ import annotations
 
+from .activation import PReLU, ReLU, Dropout, Sigmoid, TanH
 from .base import LayerType
+from .batch_norm import BatchNorm
+from .concat import Concat
+from .conv import Convolution, Deconvolution
+from .crop import Crop
+from .data import ImageSegData, Input
+from .eltwise import Eltwise
+from .inner_product import InnerProduct
+from .interp import Interp
+from .loss import SoftmaxWithLoss
+from .mat_io import MatRead, MatWrite
+from .pooling import Pooling
+from .reshape import Flatten, Reshape
+from .scale import Bias, Scale
+from .seg_accuracy import SegAccuracy
+from .silence import Silence
+from .slice import Slice, Split
+from .softmax import Softmax
 
 _TYPES: list[type[LayerType]] = [
-    # filled in by the layer modules: see the imports above
+    # data
+    Input, ImageSegData, MatRead,
+    # vision
+    Convolution, Deconvolution, Pooling, Interp,
+    # learned / normalisation
+    InnerProduct, BatchNorm, Scale, Bias,
+    # element-wise
+    ReLU, PReLU, Sigmoid, TanH, Dropout, Softmax, Eltwise,
+    # blob plumbing
+    Concat, Slice, Split, Crop, Flatten, Reshape, Silence,
+    # losses, metrics, output
+    SoftmaxWithLoss, SegAccuracy, MatWrite,
 ]
 
 REGISTRY: dict[str, LayerType] = {cls.type_name: cls() for cls in _TYPES}

@@ -1,0 +1,141 @@
+"""Data layers: ``Input`` and DeepLab's ``ImageSegData``.
+
+Their tops become graph inputs; the layers are not in the graph.  ``build`` returns None
+for them (the data pipeline is built by the runtime, not here); only the schema and the
+shape rule matter to the compiler.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..graph import Layer, Shape
+from ..netdef.errors import ParameterError
+from .base import LayerType, P, positive_size
+
+
+def _one_shape(layer: Layer, v: Any) -> Shape:
+    if isinstance(v, dict) and set(v) == {"dim"}:      # prototxt: shape { dim: 1 dim: 3 ... }
+        v = v["dim"]
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if (not isinstance(v, list) or not v
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in v)):
+        raise layer.error(f"parameter 'shape' must be a list of positive integers, got {v!r}",
+                          key="shape", hint="write 'shape: [1, 3, 321, 321]' (N, C, H, W)",
+                          cls=ParameterError)
+    return tuple(v)
+
+
+class Input(LayerType):
+    """Caffe's Input layer: each top is a graph input of the given full shape.
+
+    ``shape`` is one shape (``[N, C, H, W]``) or a list of shapes, one per top; a single
+    shape given for several tops applies to all of them.
+    """
+
+    type_name = "Input"
+    params = {"shape": P("any", doc="[N, C, H, W], or a list of them, one per top")}
+    bottoms = (0, 0)
+    tops = (1, None)
+    is_data = True
+
+    def _shapes(self, layer: Layer) -> list[Shape]:
+        s = layer.params["shape"]
+        if isinstance(s, list) and s and all(isinstance(x, (list, dict)) for x in s):
+            return [_one_shape(layer, x) for x in s]
+        return [_one_shape(layer, s)]
+
+    def check(self, layer: Layer) -> None:
+        shapes = self._shapes(layer)
+        n = len(layer.tops)
+        if len(shapes) not in (1, n):
+            raise layer.error(f"{len(shapes)} shapes given for {n} tops", key="shape",
+                              hint="give one shape per top, or one shape for all", cls=ParameterError)
+
+    def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
+        shapes = self._shapes(layer)
+        return shapes * len(layer.tops) if len(shapes) == 1 else shapes
+
+    def build(self, layer: Layer) -> None:
+        return None
+
+
+class ImageSegData(LayerType):
+    """DeepLab's ImageSegData: images and label maps read from a list file.
+
+    Tops: ``data`` (N,3,h,w), then ``label`` (N,1,h,w) for ``label_type: pixel``
+    ((N,1,1,1) for ``image``; no label top for ``none``), then optionally ``data_dim``
+    (N,1,1,2): the image's height and width before cropping.  ``h, w`` are ``crop_height`` /
+    ``crop_width``, else ``crop_size``; a crop size is required because the graph needs a
+    fixed input size.  The parameters are the flat union of DeepLab's ``image_data_param``
+    and ``transform_param``.
+    """
+
+    type_name = "ImageSegData"
+    params = {
+        # image_data_param
+        "source": P("str", doc="list file: 'image label' per line"),
+        "root_folder": P("str", "", doc="prefix for every path in the list"),
+        "batch_size": P("int", 1, min=1),
+        "shuffle": P("bool", False),
+        "rand_skip": P("int", 0, min=0),
+        "new_height": P("int", 0, min=0),
+        "new_width": P("int", 0, min=0),
+        "is_color": P("bool", True),
+        "label_type": P("enum", "pixel", choices=("pixel", "image", "none")),
+        "ignore_label": P("int", 255, doc="label value the crop padding gets"),
+        # transform_param
+        "crop_size": P("int", 0, min=0),
+        "crop_height": P("int", 0, min=0),
+        "crop_width": P("int", 0, min=0),
+        "mirror": P("bool", False),
+        "mean_value": P("floats", [], doc="per-channel mean, B G R as in Caffe"),
+        "mean_file": P("str", ""),
+        "scale": P("float", 1.0),
+        "scale_factors": P("floats", [], min=0, doc="random rescaling factors (DeepLab v2)"),
+        "force_color": P("bool", False),
+        "force_gray": P("bool", False),
+    }
+    bottoms = (0, 0)
+    tops = (1, 3)
+    is_data = True
+
+    def crop(self, layer: Layer) -> tuple[int, int]:
+        p = layer.params
+        return (p["crop_height"] or p["crop_size"], p["crop_width"] or p["crop_size"])
+
+    def check(self, layer: Layer) -> None:
+        p = layer.params
+        h, w = self.crop(layer)
+        if not h or not w:
+            raise layer.error("no crop size: the compiled graph needs a fixed input size",
+                              key="crop_size", hint="add 'crop_size: 321' (or crop_height and crop_width)",
+                              cls=ParameterError)
+        if p["mean_value"] and p["mean_file"]:
+            raise layer.error("both 'mean_value' and 'mean_file' given", key="mean_file",
+                              hint="keep one of them", cls=ParameterError)
+        if len(p["mean_value"]) not in (0, 1, 3):
+            raise layer.error(f"'mean_value' has {len(p['mean_value'])} values", key="mean_value",
+                              hint="give 1 value or 3 (one per channel, B G R)", cls=ParameterError)
+        if any(f <= 0 for f in p["scale_factors"]):
+            raise layer.error("'scale_factors' must all be > 0", key="scale_factors",
+                              hint="e.g. scale_factors: [0.5, 0.75, 1, 1.25, 1.5]", cls=ParameterError)
+        n = len(layer.tops)
+        max_tops = 2 if p["label_type"] == "none" else 3
+        if n > max_tops:
+            raise layer.error(f"{n} tops with label_type '{p['label_type']}' (at most {max_tops})",
+                              hint="tops are data[, label][, data_dim]; label_type none has no label top",
+                              cls=ParameterError)
+
+    def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
+        p = layer.params
+        b = p["batch_size"]
+        h, w = self.crop(layer)
+        out: list[Shape] = [(b, 1 if p["force_gray"] or not p["is_color"] else 3, h, w)]
+        if p["label_type"] != "none":
+            out.append((b, 1, h, w) if p["label_type"] == "pixel" else (b, 1, 1, 1))
+        out.append((b, 1, 1, 2))
+        return [positive_size(layer, s) for s in out[:len(layer.tops)]]
+
+    def build(self, layer: Layer) -> None:
+        return None
