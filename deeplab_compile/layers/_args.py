@@ -12,11 +12,17 @@ def spatial_params(base: str, default: int | None, *, min: int, alias: tuple[str
                    doc: str = "") -> dict[str, P]:
     """Schema entries for a Caffe per-axis parameter: ``base`` (one value, or [h, w]) and
     ``base_h`` / ``base_w``."""
+    short = _short(base)
     return {
         base: P("ints", None, min=min, aliases=alias, doc=doc or f"{base} (one value or [h, w])"),
-        f"{base}_h": P("int", None, min=min, doc=f"{base} along H (with {base}_w)"),
-        f"{base}_w": P("int", None, min=min, doc=f"{base} along W (with {base}_h)"),
+        f"{short}_h": P("int", None, min=min, doc=f"{base} along H (with {short}_w)"),
+        f"{short}_w": P("int", None, min=min, doc=f"{base} along W (with {short}_h)"),
     }
+
+
+def _short(base: str) -> str:
+    """Caffe names the per-axis forms ``kernel_h`` (not ``kernel_size_h``)."""
+    return base[:-len("_size")] if base.endswith("_size") else base
 
 
 def spatial_pair(layer: Layer, base: str, default: int | None, *,
@@ -24,18 +30,19 @@ def spatial_pair(layer: Layer, base: str, default: int | None, *,
     """Resolve ``base`` / ``base_h`` / ``base_w`` to ``(h, w)`` following Caffe's rules:
     the list form and the ``_h``/``_w`` form exclude each other; a list has 1 or 2 values."""
     p = layer.params
-    values, h, w = p.get(base), p.get(f"{base}_h"), p.get(f"{base}_w")
+    hk, wk = f"{_short(base)}_h", f"{_short(base)}_w"
+    values, h, w = p.get(base), p.get(hk), p.get(wk)
     if h is not None or w is not None:
         if values is not None:
-            raise layer.error(f"'{base}' and '{base}_h'/'{base}_w' both given",
-                              key=f"{base}_h" if h is not None else f"{base}_w",
-                              hint=f"use either '{base}' or '{base}_h' and '{base}_w'",
+            raise layer.error(f"'{base}' and '{hk}'/'{wk}' both given",
+                              key=hk if h is not None else wk,
+                              hint=f"use either '{base}' or '{hk}' and '{wk}'",
                               cls=ParameterError)
         if h is None or w is None:
             if both_required:
-                missing = f"{base}_w" if w is None else f"{base}_h"
-                raise layer.error(f"'{base}_h' and '{base}_w' must be given together",
-                                  key=f"{base}_h" if h is not None else f"{base}_w",
+                missing = wk if w is None else hk
+                raise layer.error(f"'{hk}' and '{wk}' must be given together",
+                                  key=hk if h is not None else wk,
                                   hint=f"add '{missing}', or use '{base}' for both axes",
                                   cls=ParameterError)
             h = default if h is None else h
@@ -44,7 +51,7 @@ def spatial_pair(layer: Layer, base: str, default: int | None, *,
     if values is None:
         if default is None:
             raise layer.error(f"missing required parameter '{base}'",
-                              hint=f"add '{base}: N' (or '{base}_h' and '{base}_w')",
+                              hint=f"add '{base}: N' (or '{hk}' and '{wk}')",
                               cls=ParameterError)
         return default, default
     if len(values) == 1:

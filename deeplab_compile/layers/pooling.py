@@ -2,8 +2,9 @@
 
 Caffe's rules (``pooling_layer.cpp``), per axis, for input size H, kernel k, stride s, pad p:
 
-* output ``Ho = ceil((H + 2p - k) / s) + 1``; when ``p > 0`` and the last window would
-  start in the bottom/right padding (``(Ho-1)s >= H + p``) it is dropped;
+* output ``Ho = ceil((H + 2p - k) / s) + 1``; when the layer has any padding (pad_h or
+  pad_w > 0, on either axis) and the last window would start in the bottom/right padding
+  (``(Ho-1)s >= H + p``) it is dropped;
 * MAX takes the maximum over the window clipped to the input (padding never wins);
 * AVE sums over the clipped window but divides by the window size clipped only to the
   padded extent ``H + p``, so padding counts and what lies beyond it does not.
@@ -13,8 +14,8 @@ the same rules whenever torch accepts the arguments and agrees on the size.  Two
 differ and take the explicit path in :class:`CaffePool2d`:
 
 * ``p > k // 2``: torch refuses it (Caffe only needs ``p < k``);
-* ``p == 0`` and ``k < s``: torch drops a last window that starts past the input, Caffe
-  keeps it (an empty window: MAX gives ``-FLT_MAX``, AVE gives 0 here where Caffe
+* no padding at all and ``k < s``: torch drops a last window that starts past the
+  input, Caffe keeps it (an empty window: MAX gives ``-FLT_MAX``, AVE gives 0 here where Caffe
   divides 0 by a non-positive count).
 
 Global pooling takes the whole H x W; ``geometry`` then returns the bottom's height as the
@@ -34,10 +35,10 @@ from .base import LayerType, P, positive_size
 FLT_MAX = 3.4028234663852886e38
 
 
-def caffe_pool_size(size: int, k: int, s: int, p: int) -> int:
-    """Caffe's pooled size along one axis."""
+def caffe_pool_size(size: int, k: int, s: int, p: int, padded: bool) -> int:
+    """Caffe's pooled size along one axis; ``padded``: the layer pads along some axis."""
     out = -(-(size + 2 * p - k) // s) + 1
-    if p > 0 and (out - 1) * s >= size + p:
+    if padded and (out - 1) * s >= size + p:
         out -= 1
     return out
 
@@ -81,8 +82,13 @@ class CaffePool2d(nn.Module):
     def _native(self, h: int, w: int) -> bool:
         k, s, p = self.kernel, self.stride, self.pad
         return (2 * p[0] <= k[0] and 2 * p[1] <= k[1]
-                and caffe_pool_size(h, k[0], s[0], p[0]) == torch_pool_size(h, k[0], s[0], p[0])
-                and caffe_pool_size(w, k[1], s[1], p[1]) == torch_pool_size(w, k[1], s[1], p[1]))
+                and self.out_size(h, w) == (torch_pool_size(h, k[0], s[0], p[0]),
+                                            torch_pool_size(w, k[1], s[1], p[1])))
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        k, s, p = self.kernel, self.stride, self.pad
+        padded = p != (0, 0)
+        return caffe_pool_size(h, k[0], s[0], p[0], padded), caffe_pool_size(w, k[1], s[1], p[1], padded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pooling:
@@ -97,7 +103,7 @@ class CaffePool2d(nn.Module):
 
     def _explicit(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         k, s, p = self.kernel, self.stride, self.pad
-        ho, wo = caffe_pool_size(h, k[0], s[0], p[0]), caffe_pool_size(w, k[1], s[1], p[1])
+        ho, wo = self.out_size(h, w)
         # pad so that every Caffe window lies inside the padded tensor, then pool unpadded
         right_h = (ho - 1) * s[0] + k[0] - h - p[0]
         right_w = (wo - 1) * s[1] + k[1] - w - p[1]
@@ -174,8 +180,9 @@ class Pooling(LayerType):
         if h + 2 * pad[0] < k[0] or w + 2 * pad[1] < k[1]:
             raise layer.error(f"kernel {k[0]}x{k[1]} is larger than the padded input {fmt(x)}",
                               hint="use a smaller kernel or a larger input", cls=ShapeError)
-        return [positive_size(layer, (n, c, caffe_pool_size(h, k[0], s[0], pad[0]),
-                                      caffe_pool_size(w, k[1], s[1], pad[1])))]
+        padded = tuple(pad) != (0, 0)
+        return [positive_size(layer, (n, c, caffe_pool_size(h, k[0], s[0], pad[0], padded),
+                                      caffe_pool_size(w, k[1], s[1], pad[1], padded)))]
 
     def build(self, layer: Layer) -> nn.Module:
         k, s, pad = self.geom(layer, layer.in_shapes[0] if layer.in_shapes else None)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..errors import Loc
 from ..graph import Layer, Shape
 from ..netdef.errors import UnknownLayerError, WiringError, did_you_mean
 from . import registry
@@ -49,12 +50,17 @@ def get_spec(type_name: str, layer: Layer | None = None) -> LayerType:
 
 def make_layer(type_name: str, params: dict[str, Any], in_shapes: Sequence[Shape], *, name: str = "x",
                bottoms: Sequence[str] | None = None, tops: Sequence[str] | None = None,
-               phase: str = "test") -> tuple[Layer, nn.Module | None]:
-    """validate -> shapes -> build for one layer; returns ``(layer, module)``."""
+               phase: str = "test", loc: Loc | None = None,
+               key_locs: dict[str, Loc] | None = None) -> tuple[Layer, nn.Module | None]:
+    """validate -> shapes -> build for one layer; returns ``(layer, module)``.
+
+    ``bottoms`` default to ``<name>_in<i>``; ``tops`` to ``[name]`` (none for types with no
+    tops).  ``loc`` / ``key_locs`` place error messages in a source file."""
     in_shapes = [tuple(s) for s in in_shapes]
     if bottoms is None:
         bottoms = [f"{name}_in{i}" for i in range(len(in_shapes))]
-    layer = Layer(name=name, type=type_name, bottoms=list(bottoms), tops=[], params={})
+    layer = Layer(name=name, type=type_name, bottoms=list(bottoms), tops=[], params={}, loc=loc,
+                  key_locs=dict(key_locs or {}))
     spec = get_spec(type_name, layer)
     if tops is None:
         tops = [] if spec.tops[1] == 0 else [name]
