@@ -14,6 +14,8 @@ The reader is strict where YAML is forgiving:
   (only ``true``/``false`` are booleans), ``1e-3`` is a float, ``010`` is the integer 10
   and dates stay text;
 * mapping keys are always text (``1: x`` has the key ``"1"``);
+* ``${...}`` may be written unquoted even inside ``{...}`` and ``[...]``
+  (``{num_output: ${num_classes}}``, ``[3, ${crop}, ${crop}]``);
 * anchors and aliases (``&w`` / ``*w``) work, but an alias inside its own anchor, YAML
   merge keys (``<<``), explicit tags such as ``!!set`` and nesting deeper than
   :data:`MAX_DEPTH` levels are errors;
@@ -174,6 +176,45 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
         self.filename = filename
         self._depth = 0
         self._open_anchors: set[str] = set()
+
+    def scan_plain(self):
+        # PyYAML's plain-scalar scanner, except that a ``${...}`` on one line is read as
+        # part of the scalar even in flow context, so ``{num_output: ${n}}`` and
+        # ``[3, ${crop / 2}]`` need no quotes.
+        chunks = []
+        start_mark = self.get_mark()
+        end_mark = start_mark
+        indent = self.indent + 1
+        spaces = []
+        breaks = "\0 \t\r\n\x85\u2028\u2029"
+        while True:
+            length = 0
+            if self.peek() == "#":
+                break
+            while True:
+                ch = self.peek(length)
+                if ch == "$" and self.peek(length + 1) == "{":
+                    end = length + 2
+                    while self.peek(end) not in "}\0\r\n\x85\u2028\u2029":
+                        end += 1
+                    if self.peek(end) == "}":
+                        length = end + 1
+                        continue
+                if ch in breaks or (ch == ":" and self.peek(length + 1) in breaks + (
+                        ",[]{}" if self.flow_level else "")) or (self.flow_level and ch in ",?[]{}"):
+                    break
+                length += 1
+            if length == 0:
+                break
+            self.allow_simple_key = False
+            chunks.extend(spaces)
+            chunks.append(self.prefix(length))
+            self.forward(length)
+            end_mark = self.get_mark()
+            spaces = self.scan_plain_spaces(indent, start_mark)
+            if not spaces or self.peek() == "#" or (not self.flow_level and self.column < indent):
+                break
+        return yaml.tokens.ScalarToken("".join(chunks), True, start_mark, end_mark)
 
     def _error(self, mark, what: str, hint: str) -> NetDefSyntaxError:
         return NetDefSyntaxError(what, loc=_loc(self.filename, mark), hint=hint)
