@@ -76,22 +76,22 @@ class P:
                     if isinstance(v, float) and v.is_integer():
                         v = int(v)
                     else:
-                        raise bad(f"must be an integer, got {v!r}")
+                        raise bad(f"must be an integer, got {v!r}", f"write a whole number, e.g. '{key}: 1'")
             elif kind == "float":
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise bad(f"must be a number, got {v!r}")
+                    raise bad(f"must be a number, got {v!r}", f"write e.g. '{key}: 0.5'")
                 v = float(v)
             elif kind == "bool":
                 if not isinstance(v, bool):
-                    raise bad(f"must be true or false, got {v!r}")
+                    raise bad(f"must be true or false, got {v!r}", f"write '{key}: true' or '{key}: false'")
             elif kind == "str":
                 if not isinstance(v, str):
-                    raise bad(f"must be a string, got {v!r}")
+                    raise bad(f"must be a string, got {v!r}", "quote the value")
             if kind in ("int", "float"):
                 if self.min is not None and v < self.min:
-                    raise bad(f"must be >= {self.min:g}, got {v!r}")
+                    raise bad(f"must be >= {self.min:g}, got {v!r}", f"set '{key}' to {self.min:g} or more")
                 if self.max is not None and v > self.max:
-                    raise bad(f"must be <= {self.max:g}, got {v!r}")
+                    raise bad(f"must be <= {self.max:g}, got {v!r}", f"set '{key}' to {self.max:g} or less")
             return v
 
         k = self.kind
@@ -99,7 +99,8 @@ class P:
             return scalar(k, value)
         if k == "enum":
             if not isinstance(value, str) or value.lower() not in self.choices:
-                raise bad(f"must be one of {', '.join(self.choices)}, got {value!r}")
+                raise bad(f"must be one of {', '.join(self.choices)}, got {value!r}",
+                          f"write e.g. '{key}: {self.choices[0].upper()}' (case does not matter)")
             return value.lower()
         if k in ("ints", "floats", "strs"):
             base = {"ints": "int", "floats": "float", "strs": "str"}[k]
@@ -110,7 +111,7 @@ class P:
             return check_filler(value, key, layer)
         if k == "dict":
             if not isinstance(value, dict):
-                raise bad(f"must be a mapping, got {value!r}")
+                raise bad(f"must be a mapping, got {value!r}", f"write '{key}: {{...}}'")
             return dict(value)
         return value
 
