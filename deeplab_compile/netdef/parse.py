@@ -350,12 +350,18 @@ def _syntax_error(err: yaml.YAMLError, filename: str, text: str) -> NetDefSyntax
                                  loc=Loc(filename, line, col),
                                  hint="remove the control character or binary data")
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if "<stream end>" in str(getattr(err, "problem", "")) and getattr(err, "context_mark", None):
+        mark = err.context_mark      # an unclosed bracket: point at where it opens
     loc = _loc(filename, mark) if mark is not None else Loc(filename, 1, 1)
     problem = " ".join(str(getattr(err, "problem", None) or err).split())
     context = getattr(err, "context", None)
-    what = f"YAML syntax error: {problem}"
-    if context:
-        what += f" ({' '.join(str(context).split())})"
+    context = " ".join(str(context).split()) if context else ""
+    if context and problem.startswith("but "):
+        what = f"YAML syntax error: {context}, {problem}"
+    elif context:
+        what = f"YAML syntax error: {problem} ({context})"
+    else:
+        what = f"YAML syntax error: {problem}"
     full = f"{problem} {context or ''}"
     hint = next((h for key, h in _HINTS if key in full), "fix the YAML syntax at this position")
     return NetDefSyntaxError(what, loc=loc, hint=hint)
