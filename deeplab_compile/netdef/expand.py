@@ -353,7 +353,8 @@ class _Expander:
         _check_keys(body, TEMPLATE_KEYS, f"template '{name}'", TemplateError)
         if "layers" not in body or not isinstance(body["layers"], list):
             raise TemplateError(f"template '{name}' needs a 'layers' list",
-                                loc=loc_of(body, "layers"), hint="write layers: [...]")
+                                loc=loc_of(body, "layers") if "layers" in body else where,
+                                hint="write layers: [...]")
         params = body.get("params")
         if params is not None:
             if not isinstance(params, dict):

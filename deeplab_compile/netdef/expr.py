@@ -135,7 +135,7 @@ class _Parser:
 
     def parse(self):
         if not self.tokens:
-            raise self.error("empty expression '${}'", 0, "write a variable name or an "
+            raise self.error("empty expression '${}'", -2, "write a variable name or an "
                              "integer expression inside ${...}, or $$ for a literal '$'")
         node = self.sum()
         tok = self.peek()
