@@ -335,5 +335,6 @@ def test_filter_phase_rejects_unknown_layer_phase():
     text = "name: t\nlayers:\n  - {name: a, type: T, bottom: [], top: [a], phase: val}\n"
     with pytest.raises(ParameterError) as info:
         filter_phase(loads(text, "net.yaml"), "train")
-    assert str(info.value).startswith("net.yaml:3:48: layer 'a' (T): phase must be train or test")
+    col = text.splitlines()[2].index("phase") + 1
+    assert str(info.value).startswith(f"net.yaml:3:{col}: layer 'a' (T): phase must be train or test")
     assert info.value.hint
