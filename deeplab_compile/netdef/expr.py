@@ -18,12 +18,13 @@ expression: an integer, or for a bare name the variable's own value (text, float
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .errors import Loc, VariableError, did_you_mean
 
-__all__ = ["Scope", "substitute_text", "has_expr", "IDENT_RE"]
+__all__ = ["Scope", "substitute_text", "IDENT_RE"]
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN_RE = re.compile(r"\s*(?:(?P<int>[0-9]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
@@ -62,10 +63,6 @@ class Scope:
         return list(seen)
 
 
-def has_expr(text: str) -> bool:
-    return "$" in text
-
-
 def _at(base: Loc | None, exact: Loc | None, offset: int) -> Loc | None:
     if exact is not None:
         return Loc(exact.file, exact.line, exact.col + offset)
@@ -97,11 +94,32 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-class _Parser:
+class _Failure(Exception):
+    """A malformed expression: ``what`` at ``pos`` (relative to the expression)."""
+
+    def __init__(self, what: str, pos: int, hint: str):
+        super().__init__(what)
+        self.what, self.pos, self.hint = what, pos, hint
+
+
+class _Site:
+    """Where an expression is written, for error positions."""
+
     def __init__(self, expr: str, offset: int, base: Loc | None, exact: Loc | None):
         self.expr = expr
         self.offset = offset          # where expr starts inside the whole text
         self.base, self.exact = base, exact
+
+    def loc(self, pos: int) -> Loc | None:
+        return _at(self.base, self.exact, self.offset + pos)
+
+    def error(self, what: str, pos: int, hint: str) -> VariableError:
+        return VariableError(what, loc=self.loc(pos), hint=hint)
+
+
+class _Parser:
+    def __init__(self, expr: str):
+        self.expr = expr
         self.tokens: list[tuple[str, str, int]] = []
         pos = 0
         while pos < len(expr):
@@ -119,11 +137,8 @@ class _Parser:
         self.i = 0
         self.depth = 0
 
-    def loc(self, pos: int) -> Loc | None:
-        return _at(self.base, self.exact, self.offset + pos)
-
-    def error(self, what: str, pos: int, hint: str) -> VariableError:
-        return VariableError(what, loc=self.loc(pos), hint=hint)
+    def error(self, what: str, pos: int, hint: str) -> _Failure:
+        return _Failure(what, pos, hint)
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -201,7 +216,12 @@ class _Parser:
                          "an operand (integer, name or '(') is expected here")
 
 
-def _evaluate(parser: _Parser, node, scope: Scope) -> int:
+@functools.lru_cache(maxsize=4096)
+def _parse(expr: str):
+    return _Parser(expr).parse()
+
+
+def _evaluate(parser: _Site, node, scope: Scope) -> int:
     kind = node[0]
     if kind == "int":
         return node[1]
@@ -248,14 +268,17 @@ def _as_text(value: Any, expr: str, loc: Loc | None) -> str:
 
 
 def _expression(expr: str, offset: int, scope: Scope, base: Loc | None, exact: Loc | None) -> Any:
-    parser = _Parser(expr, offset, base, exact)
-    tree = parser.parse()
+    site = _Site(expr, offset, base, exact)
+    try:
+        tree = _parse(expr)
+    except _Failure as fail:
+        raise site.error(fail.what, fail.pos, fail.hint) from None
     if tree[0] == "name":
         found, value = scope.lookup(tree[1])
         if not found:
-            raise _undefined(tree[1], scope, parser.loc(tree[2]))
+            raise _undefined(tree[1], scope, site.loc(tree[2]))
         return value
-    return _evaluate(parser, tree, scope)
+    return _evaluate(site, tree, scope)
 
 
 def substitute_text(text: str, scope: Scope, base: Loc | None = None,
@@ -305,10 +328,3 @@ def substitute_text(text: str, scope: Scope, base: Loc | None = None,
             result = _expression(expr, offset, scope, base, exact)
             out.append(_as_text(result, expr, _at(base, exact, offset - 2)))
     return "".join(out)
-
-
-def names_in(text: str) -> Iterable[str]:
-    """Variable names that ``text``'s ``${...}`` expressions mention (best effort)."""
-    for m in re.finditer(r"\$\{([^}]*)\}", text.replace("$$", "")):
-        for tok in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*", m.group(1)):
-            yield tok.group(0)
