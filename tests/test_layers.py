@@ -129,9 +129,13 @@ def test_shape_rule_matches_module(type_name):
         outs = out if isinstance(out, tuple) else (out,)
         assert len(outs) == len(layer.tops), (params, shapes)
         assert [tuple(o.shape) for o in outs] == layer.out_shapes, (params, shapes)
-        for name in spec.blobs:     # learnable tensors are Parameters under the blob names
-            t = getattr(mod, name, None)
-            assert t is None or isinstance(t, torch.nn.Parameter)
+        # Caffe's blobs are attributes under their names; the learnable ones are Parameters
+        params, buffers = dict(mod.named_parameters(recurse=False)), dict(mod.named_buffers(recurse=False))
+        for name in spec.blobs:
+            assert name in params or name in buffers or getattr(mod, name, None) is None, name
+        learnable = spec.param_shapes(layer)
+        assert set(learnable) <= set(params)
+        assert {n: tuple(params[n].shape) for n in learnable} == learnable
 
 
 def test_multi_top_returns_tuple_single_top_tensor():

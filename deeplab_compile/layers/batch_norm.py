@@ -83,7 +83,14 @@ class BatchNorm(LayerType):
         "eps": P("float", 1e-5, min=0.0),
         "engine": P("enum", "default", choices=("default", "caffe", "cudnn"), doc="accepted, ignored"),
     }
-    blobs = ()   # running statistics are buffers; see the module docstring for Caffe's blobs
+    # Caffe's three blobs, in order, so that prototxts with three ``param`` entries (DeepLab
+    # sets lr_mult 0 on each) are accepted.  They are buffers, not Parameters: nothing of
+    # BatchNorm is learned, and the entries have no effect.  Their values map to Caffe's
+    # blobs as the module docstring says.
+    blobs = ("running_mean", "running_var", "running_weight")
+
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        return {}       # no learnable tensors
 
     def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         x = in_shapes[0]
