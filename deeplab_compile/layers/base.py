@@ -23,6 +23,15 @@ Contract for a subclass
 ``geometry(layer) -> (kernel_extent, stride)``  for receptive-field / output-stride
                    bookkeeping along H (and W); default ``(1, 1)``.  Interp returns a
                    Fraction stride below 1 when it zooms.
+Conventions the compiler relies on:
+* a module returns a tensor for a layer with one top and a tuple for any other count
+  (``()`` for Silence / MatWrite);
+* ``build`` returns None for data layers (Input, ImageSegData, MatRead);
+* the net's phase is the module's mode: ``train()`` is Caffe's TRAIN (Dropout active,
+  BatchNorm without ``use_global_stats`` uses batch statistics), ``eval()`` is TEST;
+* global pooling's ``geometry`` gives the bottom's height as the kernel extent, so the
+  ordinary receptive-field rule covers the whole input;
+* :func:`.testing.make_layer` runs validate -> shapes -> build as the compiler does.
 Flags: ``is_data`` (tops become graph inputs, the layer is not in the graph), ``is_loss``
 (tops are losses, ``loss_weight`` defaults to 1), ``is_metric`` (tops are train outputs
 with weight 0, e.g. SegAccuracy).
