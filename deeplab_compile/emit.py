@@ -5,12 +5,10 @@ export never leaves a half-written file behind.
 """
 from __future__ import annotations
 
-import io
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
-import yaml
 
 from .io.atomic import atomic_path, atomic_write
 from .codegen import CompiledNet
@@ -41,27 +39,10 @@ def python_source(gm: CompiledNet) -> str:
     return head + "import torch\n\n" + gm.code.lstrip("\n")
 
 
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def yaml_text(doc: Mapping) -> str:
-    """The expanded netdef as YAML: one layer per line, as in the zoo files."""
-    d = _plain(doc)
-    out = io.StringIO()
-    out.write("# Fully expanded netdef written by deeplab-compile --emit yaml.\n")
-    for key in ("name", "vars", "inputs", "outputs"):
-        if key in d:
-            out.write(yaml.safe_dump({key: d[key]}, default_flow_style=None, sort_keys=False, width=1 << 16))
-    out.write("layers:\n")
-    for layer in d.get("layers", []):
-        line = yaml.safe_dump(layer, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
-        out.write(f"  - {line}\n")
-    return out.getvalue()
+    """The expanded netdef as YAML: one variable, input and layer per line."""
+    from .netdef.parse import dump
+    return "# Fully expanded netdef written by deeplab-compile --emit yaml.\n" + dump(doc)
 
 
 def dot_text(gm: CompiledNet) -> str:

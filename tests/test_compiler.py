@@ -166,10 +166,19 @@ def test_input_override_and_errors():
         build_net(path, inputs={"data": "1x3xax9"})
 
 
-def test_too_small_input_names_the_layer():
+def test_too_small_input_names_the_layer(tmp_path):
+    path = write(tmp_path, """
+        name: small
+        vars: {crop: 12}
+        inputs: {data: [3, "${crop}", "${crop}"]}
+        layers:
+          - {name: pool, type: Pooling, bottom: data, pool: MAX, kernel_size: 3, stride: 2}
+          - {name: conv, type: Convolution, bottom: pool, num_output: 2, kernel_size: 5}
+        """)
+    assert build_net(path).blobs["conv"].shape == (1, 2, 2, 2)     # 12 -> 6 (ceil mode) -> 2
     with pytest.raises(ShapeError) as info:
-        build_net(os.path.join(NETDEF, "deeplab_largefov.yaml"), phase="train", vars={"crop": 1})
-    assert "layer '" in str(info.value)
+        build_net(path, vars={"crop": 8})                           # 8 -> 4 -> 0
+    assert "layer 'conv' (Convolution)" in str(info.value)
 
 
 def test_build_is_deterministic_under_seed():

@@ -96,7 +96,6 @@ def test_forward_backward_small(path):
     loss = net.total_loss(out)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
-    assert net.fc8.weight.grad is not None if hasattr(net, "fc8") else True
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert net.conv1_1.weight.grad.abs().sum() > 0

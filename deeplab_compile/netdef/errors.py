@@ -54,6 +54,10 @@ class ShapeError(NetDefError):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """``"did you mean 'x'?"`` for the closest choice, or None."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    """``"did you mean 'x'?"`` for the closest choice (case-insensitive), or None."""
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    if word.lower() in lower and lower[word.lower()] != word:
+        return f"did you mean '{lower[word.lower()]}'?"
+    close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
+    return f"did you mean '{lower[close[0]]}'?" if close else None
