@@ -22,7 +22,9 @@ class Row:
 
 
 def _fmt_shape(s) -> str:
-    return "x".join(str(d) for d in s) if s is not None else "?"
+    if s is None:
+        return "?"
+    return "x".join(str(d) for d in s) if len(s) else "scalar"
 
 
 def _fmt_stride(f: Fraction) -> str:
