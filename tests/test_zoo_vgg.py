@@ -142,3 +142,26 @@ def test_torch_compile_runs():
         ref = net(x)["fc8_interp"]
         out = torch.compile(net, backend="aot_eager")(x)["fc8_interp"]
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_train_phase_backward():
+    torch.manual_seed(0)
+    net = deeplab_compile.compile(LARGEFOV, phase="train", vars={"crop": 33})
+    data, label = torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 1, 33, 33)).float()
+    compiled = torch.compile(net, backend="aot_eager")
+    net.eval()          # dropout off so both runs see the same function
+    ref = net.total_loss(net(data, label))
+    loss = net.total_loss(compiled(data, label))
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert net.fc8.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor():
+    net = deeplab_compile.compile(LARGEFOV, vars={"crop": 33})
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        ref = net(x)["fc8_interp"]
+        out = torch.compile(net)(x)["fc8_interp"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
