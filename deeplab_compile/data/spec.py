@@ -1,0 +1,178 @@
+"""How a compiled net's data layer becomes a data pipeline: the resolved :class:`DataSpec`.
+
+A net gets its data in one of two ways, and both end in the same ``DataSpec``:
+
+* an ``ImageSegData`` layer in the netdef (Caffe style).  The compiler leaves it out of
+  the graph and makes its tops (``data``, ``label``, ``data_dim``) graph inputs; its
+  parameters (``source``, ``root_folder``, ``crop_size``, ``mean_value``, ...) are the spec.
+* ``inputs: {data: [...], label: [...]}`` in the netdef, and a ``data:`` section in the
+  solver (or the options of ``deeplab-test``) with the same keys as ImageSegData.  The
+  crop defaults to the ``data`` input's H x W.
+
+Keys of a solver ``data:`` section override those of the layer.  Besides ImageSegData's
+own parameters the runtime takes:
+
+``preprocess``  ``caffe`` (B G R, ``(x - mean_value) * scale``, the default) or ``tf``
+                (R G B scaled to [-1, 1]: mean 127.5, scale 1/127.5, as TF DeepLab v3+).
+``label_map``   ``none``/``voc``, ``cityscapes`` (labelIds -> 19 trainIds), ``ade20k``
+                (150 classes, 0 -> 255); see :mod:`deeplab_compile.data.labels`.
+``num_classes`` labels must lie in ``[0, num_classes)`` or equal ``ignore_label``; taken
+                from the net's loss layer when not given.
+``num_workers`` DataLoader worker processes (default 2; 0 loads in the main process).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from ..errors import Loc
+from ..graph import Layer, Net
+from ..layers import registry
+from ..netdef.parse import loc_of
+from .errors import DataError
+from .labels import LABEL_MAPS
+from .transforms import TransformParams
+
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)   # DeepLab's train/test prototxts (ImageNet VGG16)
+
+EXTRA_KEYS = ("preprocess", "label_map", "num_classes", "num_workers")
+
+
+@dataclass
+class DataSpec:
+    source: str
+    root_folder: str = ""
+    batch_size: int = 1
+    shuffle: bool = False
+    rand_skip: int = 0
+    new_height: int = 0
+    new_width: int = 0
+    is_color: bool = True
+    label_type: str = "pixel"
+    ignore_label: int = 255
+    crop_height: int = 0
+    crop_width: int = 0
+    mirror: bool = False
+    mean_value: list[float] = field(default_factory=list)
+    scale: float = 1.0
+    scale_factors: list[float] = field(default_factory=list)
+    preprocess: str = "caffe"
+    label_map: str = "none"
+    num_classes: int | None = None
+    num_workers: int = 2
+    tops: list[str] = field(default_factory=lambda: ["data", "label"])   # names of the produced blobs
+    where: str = ""                   # where the spec came from, for messages
+
+    @property
+    def rgb(self) -> bool:
+        return self.preprocess == "tf"
+
+    def transform_params(self, train: bool) -> TransformParams:
+        if self.preprocess == "tf":
+            mean, scale = (127.5, 127.5, 127.5), 1.0 / 127.5
+        else:
+            mean, scale = tuple(self.mean_value), self.scale
+        return TransformParams(crop_height=self.crop_height, crop_width=self.crop_width, mean=mean,
+                               scale=scale, mirror=self.mirror, scale_factors=tuple(self.scale_factors),
+                               ignore_label=self.ignore_label, train=train)
+
+
+def _fake_layer(section: Any, name: str) -> Layer:
+    """A stand-in layer so the ImageSegData schema can check a solver ``data:`` section
+    and report errors at its file:line."""
+    key_locs = dict(getattr(section, "key_locs", {}) or {})
+    return Layer(name=name, type="ImageSegData", bottoms=[], tops=["data", "label"], params={},
+                 loc=loc_of(section), key_locs=key_locs)
+
+
+def check_section(section: Mapping, name: str = "data") -> dict[str, Any]:
+    """Validate a ``data:`` section against ImageSegData's schema plus the runtime keys.
+    Returns only the keys given (coerced)."""
+    from ..layers.base import P
+    from ..netdef.errors import ParameterError, did_you_mean
+    schema = registry.get("ImageSegData").params
+    extra = {"preprocess": P("enum", "caffe", choices=("caffe", "tf")),
+             "label_map": P("enum", "none", choices=LABEL_MAPS),
+             "num_classes": P("int", None, min=1),
+             "num_workers": P("int", 2, min=0)}
+    lay = _fake_layer(section, name)
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        p = schema.get(key) or extra.get(key)
+        if p is None:
+            hint = did_you_mean(str(key), list(schema) + list(extra))
+            raise lay.error(f"unknown data key '{key}'", key=key,
+                            hint=hint or "data keys: " + ", ".join(sorted(list(schema) + list(extra))),
+                            cls=ParameterError)
+        out[key] = p.coerce(key, value, lay)
+    return out
+
+
+def find_data_layer(net: Net) -> Layer | None:
+    for lay in net.layers:
+        if lay.type == "ImageSegData":
+            return lay
+    return None
+
+
+def net_num_classes(net: Net) -> int | None:
+    """The class count: channels of the scores fed to the first loss or accuracy layer."""
+    for lay in net.layers:
+        if lay.type in ("SoftmaxWithLoss", "SegAccuracy") and lay.in_shapes:
+            return int(lay.in_shapes[0][1])
+    return None
+
+
+def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, where: str = "") -> DataSpec:
+    """The data spec of ``net`` in ``phase``: its ImageSegData layer's parameters, overridden
+    by ``overrides`` (a solver ``data:`` section or command-line options)."""
+    given = check_section(overrides or {}, "data") if overrides else {}
+    lay = find_data_layer(net)
+    params: dict[str, Any] = {}
+    if lay is not None:
+        params.update({k: v for k, v in lay.params.items() if k in DataSpec.__dataclass_fields__})
+        params["crop_height"] = lay.params["crop_height"] or lay.params["crop_size"]
+        params["crop_width"] = lay.params["crop_width"] or lay.params["crop_size"]
+        tops = list(lay.tops)
+        where = where or (str(lay.loc) if lay.loc else f"layer '{lay.name}'")
+    else:
+        if "data" not in net.inputs:
+            raise DataError(f"net '{net.name}' has neither an ImageSegData layer nor a 'data' input",
+                            hint="add an ImageSegData layer, or 'inputs: {data: [3, H, W], label: [1, H, W]}'")
+        _, _, h, w = net.inputs["data"]
+        params["crop_height"], params["crop_width"] = h, w
+        tops = ["data"] + [t for t in ("label", "data_dim") if t in net.inputs]
+    if "crop_size" in given:
+        params["crop_height"] = params["crop_width"] = given.pop("crop_size")
+    for k in ("crop_height", "crop_width"):
+        if given.get(k):
+            params[k] = given.pop(k)
+        given.pop(k, None)
+    for k in ("force_color", "force_gray", "mean_file"):
+        v = given.pop(k, None)
+        if v and k == "mean_file":
+            raise DataError("mean_file (binaryproto) is not supported", hint="give mean_value: [B, G, R]")
+    params.update(given)
+    if "source" not in params or not params["source"]:
+        raise DataError("no list file: the data layer or the solver's data section needs 'source'",
+                        loc=loc_of(overrides) if overrides else None,
+                        hint="add 'source: list/train.txt' (lines of 'image label')")
+    if params.get("label_type", "pixel") == "none":
+        tops = [t for t in tops if t != "label"]
+    spec = DataSpec(**{k: v for k, v in params.items() if k in DataSpec.__dataclass_fields__})
+    spec.tops = tops
+    spec.where = where
+    if not spec.crop_height or not spec.crop_width:
+        raise DataError("no crop size", hint="give crop_size (or crop_height and crop_width)")
+    if spec.preprocess == "tf" and ("mean_value" in given or "scale" in given):
+        raise DataError("'preprocess: tf' fixes mean and scale (RGB in [-1, 1])",
+                        hint="drop mean_value and scale, or use 'preprocess: caffe'")
+    if spec.num_classes is None:
+        spec.num_classes = net_num_classes(net)
+    if spec.source and not os.path.isabs(spec.source) and not os.path.exists(spec.source):
+        src_loc = loc_of(overrides, "source") if overrides and "source" in overrides else None
+        base = os.path.dirname(src_loc.file) if isinstance(src_loc, Loc) else None
+        if base and os.path.exists(os.path.join(base, spec.source)):
+            spec.source = os.path.join(base, spec.source)
+    return replace(spec)

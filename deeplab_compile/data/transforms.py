@@ -1,0 +1,183 @@
+"""DeepLab's ``TransformImgAndSeg``, pixel for pixel (Caffe ``data_transformer.cpp`` of
+DeepLab v2, with the ``image_seg_data_layer.cpp`` that calls it).
+
+For one image ``img`` (H x W x C, uint8, channels in the order the net wants: B G R for
+Caffe nets) and its label map ``seg`` (H x W):
+
+1. ``scale_factors`` (when given): one factor ``f`` is drawn uniformly from the list; the
+   image is resized with OpenCV's ``INTER_LINEAR`` and the label with ``INTER_NEAREST``,
+   both to ``round(H f) x round(W f)`` with the source coordinate ``(x + 0.5) / f - 0.5``
+   (linear) or ``floor(x / f)`` (nearest).  The image stays 8-bit, as in OpenCV.
+2. ``mirror``: flip left-right with probability 1/2 (Caffe draws this in both phases).
+3. Pad at the bottom and right up to the crop size: the image with the mean value (so it
+   reads 0 after the mean is subtracted), the label with ``ignore_label``.
+4. Crop ``crop_height x crop_width``: at a random offset in train
+   (``h_off ~ U{0 .. H - crop_h}``), at the top-left corner in test, so the prediction is
+   aligned with the image's top-left corner as DeepLab's MATLAB scripts expect.
+5. ``(pixel - mean[c]) * scale`` per channel, in double precision, stored as float32.
+
+``data_dim`` (the ``data_dim`` top) is ``[min(crop_h, H), min(crop_w, W)]`` of the image
+as read, before any rescaling, as ImageSegData fills it in.
+
+OpenCV computes ``INTER_LINEAR`` on 8-bit images with 11-bit fixed-point weights; here the
+weights are float32 (as OpenCV derives them) and the result is rounded half up, so a value
+can differ from OpenCV's by one grey level.  Everything else is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def resize_size(h: int, w: int, f: float) -> tuple[int, int]:
+    """OpenCV's ``cv::resize(src, dst, Size(), f, f)`` output size: ``saturate_cast<int>``
+    rounds half to even, as Python's ``round``."""
+    return max(int(round(h * f)), 1), max(int(round(w * f)), 1)
+
+
+def _linear_coords(n_in: int, n_out: int, f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source index pairs and float32 fractions of OpenCV's INTER_LINEAR along one axis."""
+    scale = np.float64(1.0 / f)
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    x = x.astype(np.float32)
+    s0 = np.floor(x).astype(np.int64)
+    frac = (x - s0.astype(np.float32)).astype(np.float32)
+    low = s0 < 0
+    s0[low], frac[low] = 0, 0
+    high = s0 >= n_in - 1
+    s0[high], frac[high] = n_in - 1, 0
+    s1 = np.minimum(s0 + 1, n_in - 1)
+    return s0, s1, frac
+
+
+def resize_linear(img: np.ndarray, f: float) -> np.ndarray:
+    """Bilinear resize of an 8-bit H x W (x C) image by factor ``f`` (OpenCV INTER_LINEAR)."""
+    h, w = img.shape[:2]
+    oh, ow = resize_size(h, w, f)
+    y0, y1, fy = _linear_coords(h, oh, f)
+    x0, x1, fx = _linear_coords(w, ow, f)
+    src = img.astype(np.float32)
+    if src.ndim == 2:
+        src = src[:, :, None]
+    fx = fx[None, :, None]
+    fy = fy[:, None, None]
+    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx
+    bot = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
+    out = top * (1 - fy) + bot * fy
+    out = np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return out if img.ndim == 3 else out[:, :, 0]
+
+
+def resize_nearest(seg: np.ndarray, f: float) -> np.ndarray:
+    """Nearest-neighbour resize by factor ``f`` (OpenCV INTER_NEAREST: ``floor(x / f)``)."""
+    h, w = seg.shape[:2]
+    oh, ow = resize_size(h, w, f)
+    scale = 1.0 / f
+    ys = np.minimum(np.floor(np.arange(oh) * scale).astype(np.int64), h - 1)
+    xs = np.minimum(np.floor(np.arange(ow) * scale).astype(np.int64), w - 1)
+    return seg[ys][:, xs]
+
+
+def resize_to(img: np.ndarray, height: int, width: int, *, nearest: bool) -> np.ndarray:
+    """Resize to an explicit size (``new_height``/``new_width``), OpenCV's mapping with
+    per-axis factors ``height / H`` and ``width / W``."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    fy, fx = height / h, width / w
+    if nearest:
+        ys = np.minimum(np.floor(np.arange(height) * (h / height)).astype(np.int64), h - 1)
+        xs = np.minimum(np.floor(np.arange(width) * (w / width)).astype(np.int64), w - 1)
+        return img[ys][:, xs]
+    y0, y1, wy = _linear_coords(h, height, fy)
+    x0, x1, wx = _linear_coords(w, width, fx)
+    src = img.astype(np.float32)
+    if src.ndim == 2:
+        src = src[:, :, None]
+    wx, wy = wx[None, :, None], wy[:, None, None]
+    out = (src[y0][:, x0] * (1 - wx) + src[y0][:, x1] * wx) * (1 - wy) + \
+          (src[y1][:, x0] * (1 - wx) + src[y1][:, x1] * wx) * wy
+    out = np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return out if img.ndim == 3 else out[:, :, 0]
+
+
+@dataclass(frozen=True)
+class TransformParams:
+    """The transform part of an ImageSegData layer, resolved."""
+
+    crop_height: int
+    crop_width: int
+    mean: tuple[float, ...] = ()          # per channel, in the image's channel order
+    scale: float = 1.0
+    mirror: bool = False
+    scale_factors: tuple[float, ...] = ()
+    ignore_label: int = 255
+    train: bool = True
+
+
+@dataclass
+class Draws:
+    """The random choices for one image (kept so tests can replay them)."""
+
+    scale_index: int | None = None
+    mirror: bool = False
+    h_off: int = 0
+    w_off: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def draw(p: TransformParams, h: int, w: int, rng: np.random.Generator) -> Draws:
+    """Draw scale, mirror and crop offset for an ``h x w`` image, in that order."""
+    d = Draws()
+    if p.scale_factors:
+        d.scale_index = int(rng.integers(len(p.scale_factors)))
+        h, w = resize_size(h, w, p.scale_factors[d.scale_index])
+    d.mirror = bool(p.mirror and rng.integers(2))
+    hp, wp = max(h, p.crop_height), max(w, p.crop_width)
+    if p.train:
+        d.h_off = int(rng.integers(hp - p.crop_height + 1))
+        d.w_off = int(rng.integers(wp - p.crop_width + 1))
+    return d
+
+
+def apply(p: TransformParams, img: np.ndarray, seg: np.ndarray, d: Draws) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the drawn transform: returns ``data`` (C x crop_h x crop_w float32) and
+    ``label`` (1 x crop_h x crop_w float32)."""
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if d.scale_index is not None:
+        f = p.scale_factors[d.scale_index]
+        img = resize_linear(img, f)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        seg = resize_nearest(seg, f)
+    h, w, c = img.shape
+    mean = np.zeros(c, np.float64)
+    if p.mean:
+        mean[:] = p.mean if len(p.mean) == c else p.mean[0]
+    ch, cw = p.crop_height, p.crop_width
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    x = img.astype(np.float64)
+    lab = seg.astype(np.float64)
+    if ph or pw:
+        x = np.concatenate([x, np.broadcast_to(mean, (h, pw, c))], axis=1) if pw else x
+        x = np.concatenate([x, np.broadcast_to(mean, (ph, w + pw, c))], axis=0) if ph else x
+        lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=p.ignore_label)
+    x = x[d.h_off:d.h_off + ch, d.w_off:d.w_off + cw]
+    lab = lab[d.h_off:d.h_off + ch, d.w_off:d.w_off + cw]
+    if d.mirror:
+        x, lab = x[:, ::-1], lab[:, ::-1]
+    data = ((x - mean) * p.scale).astype(np.float32).transpose(2, 0, 1)
+    return np.ascontiguousarray(data), np.ascontiguousarray(lab.astype(np.float32)[None])
+
+
+def data_dim(p: TransformParams, h: int, w: int) -> np.ndarray:
+    return np.array([[[min(p.crop_height, h), min(p.crop_width, w)]]], np.float32)
+
+
+def transform(p: TransformParams, img: np.ndarray, seg: np.ndarray, rng: np.random.Generator):
+    """Draw and apply: ``(data, label, draws)``."""
+    d = draw(p, img.shape[0], img.shape[1], rng)
+    data, label = apply(p, img, seg, d)
+    return data, label, d
