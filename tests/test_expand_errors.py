@@ -70,9 +70,19 @@ def test_undefined_variable_in_var():
 
 def test_var_must_be_scalar():
     check(VariableError, "vars:\n  a: [1, 2]  #!\nlayers: []\n")
-    check(VariableError, "vars:\n  a: ~  #!\nlayers: []\n")
     check(VariableError, "vars:\n  2a: 1  #!\nlayers: []\n")
     check(VariableError, "vars: [a, b]  #!\nlayers: []\n")
+
+
+def test_required_variable_used_but_not_given():
+    # ~ marks a variable that must come from -D (a prototxt's ${DATA_ROOT} placeholders)
+    err = check(VariableError, "vars:\n  root: ~  #!\nlayers:\n  - {name: a, type: X, p: ${root}}\n")
+    assert "variable 'root' is required but not given" in str(err) and "-D root=VALUE" in str(err)
+    doc = expand(loads("vars:\n  root: ~\nlayers:\n  - {name: a, type: X, p: ${root}}\n"),
+                 overrides={"root": "/data"})
+    assert doc["layers"][0]["p"] == "/data" and doc["vars"]["root"] == "/data"
+    unused = expand(loads("vars: {root: ~}\nlayers: []\n"))
+    assert unused["vars"]["root"] is None
 
 
 def test_override_of_unknown_variable():

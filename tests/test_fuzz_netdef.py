@@ -7,6 +7,7 @@ many more examples.
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -184,9 +185,9 @@ def tree_mutate(doc, data):
         if kind == "delete":
             del parent[last]
         elif kind == "replace":
-            parent[last] = data.draw(_garbage)
+            parent[last] = copy.deepcopy(data.draw(_garbage))   # never mutate the strategy's constants
         elif kind == "duplicate" and isinstance(parent, list):
-            parent.insert(last, parent[last])
+            parent.insert(last, copy.deepcopy(parent[last]))
         else:
             parent[last] = [parent[last]] if data.draw(st.booleans()) else {"x": parent[last]}
     return doc

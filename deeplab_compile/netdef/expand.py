@@ -17,6 +17,10 @@ an integer, a float, a boolean or text; text may use ``${...}`` to refer to othe
 variables, in any order (a cycle is an error that names the variables).  Names are
 identifiers (``[A-Za-z_][A-Za-z0-9_]*``).  ``overrides`` (``-D name=value`` on the command
 line) replace values; overriding a variable the netdef does not define is an error.
+A variable whose value is ``~`` (null) is *required*: it has no default and must be
+given as an override; using it without one is an error that names it (a prototxt's
+``${DATA_ROOT}`` placeholders are declared this way).  A required variable that is never
+used may stay unset; it comes out as ``~`` in the expanded ``vars``.
 
 **Expressions.**  ``${expr}`` holds variable names, integers, ``+ - * / // %``, unary
 minus and parentheses; nothing is ever ``eval``-ed.  ``/`` and ``//`` are both floor
@@ -193,6 +197,10 @@ class _Vars(dict):
             raise VariableError(f"variable definitions nest deeper than {_MAX_VAR_DEPTH}",
                                 loc=loc_of(container, key), hint="simplify the variables")
         raw = self[name]
+        if raw is None:
+            raise VariableError(f"variable '{name}' is required but not given",
+                                loc=loc_of(container, key),
+                                hint=f"give it on the command line: -D {name}=VALUE")
         self.stack.append(name)
         try:
             if isinstance(raw, str) and not self.literal:
@@ -274,10 +282,11 @@ class _Expander:
                     raise VariableError(f"'{name}' is not a valid variable name",
                                         loc=loc_of(variables, name),
                                         hint="use letters, digits and '_', not starting with a digit")
-                if not isinstance(value, (bool, int, float, str)):
-                    what = "null" if value is None else "a list" if isinstance(value, list) else "a mapping"
+                if value is not None and not isinstance(value, (bool, int, float, str)):
+                    what = "a list" if isinstance(value, list) else "a mapping"
                     raise VariableError(f"variable '{name}' is {what}", loc=loc_of(variables, name),
-                                        hint="a variable holds a number, a boolean or text")
+                                        hint="a variable holds a number, a boolean or text "
+                                             "(or ~ when it must be given with -D)")
                 if name not in self.vars:
                     self.vars.define(name, value, variables, name)
         templates = doc.get("templates")
@@ -446,7 +455,7 @@ class _Expander:
         if missing:
             raise TemplateError(f"template '{tname}' needs argument '{missing[0]}'", loc=use_loc,
                                 hint="add " + ", ".join(missing) + " under 'with:'")
-        inner = self.globals.child(bound, what="parameter")
+        inner = self.globals.child(bound)
         for p, default in params.items():
             if p not in bound:
                 bound[p] = self.subst(default, inner, params, p)
@@ -633,7 +642,7 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
 
     resolved = Map(loc=loc_of(doc, "vars") if "vars" in doc else loc)
     for vname in ex.vars:
-        resolved[vname] = ex.vars.resolve(vname)
+        resolved[vname] = None if ex.vars[vname] is None else ex.vars.resolve(vname)
         container, key = ex.vars.where[vname]
         if container is not None:
             resolved.key_locs[vname] = loc_of(container, key)

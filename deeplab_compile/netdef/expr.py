@@ -34,17 +34,14 @@ _LIMIT = 2 ** 63
 
 
 class Scope:
-    """Variables visible to an expression: a chain of dicts, innermost first.
+    """Names visible to an expression: a chain of dicts, innermost first.  A dict with a
+    ``resolve(name)`` method (the netdef's variables) computes values on first use."""
 
-    ``resolve`` (optional) is called for a name found in ``lazy`` (the netdef's own
-    variables while they are being resolved)."""
-
-    def __init__(self, *layers: dict, what: str = "variable"):
+    def __init__(self, *layers: dict):
         self.layers = [layer for layer in layers if layer is not None]
-        self.what = what
 
-    def child(self, values: dict, what: str | None = None) -> "Scope":
-        return Scope(values, *self.layers, what=what or self.what)
+    def child(self, values: dict) -> "Scope":
+        return Scope(values, *self.layers)
 
     def lookup(self, name: str) -> tuple[bool, Any]:
         for layer in self.layers:
