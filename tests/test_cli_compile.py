@@ -165,3 +165,9 @@ def test_failed_emit_leaves_no_file(capsys, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         main([LARGEFOV, "-q", "--emit", "dot", "-o", str(out)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_define_values_are_read_as_netdef_scalars():
+    from deeplab_compile.cli.compile import parse_defines
+    assert parse_defines(["a=59", "b=1e-3", "c=true", "d=yes", "e=/data/VOC2012"]) == \
+        {"a": 59, "b": 0.001, "c": True, "d": "yes", "e": "/data/VOC2012"}

@@ -11,27 +11,22 @@ import argparse
 import os
 import sys
 
-import yaml
-
 from ..errors import DeepLabError
 from .common import entry_point
 
 
 def parse_defines(items: list[str]) -> dict:
-    """``-D name=value`` pairs; values are read as YAML scalars (``59`` is an int)."""
+    """``-D name=value`` pairs; values are read as netdef scalars (``59`` is an int,
+    ``1e-3`` a float, ``true`` a bool, anything else text)."""
+    from ..netdef.parse import parse_scalar
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
             raise DeepLabError(f"bad -D '{item}'", hint="write -D name=value, e.g. -D num_classes=59")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        if isinstance(parsed, (dict, list)) or parsed is None:
-            parsed = value
-        out[name] = parsed
+        parsed = parse_scalar(value.strip())
+        out[name] = value.strip() if parsed is None else parsed
     return out
 
 
