@@ -1,0 +1,220 @@
+// CPU kernel of deeplab::dense_crf: mean-field inference of a fully connected
+// CRF whose pairwise terms are filtered through permutohedral lattices.
+//
+// One image at a time: build the positional (2-D) and bilateral (5-D) lattices,
+// compute each kernel's normaliser by filtering ones, then iterate
+//   msg = -unary + sum_k w_k * n_k * filter_k(n_k * Q),   Q = softmax(msg)
+// with n_k = D_k^-1/2 on both sides ("symmetric") or D_k^-1 after ("after").
+// A batch is spread over threads one image per thread; a single image spreads
+// its pixel and lattice loops instead.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/permutohedral.h"
+
+namespace deeplab {
+namespace {
+
+using lattice::kLane;
+
+// Energy given to the padding lanes of each pixel's label vector, so that they
+// take no probability mass in the softmax.
+constexpr float kPadEnergy = -1e30f;
+
+// exp(x) for x <= 0 (the max is subtracted first), in a form the compiler
+// vectorises: x = n ln2 + f, 2^n built in the exponent bits, e^f by polynomial.
+// Relative error below 2e-7 over the range that matters.
+inline float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest, |t| < 2^22
+  const float f = (t - n) * 0.69314718055994531f;  // |f| <= ln2/2
+  float p = 1.f / 5040.f;
+  p = p * f + 1.f / 720.f;
+  p = p * f + 1.f / 120.f;
+  p = p * f + 1.f / 24.f;
+  p = p * f + 1.f / 6.f;
+  p = p * f + 0.5f;
+  p = p * f + 1.f;
+  p = p * f + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+DL_HOT void softmax_rows(const float* __restrict__ in, float* __restrict__ out, int64_t S, int64_t p0,
+                         int64_t p1) {
+  // Reductions run in kLane partial accumulators so they vectorise without
+  // reassociation flags.
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* a = in + p * S;
+    float* q = out + p * S;
+    float mx[kLane], tot[kLane];
+    for (int64_t k = 0; k < kLane; ++k) mx[k] = a[k];
+    for (int64_t c = kLane; c < S; c += kLane)
+      for (int64_t k = 0; k < kLane; ++k) mx[k] = a[c + k] > mx[k] ? a[c + k] : mx[k];
+    float m = mx[0];
+    for (int64_t k = 1; k < kLane; ++k) m = mx[k] > m ? mx[k] : m;
+    for (int64_t k = 0; k < kLane; ++k) tot[k] = 0.f;
+    for (int64_t c = 0; c < S; c += kLane)
+      for (int64_t k = 0; k < kLane; ++k) {
+        q[c + k] = exp_nonpositive(a[c + k] - m);
+        tot[k] += q[c + k];
+      }
+    float t = 0.f;
+    for (int64_t k = 0; k < kLane; ++k) t += tot[k];
+    const float inv = 1.f / t;
+    for (int64_t c = 0; c < S; ++c) q[c] *= inv;
+  }
+}
+
+struct Params {
+  float pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std;
+  int64_t iterations;
+  bool symmetric;
+};
+
+// One pairwise kernel: its lattice with the normaliser and the Potts weight
+// folded into the splat/slice weights, so that filtering Q yields the message
+// w * n * K (n' * Q) directly.
+void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats, int64_t n, int d, float w,
+                  bool symmetric, lattice::Workspace<float>& ws) {
+  lattice::build_lattice<float>(feats.data(), n, d, lat);
+  std::vector<float> ones(n * kLane, 0.f);
+  for (int64_t p = 0; p < n; ++p) ones[p * kLane] = 1.f;
+  lattice::filter<float>(lat, ones.data(), ones.data(), kLane, false, ws);
+  std::vector<float> in_scale(n), out_scale(n);
+  for (int64_t p = 0; p < n; ++p) {
+    const float s = ones[p * kLane];
+    const float norm = symmetric ? 1.f / std::sqrt(s + 1e-20f) : 1.f / (s + 1e-20f);
+    in_scale[p] = symmetric ? norm : 1.f;
+    out_scale[p] = w * norm;
+  }
+  lattice::scale_lattice<float>(lat, in_scale.data(), out_scale.data());
+}
+
+void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64_t H, int64_t W,
+             const Params& prm) {
+  const int64_t n = H * W;
+  const int64_t S = lattice::padded(C);
+  const int64_t grain = 2048;
+  lattice::Workspace<float> ws;
+
+  std::vector<lattice::Lattice<float>> kernels;
+  kernels.reserve(2);
+  if (prm.pos_w != 0.f) {
+    std::vector<float> f(n * 2);
+    at::parallel_for(0, H, 16, [&](int64_t b, int64_t e) {
+      for (int64_t y = b; y < e; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+          f[(y * W + x) * 2 + 0] = x / prm.pos_xy_std;
+          f[(y * W + x) * 2 + 1] = y / prm.pos_xy_std;
+        }
+    });
+    kernels.emplace_back();
+    build_kernel(kernels.back(), f, n, 2, prm.pos_w, prm.symmetric, ws);
+  }
+  if (prm.bi_w != 0.f) {
+    std::vector<float> f(n * 5);
+    at::parallel_for(0, H, 16, [&](int64_t b, int64_t e) {
+      for (int64_t y = b; y < e; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+          float* o = f.data() + (y * W + x) * 5;
+          o[0] = x / prm.bi_xy_std;
+          o[1] = y / prm.bi_xy_std;
+          for (int c = 0; c < 3; ++c) o[2 + c] = img[c * n + y * W + x] / prm.bi_rgb_std;
+        }
+    });
+    kernels.emplace_back();
+    build_kernel(kernels.back(), f, n, 5, prm.bi_w, prm.symmetric, ws);
+  }
+
+  // Point-major, label-padded buffers.
+  std::vector<float> neg_u(n * S), q(n * S), msg(n * S);
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p)
+      for (int64_t c = 0; c < S; ++c) neg_u[p * S + c] = c < C ? -unary[c * n + p] : kPadEnergy;
+  });
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.data(), q.data(), S, b, e); });
+
+  for (int64_t it = 0; it < prm.iterations; ++it) {
+    // Potts: a pixel's label is rewarded by the filtered mass of that label.
+    const float* base = neg_u.data();
+    for (const auto& lat : kernels) {
+      lattice::filter<float>(lat, q.data(), msg.data(), S, false, ws, base);
+      base = msg.data();
+    }
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(base, q.data(), S, b, e); });
+  }
+
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = b; p < e; ++p) qout[c * n + p] = q[p * S + c];
+  });
+}
+
+at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& unary, double pos_w, double pos_xy_std,
+                         double bi_w, double bi_xy_std, double bi_rgb_std, int64_t iterations,
+                         c10::string_view normalization) {
+  TORCH_CHECK(image.dim() == 4 && image.size(1) == 3, "dense_crf: 'image' must be [B, 3, H, W], got ",
+              image.sizes());
+  TORCH_CHECK(unary.dim() == 4, "dense_crf: 'unary' must be [B, C, H, W], got ", unary.sizes());
+  TORCH_CHECK(image.scalar_type() == at::kFloat, "dense_crf: 'image' must be float32, got ", image.scalar_type());
+  TORCH_CHECK(unary.scalar_type() == at::kFloat, "dense_crf: 'unary' must be float32, got ", unary.scalar_type());
+  TORCH_CHECK(image.size(0) == unary.size(0) && image.size(2) == unary.size(2) && image.size(3) == unary.size(3),
+              "dense_crf: 'image' ", image.sizes(), " and 'unary' ", unary.sizes(),
+              " must agree in batch, height and width");
+  TORCH_CHECK(unary.size(1) >= 1, "dense_crf: 'unary' needs at least one label");
+  TORCH_CHECK(pos_xy_std > 0 && bi_xy_std > 0 && bi_rgb_std > 0,
+              "dense_crf: standard deviations must be positive, got pos_xy_std=", pos_xy_std,
+              " bi_xy_std=", bi_xy_std, " bi_rgb_std=", bi_rgb_std);
+  TORCH_CHECK(pos_w >= 0 && bi_w >= 0, "dense_crf: weights must be non-negative, got pos_w=", pos_w,
+              " bi_w=", bi_w);
+  TORCH_CHECK(iterations >= 0, "dense_crf: 'iterations' must be >= 0, got ", iterations);
+  const std::string norm(normalization.data(), normalization.size());
+  TORCH_CHECK(norm == "symmetric" || norm == "after",
+              "dense_crf: 'normalization' must be \"symmetric\" or \"after\", got \"", norm, "\"");
+  TORCH_CHECK(image.device().is_cpu() && unary.device().is_cpu(), "dense_crf: CPU kernel got non-CPU tensors");
+
+  auto img = image.contiguous();
+  auto u = unary.contiguous();
+  auto out = at::empty_like(u);
+  const int64_t B = u.size(0), C = u.size(1), H = u.size(2), W = u.size(3);
+  if (out.numel() == 0) return out;
+  TORCH_CHECK(H * W < (int64_t{1} << 31) / 6, "dense_crf: image too large for 32-bit lattice indices");
+  TORCH_CHECK(at::isfinite(u).all().item<bool>(), "dense_crf: 'unary' contains NaN or infinite values");
+  TORCH_CHECK(at::isfinite(img).all().item<bool>(), "dense_crf: 'image' contains NaN or infinite values");
+
+  const Params prm{static_cast<float>(pos_w), static_cast<float>(pos_xy_std), static_cast<float>(bi_w),
+                   static_cast<float>(bi_xy_std), static_cast<float>(bi_rgb_std), iterations, norm == "symmetric"};
+  const float* ip = img.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  auto one = [&](int64_t b) {
+    crf_one(ip + b * 3 * H * W, up + b * C * H * W, op + b * C * H * W, C, H, W, prm);
+  };
+  if (B > 1 && at::get_num_threads() > 1) {
+    // Nested parallel_for calls inside run inline, one image per thread.
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) one(b);
+    });
+  } else {
+    for (int64_t b = 0; b < B; ++b) one(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deeplab, CPU, m) {
+  m.impl("dense_crf", &dense_crf_cpu);
+}
+
+}  // namespace deeplab

@@ -1,0 +1,292 @@
+// CPU permutohedral lattice: build once per feature set, then filter any number
+// of value channels through it (splat -> blur along d+1 axes -> slice).
+//
+// Values are stored point-major with the channel stride padded to kLane so the
+// inner loops run over fixed-width blocks the compiler vectorises.  Splatting is
+// done as a gather over a per-vertex list of contributing points, so every stage
+// parallelises without atomics.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/lattice_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+// Hot loops get an x86-64-v3 (AVX2, FMA) clone chosen at load time by CPU features; the default clone stays
+// baseline x86-64 so the library runs everywhere.
+#define DL_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DL_HOT
+#endif
+
+namespace deeplab {
+namespace lattice {
+
+constexpr int64_t kLane = 8;
+// How many rows ahead the gather loops prefetch: lattice rows are reached
+// through index arrays, which the hardware prefetcher cannot follow.
+constexpr int64_t kAhead = 12;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t S) {
+#if defined(__GNUC__)
+  for (int64_t k = 0; k < S; k += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(row + k);
+#endif
+}
+inline int64_t padded(int64_t v) { return (v + kLane - 1) / kLane * kLane; }
+
+template <typename T>
+struct Lattice {
+  int d = 0;
+  int64_t n = 0;  // points
+  int64_t m = 0;  // lattice vertices
+  // Vertex ids are stored +1: row 0 of every value buffer is kept at zero and
+  // stands for "no such vertex", which saves a branch in the blur.
+  std::vector<int32_t> offset;      // n*(d+1)
+  std::vector<T> weight;            // n*(d+1) barycentric weights
+  std::vector<T> slice_w;           // n*(d+1) weights used when slicing (alpha folded in)
+  std::vector<int32_t> blur_nb;     // (d+1)*m*2
+  std::vector<int64_t> gather_ptr;  // m+1
+  std::vector<int32_t> gather_pt;   // n*(d+1)
+  std::vector<T> gather_w;          // n*(d+1)
+};
+
+// Open-addressing map from vertex key to dense id.  Slots hold the id and the
+// upper hash bits only (8 bytes), so probing stays within a small array; the keys
+// themselves live in insertion order, which is also the vertex order.
+class VertexTable {
+ public:
+  VertexTable(int d, int64_t expected) : d_(d) {
+    uint64_t cap = 1024;
+    while (cap < static_cast<uint64_t>(expected)) cap <<= 1;
+    rehash(cap);
+  }
+  int64_t size() const { return static_cast<int64_t>(keys_.size() / (d_ > 0 ? d_ : 1)); }
+  const int32_t* key(int64_t id) const { return keys_.data() + id * d_; }
+
+  int32_t find(const int32_t* k) const {
+    const uint64_t h = hash_key(k, d_);
+    const uint32_t tag = static_cast<uint32_t>(h >> 32);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot s = slots_[i];
+      if (s.id < 0) return -1;
+      if (s.tag == tag && keys_equal(key(s.id), k, d_)) return s.id;
+    }
+  }
+
+  int32_t find_or_insert(const int32_t* k) {
+    const uint64_t h = hash_key(k, d_);
+    const uint32_t tag = static_cast<uint32_t>(h >> 32);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot s = slots_[i];
+      if (s.id < 0) {
+        const int32_t id = static_cast<int32_t>(size());
+        keys_.insert(keys_.end(), k, k + d_);
+        slots_[i] = Slot{tag, id};
+        // Keep the load factor under 1/2 so probe runs stay short.
+        if (static_cast<uint64_t>(id + 1) * 2 > mask_ + 1) rehash((mask_ + 1) * 2);
+        return id;
+      }
+      if (s.tag == tag && keys_equal(key(s.id), k, d_)) return s.id;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint32_t tag;
+    int32_t id;
+  };
+  void rehash(uint64_t cap) {
+    slots_.assign(cap, Slot{0, -1});
+    mask_ = cap - 1;
+    const int64_t m = size();
+    for (int64_t id = 0; id < m; ++id) {
+      const uint64_t h = hash_key(key(id), d_);
+      uint64_t i = h & mask_;
+      while (slots_[i].id >= 0) i = (i + 1) & mask_;
+      slots_[i] = Slot{static_cast<uint32_t>(h >> 32), static_cast<int32_t>(id)};
+    }
+  }
+  int d_;
+  uint64_t mask_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<int32_t> keys_;
+};
+
+// Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
+template <typename T>
+void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
+  L.d = d;
+  L.n = n;
+  const int64_t dp1 = d + 1;
+  std::vector<int32_t> rem0(n * dp1), rank(n * dp1);
+  L.offset.assign(n * dp1, 0);
+  L.weight.assign(n * dp1, T(0));
+
+  // 1. Embed every point (independent per point).
+  std::vector<T> scale(d);
+  for (int i = 0; i < d; ++i) scale[i] = axis_scale<T>(i, d);
+  at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+    std::vector<T> elevated(dp1), bary(dp1 + 1);
+    for (int64_t p = b; p < e; ++p) {
+      embed_point<T>(features + p * d, scale.data(), d, elevated.data(), rem0.data() + p * dp1,
+                     rank.data() + p * dp1, bary.data());
+      for (int r = 0; r <= d; ++r) L.weight[p * dp1 + r] = bary[r];
+    }
+  });
+
+  // 2. Give each distinct vertex an id, sequentially so that ids follow the
+  //    scan order of the points, which keeps lattice neighbours close in memory.
+  VertexTable table(d, n);
+  std::vector<int32_t> key(d);
+  for (int64_t p = 0; p < n; ++p) {
+    for (int r = 0; r <= d; ++r) {
+      vertex_key(rem0.data() + p * dp1, rank.data() + p * dp1, d, r, key.data());
+      L.offset[p * dp1 + r] = table.find_or_insert(key.data()) + 1;
+    }
+  }
+  const int64_t m = table.size();
+  L.m = m;
+
+  // 3. Neighbours along each axis (read-only lookups, parallel).
+  L.blur_nb.assign(dp1 * m * 2, 0);
+  at::parallel_for(0, m, 1024, [&](int64_t b, int64_t e) {
+    std::vector<int32_t> n1(d), n2(d);
+    for (int64_t v = b; v < e; ++v) {
+      for (int a = 0; a <= d; ++a) {
+        neighbor_keys(table.key(v), d, a, n1.data(), n2.data());
+        L.blur_nb[(a * m + v) * 2 + 0] = table.find(n1.data()) + 1;
+        L.blur_nb[(a * m + v) * 2 + 1] = table.find(n2.data()) + 1;
+      }
+    }
+  });
+
+  // 4. Invert offset into per-vertex contributor lists (splat as gather).
+  L.gather_ptr.assign(m + 1, 0);
+  for (int64_t i = 0; i < n * dp1; ++i) ++L.gather_ptr[L.offset[i]];
+  for (int64_t v = 0; v < m; ++v) L.gather_ptr[v + 1] += L.gather_ptr[v];
+  // gather_ptr[v] .. gather_ptr[v+1] now bounds vertex v's contributors.
+  L.gather_pt.resize(n * dp1);
+  L.gather_w.resize(n * dp1);
+  std::vector<int64_t> fill(L.gather_ptr.begin(), L.gather_ptr.end() - 1);
+  for (int64_t i = 0; i < n * dp1; ++i) {
+    const int64_t slot = fill[L.offset[i] - 1]++;
+    L.gather_pt[slot] = static_cast<int32_t>(i / dp1);
+    L.gather_w[slot] = L.weight[i];
+  }
+  const T alpha = slice_alpha<T>(d);
+  L.slice_w.resize(n * dp1);
+  for (int64_t i = 0; i < n * dp1; ++i) L.slice_w[i] = L.weight[i] * alpha;
+}
+
+// Folds per-point factors into the splat (``in_scale``) and slice (``out_scale``)
+// weights, so filter() computes out_scale * K (in_scale * values) at no extra
+// cost.  Either may be null.
+template <typename T>
+void scale_lattice(Lattice<T>& L, const T* in_scale, const T* out_scale) {
+  const int dp1 = L.d + 1;
+  if (in_scale)
+    for (size_t j = 0; j < L.gather_w.size(); ++j) L.gather_w[j] *= in_scale[L.gather_pt[j]];
+  if (out_scale)
+    for (int64_t p = 0; p < L.n; ++p)
+      for (int r = 0; r < dp1; ++r) L.slice_w[p * dp1 + r] *= out_scale[p];
+}
+
+// Value buffers reused across filter calls on one lattice.
+template <typename T>
+struct Workspace {
+  std::vector<T> a, b;
+  void ensure(int64_t rows, int64_t stride) {
+    const size_t need = static_cast<size_t>(rows) * stride;
+    if (a.size() < need) {
+      a.assign(need, T(0));
+      b.assign(need, T(0));
+    }
+    std::fill(a.begin(), a.begin() + stride, T(0));
+    std::fill(b.begin(), b.begin() + stride, T(0));
+  }
+};
+
+template <typename T>
+DL_HOT void splat_range(const Lattice<T>& L, const T* __restrict__ in, int64_t S, T* __restrict__ buf,
+                        int64_t v0, int64_t v1) {
+  for (int64_t v = v0; v < v1; ++v) {
+    T* __restrict__ dst = buf + (v + 1) * S;
+    for (int64_t k = 0; k < S; ++k) dst[k] = T(0);
+    const int64_t end = L.gather_ptr[v1 < L.m ? v1 : L.m];
+    for (int64_t j = L.gather_ptr[v]; j < L.gather_ptr[v + 1]; ++j) {
+      if (j + kAhead < end) prefetch_row(in + static_cast<int64_t>(L.gather_pt[j + kAhead]) * S, S);
+      const T w = L.gather_w[j];
+      const T* __restrict__ src = in + static_cast<int64_t>(L.gather_pt[j]) * S;
+      for (int64_t k0 = 0; k0 < S; k0 += kLane)
+        for (int64_t k = k0; k < k0 + kLane; ++k) dst[k] += w * src[k];
+    }
+  }
+}
+
+template <typename T>
+DL_HOT void blur_range(const int32_t* nb, const T* __restrict__ src, int64_t S, T* __restrict__ dst,
+                       int64_t v0, int64_t v1) {
+  for (int64_t v = v0; v < v1; ++v) {
+    const T* __restrict__ c = src + (v + 1) * S;
+    const T* __restrict__ p1 = src + static_cast<int64_t>(nb[2 * v]) * S;
+    const T* __restrict__ p2 = src + static_cast<int64_t>(nb[2 * v + 1]) * S;
+    T* __restrict__ o = dst + (v + 1) * S;
+    if (v + kAhead < v1) {
+      prefetch_row(src + static_cast<int64_t>(nb[2 * (v + kAhead)]) * S, S);
+      prefetch_row(src + static_cast<int64_t>(nb[2 * (v + kAhead) + 1]) * S, S);
+    }
+    for (int64_t k0 = 0; k0 < S; k0 += kLane)
+      for (int64_t k = k0; k < k0 + kLane; ++k) o[k] = c[k] + T(0.5) * (p1[k] + p2[k]);
+  }
+}
+
+template <typename T>
+DL_HOT void slice_range(const Lattice<T>& L, const T* __restrict__ buf, int64_t S, const T* base, T* out,
+                        int64_t p0, int64_t p1) {
+  const int dp1 = L.d + 1;
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + kAhead < p1)
+      for (int r = 0; r < dp1; ++r)
+        prefetch_row(buf + static_cast<int64_t>(L.offset[(p + kAhead) * dp1 + r]) * S, S);
+    T acc[kLane];
+    for (int64_t k0 = 0; k0 < S; k0 += kLane) {
+      for (int64_t k = 0; k < kLane; ++k) acc[k] = base ? base[p * S + k0 + k] : T(0);
+      for (int r = 0; r < dp1; ++r) {
+        const T w = L.slice_w[p * dp1 + r];
+        const T* __restrict__ src = buf + static_cast<int64_t>(L.offset[p * dp1 + r]) * S + k0;
+        for (int64_t k = 0; k < kLane; ++k) acc[k] += w * src[k];
+      }
+      for (int64_t k = 0; k < kLane; ++k) out[p * S + k0 + k] = acc[k];
+    }
+  }
+}
+
+// out = base + lattice filter of ``in`` (base may be null); all are n x S with S
+// a multiple of kLane, and they may alias one another.  ``reverse`` blurs the
+// axes in reverse order, which applies the transposed filter (each axis' blur
+// is symmetric), i.e. the gradient.
+template <typename T>
+void filter(const Lattice<T>& L, const T* in, T* out, int64_t S, bool reverse, Workspace<T>& ws,
+            const T* base = nullptr) {
+  const int64_t m = L.m;
+  ws.ensure(m + 1, S);
+  T* cur = ws.a.data();
+  T* nxt = ws.b.data();
+  const int64_t grain = std::max<int64_t>(64, 16384 / S);
+  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) { splat_range(L, in, S, cur, b, e); });
+  for (int i = 0; i <= L.d; ++i) {
+    const int a = reverse ? L.d - i : i;
+    const int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
+    at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) { blur_range(nb, cur, S, nxt, b, e); });
+    std::swap(cur, nxt);
+  }
+  at::parallel_for(0, L.n, grain, [&](int64_t b, int64_t e) { slice_range(L, cur, S, base, out, b, e); });
+}
+
+}  // namespace lattice
+}  // namespace deeplab
