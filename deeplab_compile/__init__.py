@@ -13,4 +13,13 @@ def compile(source, *, phase="test", vars=None, inputs=None, **kwargs):
     return compile_net(source, phase=phase, vars=vars, inputs=inputs, **kwargs)
 
 
-__all__ = ["compile", "DeepLabError", "__version__"]
+def load_weights(net, path, *, allow_missing=False, progress=False):
+    """Load a ``.caffemodel`` or ``.pt`` checkpoint into a compiled net (in place).
+
+    See :func:`deeplab_compile.caffe.weights.load_weights`.
+    """
+    from .caffe.weights import load_weights as _load
+    return _load(net, path, allow_missing=allow_missing, progress=progress)
+
+
+__all__ = ["compile", "load_weights", "DeepLabError", "__version__"]
