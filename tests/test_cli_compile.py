@@ -171,3 +171,15 @@ def test_define_values_are_read_as_netdef_scalars():
     from deeplab_compile.cli.compile import parse_defines
     assert parse_defines(["a=59", "b=1e-3", "c=true", "d=yes", "e=/data/VOC2012"]) == \
         {"a": 59, "b": 0.001, "c": True, "d": "yes", "e": "/data/VOC2012"}
+
+
+def test_layers_reference_lists_every_type_and_their_params(capsys):
+    from deeplab_compile.layers import registry
+    rc, out, _ = run(capsys, "--layers")
+    assert rc == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert listed == registry.known_types()
+    rc, out, _ = run(capsys, "--layers", "Convolution")
+    assert "num_output" in out and "required" in out and "alias: hole" in out
+    rc, _, err = run(capsys, "--layers", "Convolutoin")
+    assert rc == 2 and "did you mean 'Convolution'" in err

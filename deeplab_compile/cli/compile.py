@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact path (default: <netdef name>.<ext> in the current folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     p.add_argument("--info", action="store_true", help="print versions and the active kernel backends")
+    p.add_argument("--layers", nargs="?", const="", metavar="TYPE",
+                   help="list the layer types, or show one type's parameters (e.g. --layers Interp)")
     return p
 
 
@@ -79,12 +81,16 @@ def print_info() -> None:
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.layers is not None:
+        from ..layers import reference
+        print(reference.describe(args.layers) if args.layers else reference.overview())
+        return 0
     if args.info:
         print_info()
         if not args.netdef:
             return 0
     if not args.netdef:
-        build_parser().error("the netdef path is required (or --info)")
+        build_parser().error("the netdef path is required (or --info, --layers)")
     if not os.path.isfile(args.netdef):
         raise DeepLabError(f"{args.netdef}: no such file", hint="give the path of a .yaml or .prototxt netdef")
 
