@@ -1,0 +1,12 @@
+"""Python face of the ``deeplab`` custom ops (``torch.ops.deeplab.*``).
+
+Each op has one module here holding its ``register_fake`` / ``register_autograd``
+registrations, a pure-PyTorch reference, and the function users call, which runs the
+compiled kernel when there is one and the reference otherwise (warning once).
+"""
+from ._ext import available, backends
+from .dense_crf import dense_crf, dense_crf_reference
+from .permutohedral_filter import permutohedral_filter, permutohedral_filter_reference
+
+__all__ = ["available", "backends", "dense_crf", "dense_crf_reference",
+           "permutohedral_filter", "permutohedral_filter_reference"]
