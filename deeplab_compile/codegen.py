@@ -16,6 +16,7 @@ extra tops of a multi-top layer) and never collides with another layer.
 """
 from __future__ import annotations
 
+import copy
 import keyword
 import operator
 import re
@@ -54,6 +55,20 @@ class CompiledNet(fx.GraphModule):
     ``param_info``     ``{parameter name: (lr_mult, decay_mult)}``.
     """
 
+    _EXTRA = ("net", "phase", "input_names", "output_names", "loss_weights", "param_info")
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        for k in self._EXTRA:
+            if k in self.__dict__:
+                setattr(res, k, copy.deepcopy(self.__dict__[k], memo))
+        return res
+
+    def __reduce__(self):
+        # GraphModule pickles its code and rebuilds a plain GraphModule; rebuild ours.
+        fn, args = super().__reduce__()
+        return _rebuild_compiled, (fn, args, {k: self.__dict__[k] for k in self._EXTRA if k in self.__dict__})
+
     def param_groups(self, base_lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups with Caffe's ``lr_mult``/``decay_mult`` semantics.
 
@@ -87,6 +102,15 @@ class CompiledNet(fx.GraphModule):
         if not terms:
             raise ValueError("this net has no loss outputs (compile it with phase='train')")
         return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+
+
+def _rebuild_compiled(fn, args, extras):
+    gm = fn(*args)
+    out = CompiledNet(gm, gm.graph, class_name=type(gm).__name__)
+    for k, v in extras.items():
+        setattr(out, k, v)
+    out.train(gm.training)
+    return out
 
 
 def _share(root: nn.Module, net: Net) -> dict[str, tuple[float, float]]:

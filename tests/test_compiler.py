@@ -189,3 +189,19 @@ def test_build_is_deterministic_under_seed():
     b = deeplab_compile.compile(path)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_deepcopy_and_pickle_keep_the_compiled_net(data_dir, tmp_path):
+    import copy
+    gm = deeplab_compile.compile(os.path.join(data_dir, "nets", "shared_msc.yaml"), phase="train")
+    x = torch.randn(1, 3, 17, 17)
+    for clone in (copy.deepcopy(gm), _save_load(gm, tmp_path / "net.pt")):
+        assert clone.conv_a.weight is clone.conv_b.weight          # sharing survives
+        assert clone.param_groups(0.1)[0]["param_names"] == gm.param_groups(0.1)[0]["param_names"]
+        assert clone.output_names == gm.output_names and clone.training
+        torch.testing.assert_close(clone(x)["fused"], gm(x)["fused"])
+
+
+def _save_load(gm, path):
+    torch.save(gm, path)
+    return torch.load(path, weights_only=False)
