@@ -169,7 +169,12 @@ class _Builder:
         put_plain("bottom", as_list=True)
         put_plain("top", as_list=True)
         if "top" not in out:
-            out["top"] = Seq([], loc=msg.loc)       # Caffe: no top means no top
+            # Caffe gives a loss layer an automatic top (here: the layer's name, the
+            # netdef default); any other layer without a top has none.
+            from ..layers import registry
+            spec = registry.get(ltype)
+            if spec is not None and spec.tops[0] == 0:
+                out["top"] = Seq([], loc=msg.loc)
         phase = self.phase(msg, name, ltype)
         if phase is not None:
             out["phase"] = phase
