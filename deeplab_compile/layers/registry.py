@@ -8,6 +8,7 @@ from __future__ import annotations
 from .activation import PReLU, ReLU, Dropout, Sigmoid, TanH
 from .base import LayerType
 from .batch_norm import BatchNorm
+from .clip import Clip
 from .concat import Concat
 from .conv import Convolution, Deconvolution
 from .crop import Crop
@@ -33,7 +34,7 @@ _TYPES: list[type[LayerType]] = [
     # learned / normalisation
     InnerProduct, BatchNorm, Scale, Bias,
     # element-wise
-    ReLU, PReLU, Sigmoid, TanH, Dropout, Softmax, Eltwise,
+    ReLU, PReLU, Sigmoid, TanH, Clip, Dropout, Softmax, Eltwise,
     # blob plumbing
     Concat, Slice, Split, Crop, Flatten, Reshape, Silence,
     # losses, metrics, output
