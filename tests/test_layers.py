@@ -43,6 +43,7 @@ CASES: dict[str, list[tuple[dict, list[tuple], dict]]] = {
     ],
     "ReLU": [({}, [(2, 3, 4, 4)], {}), ({"negative_slope": 0.1}, [(5, 7)], {})],
     "PReLU": [({}, [(2, 3, 4, 4)], {}), ({"channel_shared": True}, [(2, 3, 4)], {})],
+    "Clip": [({"min": 0, "max": 6}, [(2, 3, 4, 4)], {}), ({"min": -1, "max": 1}, [(5, 7)], {})],
     "Sigmoid": [({}, [(2, 3, 4, 4)], {})],
     "TanH": [({}, [(2, 3, 4, 4)], {})],
     "Dropout": [({"dropout_ratio": 0.3}, [(2, 3, 4, 4)], {"phase": "train"}), ({}, [(2, 3)], {})],
