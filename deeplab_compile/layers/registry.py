@@ -13,6 +13,7 @@ from .concat import Concat
 from .conv import Convolution, Deconvolution
 from .crop import Crop
 from .data import ImageSegData, Input
+from .dense_crf import DenseCRF
 from .eltwise import Eltwise
 from .inner_product import InnerProduct
 from .interp import Interp
@@ -39,6 +40,7 @@ _TYPES: list[type[LayerType]] = [
     Concat, Slice, Split, Crop, Flatten, Reshape, Silence,
     # losses, metrics, output
     SoftmaxWithLoss, SegAccuracy, MatWrite,
+    DenseCRF,
 ]
 
 REGISTRY: dict[str, LayerType] = {cls.type_name: cls() for cls in _TYPES}
