@@ -412,6 +412,7 @@ def caffe_state_dict(net, path: str | os.PathLike, *, allow_missing: bool = Fals
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
+    failed: set[str] = set()        # keys and share names already reported as mismatched
     bar = None
     if progress:
         from tqdm import tqdm
@@ -431,13 +432,18 @@ def caffe_state_dict(net, path: str | os.PathLike, *, allow_missing: bool = Fals
             if len(cl.blobs) != len(exp.slots):
                 problems.add("count", cl.name, "-", f"{len(cl.blobs)} blob(s)",
                              f"{len(exp.slots)} ({', '.join(s.key for s in exp.slots)})", where)
+                failed.update(x for s in exp.slots for x in (s.key, s.share) if x)
                 continue
             if exp.type == "BatchNorm":
                 _batch_norm(cl, exp, state, problems, where)
+                for slot in exp.slots:
+                    if slot.share and slot.key in state:
+                        shared.setdefault(slot.share, state[slot.key])
                 continue
             for i, (blob, slot) in enumerate(zip(cl.blobs, exp.slots)):
                 if not _fits(blob.shape, slot.shape, exp.type, i):
                     problems.add("shape", cl.name, slot.key, _fmt(blob.shape), _fmt(slot.shape), where)
+                    failed.update(x for x in (slot.key, slot.share) if x)
                     continue
                 t = torch.from_numpy(np.array(blob.data, dtype=np.float32 if slot.dtype == torch.float32
                                               else None, copy=True)).reshape(slot.shape).to(slot.dtype)
@@ -449,14 +455,14 @@ def caffe_state_dict(net, path: str | os.PathLike, *, allow_missing: bool = Fals
             bar.close()
     for exp in expected:
         for slot in exp.slots:
-            if slot.key in state:
+            if slot.key in state or slot.key in failed or (slot.share and slot.share in failed):
                 continue
             if slot.share and slot.share in shared:
                 state[slot.key] = shared[slot.share]
                 continue
             problems.add("missing", exp.name, slot.key, "-", _fmt(slot.shape))
     problems.raise_if_any(allow_missing)
-    return state
+    return {k: v for k, v in state.items() if v is not None}
 
 
 def _batch_norm(cl: CaffeLayer, exp: ExpectedLayer, state: dict, problems: Problems, where: str) -> None:
@@ -469,6 +475,7 @@ def _batch_norm(cl: CaffeLayer, exp: ExpectedLayer, state: dict, problems: Probl
             problems.add("shape", cl.name, slot.key, _fmt(blob.shape), _fmt(slot.shape), where)
             ok = False
     if not ok:
+        state.update({s.key: None for s in exp.slots})   # reported: not missing as well
         return
     factor = float(np.asarray(b2.data, dtype=np.float64).reshape(-1)[0])
     mean = np.asarray(b0.data, dtype=np.float64) / (factor or np.inf)    # 0 when the factor is 0
