@@ -78,33 +78,36 @@ class DataSpec:
                                ignore_label=self.ignore_label, train=train)
 
 
-def _fake_layer(section: Any, name: str) -> Layer:
-    """A stand-in layer so the ImageSegData schema can check a solver ``data:`` section
-    and report errors at its file:line."""
-    key_locs = dict(getattr(section, "key_locs", {}) or {})
-    return Layer(name=name, type="ImageSegData", bottoms=[], tops=["data", "label"], params={},
-                 loc=loc_of(section), key_locs=key_locs)
+class _Section:
+    """Routes the schema's ``layer.error(...)`` calls to a DataError at the key's file:line."""
+
+    def __init__(self, section: Any, name: str):
+        self.section, self.name = section, name
+
+    def error(self, message: str, *, key: str | None = None, hint: str | None = None, cls=None):
+        loc = loc_of(self.section, key) if key is not None else loc_of(self.section)
+        message = message.replace("parameter '", "key '", 1)
+        return DataError(f"{self.name}: {message}", loc=loc, hint=hint)
 
 
 def check_section(section: Mapping, name: str = "data") -> dict[str, Any]:
     """Validate a ``data:`` section against ImageSegData's schema plus the runtime keys.
     Returns only the keys given (coerced)."""
     from ..layers.base import P
-    from ..netdef.errors import ParameterError, did_you_mean
+    from ..netdef.errors import did_you_mean
     schema = registry.get("ImageSegData").params
     extra = {"preprocess": P("enum", "caffe", choices=("caffe", "tf")),
              "label_map": P("enum", "none", choices=LABEL_MAPS),
              "num_classes": P("int", None, min=1),
              "num_workers": P("int", 2, min=0)}
-    lay = _fake_layer(section, name)
+    lay = _Section(section, name)
     out: dict[str, Any] = {}
     for key, value in section.items():
         p = schema.get(key) or extra.get(key)
         if p is None:
             hint = did_you_mean(str(key), list(schema) + list(extra))
-            raise lay.error(f"unknown data key '{key}'", key=key,
-                            hint=hint or "data keys: " + ", ".join(sorted(list(schema) + list(extra))),
-                            cls=ParameterError)
+            raise lay.error(f"unknown key '{key}'", key=key,
+                            hint=hint or "keys: " + ", ".join(sorted(list(schema) + list(extra))))
         out[key] = p.coerce(key, value, lay)
     return out
 

@@ -1,0 +1,55 @@
+"""``deeplab-train``: train a net with a Caffe-style solver.
+
+    deeplab-train --solver config/solver.yaml [--weights init.caffemodel|init.pt]
+                  [--resume model/train_iter_2000.pt] [--gpu 0|cpu] [-D name=value]
+    torchrun --nproc_per_node=4 -m deeplab_compile.cli.train --solver config/solver.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import entry_point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deeplab-train", description="Train a compiled DeepLab net with a "
+                                "Caffe-style solver (caffe train --solver=... --weights=...).")
+    p.add_argument("--solver", required=True, help="solver YAML")
+    p.add_argument("--weights", help="initial weights: .pt state dict or snapshot, or .caffemodel "
+                                     "(overrides the solver's 'weights')")
+    p.add_argument("--resume", metavar="SNAPSHOT", help="continue from a <prefix>_iter_<N>.pt snapshot")
+    p.add_argument("--gpu", help="CUDA device index, or 'cpu' (default: the solver's, if CUDA exists)")
+    p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a solver/netdef variable (repeatable), e.g. -D num_classes=59")
+    p.add_argument("--log-dir", help="where train.log, TensorBoard events and loss.png go "
+                                     "(default: the solver's log_dir, else log/ beside the snapshots)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the data section's, 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import DeepLabError
+    from ..solver import load_solver
+    from ..train import TrainingInterrupted, train
+    from .compile import parse_defines
+    args = build_parser().parse_args(argv)
+    if args.weights and args.resume:
+        raise DeepLabError("--weights and --resume exclude each other",
+                           hint="--resume restores the weights of the snapshot")
+    solver = load_solver(args.solver, parse_defines(args.defines))
+    try:
+        result = train(solver, weights=args.weights, resume=args.resume, gpu=args.gpu, log_dir=args.log_dir,
+                       progress=not args.no_progress and sys.stderr.isatty(), num_workers=args.workers)
+    except TrainingInterrupted as e:
+        print(f"deeplab-train: {e}", file=sys.stderr)
+        return 130
+    if result.snapshot:
+        print(f"iteration {result.iter}, loss {result.loss:.6g}; snapshot {result.snapshot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The solver: Caffe's ``SolverParameter`` as YAML, its learning-rate policies and its
+SGD update, plus TF DeepLab's hard-pixel mining and warm-up.
+
+A solver file (paths relative to the working directory, as in Caffe, else to the file)::
+
+    net: ../../netdef/deeplab_largefov.yaml     # the netdef (train and test phases)
+    vars: {num_classes: 21, crop: 321}          # passed to the netdef
+    weights: model/init.pt                      # initial weights (.pt / .caffemodel); --weights wins
+    data:                                       # the data layer: ImageSegData's keys (spec.py)
+      source: list/train_aug.txt
+      root_folder: /data/VOC2012
+      batch_size: 10
+      crop_size: 321
+      mirror: true
+      mean_value: [104.008, 116.669, 122.675]
+    base_lr: 0.001
+    lr_policy: step        # fixed | step | multistep | poly | exp | inv | sigmoid
+    gamma: 0.1
+    stepsize: 2000
+    max_iter: 6000
+    momentum: 0.9
+    weight_decay: 0.0005
+    iter_size: 1           # gradient accumulation (Caffe divides the summed gradient by it)
+    display: 10
+    average_loss: 20
+    snapshot: 2000
+    snapshot_prefix: model/train
+    random_seed: 1
+
+Learning rate at iteration ``it`` (0-based, Caffe's ``SGDSolver::GetLearningRate``):
+
+=========  ===========================================================
+fixed      ``base_lr``
+step       ``base_lr * gamma ^ floor(it / stepsize)``
+multistep  ``base_lr * gamma ^ (number of stepvalue <= it)``
+exp        ``base_lr * gamma ^ it``
+inv        ``base_lr * (1 + gamma * it) ^ (-power)``
+poly       ``base_lr * (1 - it / max_iter) ^ power``
+sigmoid    ``base_lr / (1 + exp(-gamma * (it - stepsize)))``
+=========  ===========================================================
+
+TF DeepLab's options beside them:
+
+``warmup_iter`` / ``warmup_lr`` / ``warmup_method``
+    for ``it < warmup_iter`` the rate is ``warmup_lr`` (``constant``, TF's
+    ``slow_start_step`` / ``slow_start_learning_rate``) or goes linearly from ``warmup_lr``
+    to the policy's rate (``linear``).  The policy itself keeps counting from 0.
+``top_k_percent_pixels`` / ``hard_example_mining_step``
+    the loss keeps only the hardest ``k`` fraction of the pixels (TF's
+    ``add_softmax_cross_entropy_loss_for_each_scale``); the fraction anneals linearly from
+    1 to ``k`` over ``hard_example_mining_step`` iterations.
+
+The update is Caffe's, not ``torch.optim.SGD``'s: with ``lr = rate * lr_mult`` and
+``decay = weight_decay * decay_mult``, per parameter
+
+    g = grad / iter_size;  g += decay * w (L2) or decay * sign(w) (L1)
+    v = momentum * v + lr * g;   w -= v
+
+PyTorch's SGD keeps ``v = momentum * v + g`` and steps ``w -= lr * v``; the two agree only
+while the rate is constant.  ``clip_gradients`` (> 0) rescales all gradients together
+when their L2 norm exceeds it, before the division by ``iter_size``, as Caffe does.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DeepLabError, Loc
+from .layers.base import P
+from .netdef.errors import did_you_mean
+from .netdef.parse import Map, load, loc_of
+
+POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
+
+
+class SolverError(DeepLabError):
+    """A solver file that cannot be used: unknown or mistyped field, missing value."""
+
+
+# name -> schema.  ``P`` is the layer parameter schema; its errors go through _Section.
+SCHEMA: dict[str, P] = {
+    "net": P("str", doc="netdef path"),
+    "vars": P("dict", {}, doc="netdef variables"),
+    "weights": P("str", "", doc="initial weights (.pt state dict, snapshot or .caffemodel)"),
+    "data": P("dict", {}, doc="data layer keys (ImageSegData), override the netdef's"),
+    "type": P("enum", "sgd", choices=("sgd",)),
+    "base_lr": P("float", min=0.0),
+    "lr_policy": P("enum", "fixed", choices=POLICIES),
+    "gamma": P("float", None),
+    "power": P("float", None),
+    "stepsize": P("int", None, min=1),
+    "stepvalue": P("ints", [], min=0),
+    "max_iter": P("int", min=0),
+    "momentum": P("float", 0.0, min=0.0),
+    "weight_decay": P("float", 0.0, min=0.0),
+    "regularization_type": P("enum", "l2", choices=("l1", "l2")),
+    "clip_gradients": P("float", -1.0),
+    "iter_size": P("int", 1, min=1),
+    "display": P("int", 0, min=0),
+    "average_loss": P("int", 1, min=1),
+    "snapshot": P("int", 0, min=0),
+    "snapshot_prefix": P("str", ""),
+    "snapshot_after_train": P("bool", True),
+    "random_seed": P("int", -1),
+    "solver_mode": P("enum", "gpu", choices=("cpu", "gpu"), doc="accepted; --gpu picks the device"),
+    "device_id": P("int", 0, min=0),
+    "log_dir": P("str", "", doc="text log, TensorBoard events, loss plot (default: log/ beside the snapshots)"),
+    "test_interval": P("int", 0, min=0, doc="evaluate on test_data every N iterations (0: never)"),
+    "test_iter": P("int", 0, min=0, doc="batches per evaluation (0: the whole list)"),
+    "test_data": P("dict", {}, doc="data keys for the periodic evaluation"),
+    "sync_bn": P("bool", False, doc="SyncBatchNorm across processes under torchrun"),
+    "warmup_iter": P("int", 0, min=0),
+    "warmup_lr": P("float", 0.0, min=0.0),
+    "warmup_method": P("enum", "constant", choices=("constant", "linear")),
+    "top_k_percent_pixels": P("float", 1.0, min=0.0, max=1.0),
+    "hard_example_mining_step": P("int", 0, min=0),
+}
+
+
+class _Section:
+    """Adapts the schema's ``layer.error(...)`` calls to solver errors at file:line."""
+
+    def __init__(self, node: Any, path: str):
+        self.node, self.path = node, path
+
+    def loc(self, key: str | None = None) -> Loc | None:
+        return loc_of(self.node, key) or Loc(self.path)
+
+    def error(self, message: str, *, key: str | None = None, hint: str | None = None, cls=None):
+        msg = message.replace("parameter '", "field '", 1) if message.startswith("parameter '") else message
+        return SolverError(msg, loc=self.loc(key), hint=hint)
+
+
+@dataclass
+class Solver:
+    """A checked solver file.  ``path`` is where it was read from; ``locs`` the position
+    of each field, for later errors (a bad net path, bad data keys)."""
+
+    path: str
+    net: str
+    base_lr: float
+    max_iter: int
+    vars: dict = field(default_factory=dict)
+    weights: str = ""
+    data: Any = field(default_factory=dict)
+    type: str = "sgd"
+    lr_policy: str = "fixed"
+    gamma: float | None = None
+    power: float | None = None
+    stepsize: int | None = None
+    stepvalue: list = field(default_factory=list)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    regularization_type: str = "l2"
+    clip_gradients: float = -1.0
+    iter_size: int = 1
+    display: int = 0
+    average_loss: int = 1
+    snapshot: int = 0
+    snapshot_prefix: str = ""
+    snapshot_after_train: bool = True
+    random_seed: int = -1
+    solver_mode: str = "gpu"
+    device_id: int = 0
+    log_dir: str = ""
+    test_interval: int = 0
+    test_iter: int = 0
+    test_data: Any = field(default_factory=dict)
+    sync_bn: bool = False
+    warmup_iter: int = 0
+    warmup_lr: float = 0.0
+    warmup_method: str = "constant"
+    top_k_percent_pixels: float = 1.0
+    hard_example_mining_step: int = 0
+    locs: dict = field(default_factory=dict, repr=False)
+
+    def lr(self, it: int) -> float:
+        return learning_rate(self, it)
+
+    def error(self, message: str, key: str | None = None, hint: str | None = None) -> SolverError:
+        return SolverError(message, loc=self.locs.get(key) or Loc(self.path), hint=hint)
+
+    def to_dict(self) -> dict:
+        """The fields as plain Python values (no source positions)."""
+        return {k: _plain(getattr(self, k)) for k in SCHEMA}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(value: Any, env: Mapping[str, Any], sec: _Section, key: str) -> Any:
+    """``${NAME}`` in solver strings, from the solver's ``vars`` and ``-D`` overrides."""
+    if isinstance(value, str):
+        def rep(m):
+            if m.group(1) not in env:
+                raise sec.error(f"undefined variable '{m.group(1)}' in field '{key}'", key=key,
+                                hint=did_you_mean(m.group(1), list(env)) or "define it in 'vars' or with -D")
+            return str(env[m.group(1)])
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(1) in env:
+            return env[whole.group(1)]
+        return _VAR.sub(rep, value)
+    if isinstance(value, Map):
+        out = Map({k: _substitute(v, env, _Section(value, sec.path), k) for k, v in value.items()},
+                  loc=value.loc, key_locs=value.key_locs)
+        return out
+    if isinstance(value, list):
+        return [_substitute(v, env, sec, key) for v in value]
+    return value
+
+
+def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = None) -> Solver:
+    """Check a parsed solver document (from :func:`deeplab_compile.netdef.parse.loads`)."""
+    sec = _Section(doc, path)
+    if not isinstance(doc, Mapping):
+        raise SolverError("a solver file must be a mapping of fields", loc=Loc(path))
+    values: dict[str, Any] = {}
+    for key in doc:
+        if key not in SCHEMA:
+            hint = did_you_mean(str(key), SCHEMA)
+            raise sec.error(f"unknown solver field '{key}'", key=key,
+                            hint=hint or "known fields: " + ", ".join(sorted(SCHEMA)))
+    raw_vars = doc.get("vars") or {}
+    if not isinstance(raw_vars, Mapping):
+        raise sec.error("field 'vars' must be a mapping", key="vars", hint="write 'vars: {num_classes: 21}'")
+    env = {**dict(raw_vars), **dict(overrides or {})}
+    for key, p in SCHEMA.items():
+        if key in doc:
+            v = doc[key]
+            if key != "vars":
+                v = _substitute(v, env, sec, key)
+            if p.kind == "dict" and v is None:
+                v = {}
+            coerced = p.coerce(key, v, sec)
+            values[key] = v if p.kind == "dict" else coerced
+        elif p.required:
+            raise sec.error(f"missing required field '{key}'", hint=f"add '{key}: ...'")
+        else:
+            values[key] = list(p.default) if isinstance(p.default, list) else (
+                dict(p.default) if isinstance(p.default, dict) else p.default)
+    values["vars"] = env
+    s = Solver(path=path, locs={k: loc_of(doc, k) for k in doc}, **values)
+    _check(s, sec)
+    return s
+
+
+def _check(s: Solver, sec: _Section) -> None:
+    need = {"step": ("gamma", "stepsize"), "multistep": ("gamma", "stepvalue"), "exp": ("gamma",),
+            "inv": ("gamma", "power"), "poly": ("power",), "sigmoid": ("gamma", "stepsize")}
+    for k in need.get(s.lr_policy, ()):
+        if getattr(s, k) in (None, []):
+            raise sec.error(f"lr_policy '{s.lr_policy}' needs '{k}'", key="lr_policy",
+                            hint=f"add '{k}: ...' (see Caffe's SGDSolver::GetLearningRate)")
+    if s.lr_policy == "multistep" and any(b <= a for a, b in zip(s.stepvalue, s.stepvalue[1:])):
+        raise sec.error("'stepvalue' must increase strictly", key="stepvalue")
+    if s.lr_policy == "poly" and s.max_iter == 0:
+        raise sec.error("lr_policy 'poly' needs max_iter > 0", key="max_iter")
+    if s.hard_example_mining_step and s.top_k_percent_pixels == 1.0:
+        raise sec.error("hard_example_mining_step without top_k_percent_pixels < 1",
+                        key="hard_example_mining_step", hint="set top_k_percent_pixels, e.g. 0.25")
+    if s.top_k_percent_pixels <= 0:
+        raise sec.error("top_k_percent_pixels must be in (0, 1]", key="top_k_percent_pixels")
+    for key in ("data", "test_data"):
+        if getattr(s, key):
+            from .data.spec import check_section
+            check_section(getattr(s, key), key)
+
+
+def load_solver(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Solver:
+    """Read and check a solver YAML file.  ``overrides`` set ``vars`` (``-D name=value``)."""
+    path = os.fspath(path)
+    try:
+        doc = load(path)
+    except DeepLabError as e:
+        raise SolverError(str(e)) from None
+    s = parse_solver(doc, path, overrides)
+    return s
+
+
+def resolve_path(s: Solver, rel: str, *, must_exist: bool = True) -> str:
+    """A path from the solver: as given (Caffe: the working directory), else beside the
+    solver file."""
+    if not rel or os.path.isabs(rel) or os.path.exists(rel) or not must_exist:
+        return rel
+    alt = os.path.join(os.path.dirname(os.path.abspath(s.path)), rel)
+    return alt if os.path.exists(alt) else rel
+
+
+# --------------------------------------------------------------------------- rates
+
+def policy_rate(s: Solver, it: int) -> float:
+    """Caffe's rate for iteration ``it`` (no warm-up)."""
+    b, p = s.base_lr, s.lr_policy
+    if p == "fixed":
+        return b
+    if p == "step":
+        return b * math.pow(s.gamma, it // s.stepsize)
+    if p == "multistep":
+        return b * math.pow(s.gamma, sum(1 for v in s.stepvalue if it >= v))
+    if p == "exp":
+        return b * math.pow(s.gamma, it)
+    if p == "inv":
+        return b * math.pow(1.0 + s.gamma * it, -s.power)
+    if p == "poly":
+        return b * math.pow(max(1.0 - it / s.max_iter, 0.0), s.power)
+    if p == "sigmoid":
+        return b * (1.0 / (1.0 + math.exp(-s.gamma * (it - s.stepsize))))
+    raise ValueError(p)
+
+
+def learning_rate(s: Solver, it: int) -> float:
+    """The rate for iteration ``it``, warm-up included."""
+    rate = policy_rate(s, it)
+    if it < s.warmup_iter:
+        if s.warmup_method == "constant":
+            return s.warmup_lr
+        return s.warmup_lr + (rate - s.warmup_lr) * it / s.warmup_iter
+    return rate
+
+
+def hard_pixel_ratio(s: Solver, it: int) -> float:
+    """TF DeepLab's kept fraction of pixels at iteration ``it``."""
+    k = s.top_k_percent_pixels
+    if k >= 1.0:
+        return 1.0
+    if not s.hard_example_mining_step:
+        return k
+    r = min(1.0, it / s.hard_example_mining_step)
+    return r * k + (1.0 - r)
+
+
+# --------------------------------------------------------------------------- SGD
+
+class CaffeSGD(torch.optim.Optimizer):
+    """Caffe's SGD update (see the module docstring).  Each group's ``lr`` and
+    ``weight_decay`` are the local rate and decay (``base * mult``); set them through
+    :meth:`set_rate`.  ``iter_size`` divides the gradients; ``clip_gradients`` > 0 clips
+    their global L2 norm first."""
+
+    def __init__(self, params, *, lr: float = 0.0, momentum: float = 0.0, weight_decay: float = 0.0,
+                 regularization: str = "l2", iter_size: int = 1, clip_gradients: float = -1.0):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, lr_mult=1.0, decay_mult=1.0)
+        super().__init__(params, defaults)
+        self.regularization, self.iter_size, self.clip_gradients = regularization, iter_size, clip_gradients
+
+    def set_rate(self, rate: float, weight_decay: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = rate * g["lr_mult"]
+            g["weight_decay"] = weight_decay * g["decay_mult"]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if self.clip_gradients > 0 and params:
+            norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
+            if norm > self.clip_gradients:
+                scale = (self.clip_gradients / norm).to(params[0].grad.dtype)
+                for p in params:
+                    p.grad.mul_(scale)
+        for g in self.param_groups:
+            lr, m, decay = g["lr"], g["momentum"], g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if self.iter_size > 1:
+                    d = d * (1.0 / self.iter_size)
+                if decay:
+                    d = d + decay * (p.sign() if self.regularization == "l1" else p)
+                state = self.state[p]
+                v = state.get("history")
+                if v is None:
+                    v = state["history"] = torch.zeros_like(p)
+                v.mul_(m).add_(d, alpha=lr)
+                p.sub_(v)
+        return loss
+
+
+# --------------------------------------------------------------------------- hard pixels
+
+class TopKSoftmaxLoss(nn.Module):
+    """SoftmaxWithLoss keeping the hardest ``ratio`` of the pixels (TF DeepLab): the sum of
+    the ``int(ratio * N)`` largest per-pixel losses (ignored pixels count 0) divided by how
+    many of those are non-zero.  With ``ratio == 1`` it is the wrapped layer itself."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.ratio = 1.0
+
+    def forward(self, score: torch.Tensor, label: torch.Tensor):
+        if self.ratio >= 1.0:
+            return self.inner(score, label)
+        a = self.inner.axis
+        logp = F.log_softmax(score, dim=a)
+        lab = label.reshape(score.shape[:a] + (1,) + score.shape[a + 1:]).long()
+        valid = torch.ones_like(lab, dtype=torch.bool)
+        if self.inner.ignore_label is not None:
+            valid = lab != self.inner.ignore_label
+        nll = -logp.gather(a, torch.where(valid, lab, torch.zeros_like(lab))) * valid.to(score.dtype)
+        flat = nll.reshape(-1)
+        k = max(int(self.ratio * flat.numel()), 1)
+        top = torch.topk(flat, k, sorted=False).values
+        present = (top != 0).sum().to(top.dtype)
+        loss = torch.where(present > 0, top.sum() / present.clamp_min(1), top.sum() * 0)
+        if getattr(self.inner, "with_prob", False):
+            return loss, logp.exp()
+        return loss
+
+
+def install_hard_mining(net: nn.Module) -> list[TopKSoftmaxLoss]:
+    """Wrap every SoftmaxWithLoss module of a compiled net in :class:`TopKSoftmaxLoss`
+    (the graph calls submodules by name, so swapping them rewires the net)."""
+    from .codegen import module_name
+    out = []
+    for lay in net.net.layers:
+        if lay.type == "SoftmaxWithLoss":
+            name = module_name(lay.name)
+            wrapped = TopKSoftmaxLoss(getattr(net, name))
+            setattr(net, name, wrapped)
+            out.append(wrapped)
+    return out
