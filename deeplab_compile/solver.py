@@ -180,6 +180,24 @@ class Solver:
     top_k_percent_pixels: float = 1.0
     hard_example_mining_step: int = 0
     locs: dict = field(default_factory=dict, repr=False)
+    defines: dict = field(default_factory=dict, repr=False)     # -D overrides
+    used_vars: set = field(default_factory=set, repr=False)     # names ${...} in the solver read
+
+    def net_vars(self, declared: Mapping[str, Any]) -> dict:
+        """The variables for the netdef: ``vars`` and ``-D`` values whose names the netdef
+        declares.  A name that neither the netdef declares nor a ``${...}`` of the solver
+        reads is an error (a typo would otherwise pass silently)."""
+        out = {}
+        for name, value in self.vars.items():
+            if name in declared:
+                out[name] = value
+            elif name not in self.used_vars:
+                where = "-D" if name in self.defines else "vars"
+                raise SolverError(f"variable '{name}' ({where}) is not a variable of the netdef and not "
+                                  "used by the solver", loc=self.locs.get("vars") if where == "vars" else None,
+                                  hint=did_you_mean(str(name), list(declared))
+                                  or "netdef variables: " + (", ".join(declared) or "none"))
+        return out
 
     def lr(self, it: int) -> float:
         return learning_rate(self, it)
@@ -203,9 +221,13 @@ def _plain(v: Any) -> Any:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _substitute(value: Any, env: Mapping[str, Any], sec: _Section, key: str) -> Any:
-    """``${NAME}`` in solver strings, from the solver's ``vars`` and ``-D`` overrides."""
+def _substitute(value: Any, env: Mapping[str, Any], sec: _Section, key: str, used: set | None = None) -> Any:
+    """``${NAME}`` in solver strings, from ``-D`` overrides, the solver's ``vars``, then the
+    environment (``${EXP}`` set by an experiment script)."""
     if isinstance(value, str):
+        if used is not None:
+            used.update(m.group(1) for m in _VAR.finditer(value))
+
         def rep(m):
             if m.group(1) not in env:
                 raise sec.error(f"undefined variable '{m.group(1)}' in field '{key}'", key=key,
@@ -216,11 +238,11 @@ def _substitute(value: Any, env: Mapping[str, Any], sec: _Section, key: str) -> 
             return env[whole.group(1)]
         return _VAR.sub(rep, value)
     if isinstance(value, Map):
-        out = Map({k: _substitute(v, env, _Section(value, sec.path), k) for k, v in value.items()},
+        out = Map({k: _substitute(v, env, _Section(value, sec.path), k, used) for k, v in value.items()},
                   loc=value.loc, key_locs=value.key_locs)
         return out
     if isinstance(value, list):
-        return [_substitute(v, env, sec, key) for v in value]
+        return [_substitute(v, env, sec, key, used) for v in value]
     return value
 
 
@@ -238,12 +260,14 @@ def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = 
     raw_vars = doc.get("vars") or {}
     if not isinstance(raw_vars, Mapping):
         raise sec.error("field 'vars' must be a mapping", key="vars", hint="write 'vars: {num_classes: 21}'")
-    env = {**dict(raw_vars), **dict(overrides or {})}
+    net_env = {**dict(raw_vars), **dict(overrides or {})}
+    env = {**os.environ, **net_env}
+    used: set = set()
     for key, p in SCHEMA.items():
         if key in doc:
             v = doc[key]
             if key != "vars":
-                v = _substitute(v, env, sec, key)
+                v = _substitute(v, env, sec, key, used)
             if p.kind == "dict" and v is None:
                 v = {}
             coerced = p.coerce(key, v, sec)
@@ -253,8 +277,9 @@ def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = 
         else:
             values[key] = list(p.default) if isinstance(p.default, list) else (
                 dict(p.default) if isinstance(p.default, dict) else p.default)
-    values["vars"] = env
-    s = Solver(path=path, locs={k: loc_of(doc, k) for k in doc}, **values)
+    values["vars"] = net_env
+    s = Solver(path=path, locs={k: loc_of(doc, k) for k in doc}, defines=dict(overrides or {}), used_vars=used,
+               **values)
     _check(s, sec)
     return s
 

@@ -264,12 +264,13 @@ def default_prefix(solver: Solver) -> str:
 def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None):
     """Compile the solver's net in the TRAIN phase with inputs sized by its data layer.
     Returns ``(net, data_spec)``."""
-    from .compiler import build_net, compile_net
+    from .compiler import build_net, compile_net, load_netdef
     from .data.spec import resolve_spec
     net_path = resolve_path(solver, solver.net)
     if not os.path.exists(net_path):
         raise solver.error(f"net '{solver.net}' does not exist", "net", "give the netdef path")
-    ir = build_net(net_path, phase="train", vars=solver.vars)
+    net_vars = solver.net_vars(load_netdef(net_path).get("vars") or {})
+    ir = build_net(net_path, phase="train", vars=net_vars)
     spec = resolve_spec(ir, "train", solver.data or None)
     if batch_size:
         spec.batch_size = batch_size
@@ -281,7 +282,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
         elif len(spec.tops) > 1 and name == spec.tops[1] and spec.label_type == "pixel":
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
-    net = compile_net(net_path, phase="train", vars=solver.vars, inputs=inputs or None)
+    net = compile_net(net_path, phase="train", vars=net_vars, inputs=inputs or None)
     if spec.num_classes is None:
         from .data.spec import net_num_classes
         spec.num_classes = net_num_classes(net.net)
