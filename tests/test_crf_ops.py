@@ -1,0 +1,165 @@
+"""deeplab::permutohedral_filter and deeplab::dense_crf: kernels against references."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from deeplab_compile.ops import (_ext, dense_crf, dense_crf_reference, permutohedral_filter,
+                                 permutohedral_filter_reference)
+
+compiled = pytest.mark.skipif(not _ext.has_kernel("dense_crf", "CPU"), reason="_C not built")
+
+
+def _features(n, d, spread, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g, dtype=dtype) * spread
+
+
+@pytest.mark.parametrize("d,tol", [(1, 0.005), (2, 0.01), (3, 0.02), (5, 0.06)])
+def test_lattice_matches_brute_force_gaussian(d, tol):
+    # The lattice approximates exp(-|fi - fj|^2 / 2) up to a smooth change of scale; the
+    # normalised filter (what the CRF uses) is within a few per cent (Adams et al. 2010).
+    f = _features(400, d, 4.0)
+    v = torch.rand(400, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    K = torch.exp(-0.5 * torch.cdist(f, f) ** 2)
+    exact = (K @ v) / K.sum(1, keepdim=True)
+    out = permutohedral_filter(f, torch.cat([v, torch.ones(400, 1, dtype=torch.float64)], 1))
+    approx = out[:, :3] / out[:, 3:]
+    assert float((approx - exact).norm() / exact.norm()) < tol
+    # Unnormalised, the filter stays within a bounded factor of the Gaussian.
+    ratio = out[:, 3] / K.sum(1)
+    assert float(ratio.min()) > 0.15 and float(ratio.max()) < 3.0
+
+
+def test_far_apart_points_do_not_interact():
+    f = torch.tensor([[0.0, 0.0], [100.0, 100.0]])
+    v = torch.tensor([[1.0], [0.0]])
+    out = permutohedral_filter(f, v)
+    assert out[1, 0] == 0 and out[0, 0] > 0
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d,V", [(1, 2, 1), (50, 2, 3), (300, 5, 21), (200, 3, 9)])
+def test_compiled_filter_matches_reference(n, d, V, dtype):
+    f = _features(n, d, 3.0, seed=n, dtype=dtype)
+    v = torch.randn(n, V, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    a = permutohedral_filter(f, v)
+    b = permutohedral_filter_reference(f, v)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@compiled
+def test_filter_non_contiguous_and_empty():
+    f = _features(60, 4, 3.0, dtype=torch.float32)
+    v = torch.randn(5, 60).t()                     # non-contiguous
+    torch.testing.assert_close(permutohedral_filter(f, v), permutohedral_filter(f, v.contiguous()))
+    assert permutohedral_filter(f[:0], v[:0]).shape == (0, 5)
+
+
+@compiled
+def test_filter_gradcheck():
+    f = _features(40, 3, 2.0)
+    v = torch.randn(40, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: permutohedral_filter(f, x), (v,))
+    assert torch.autograd.gradgradcheck(lambda x: permutohedral_filter(f, x), (v,))
+
+
+def test_reference_filter_gradcheck():
+    f = _features(30, 2, 2.0)
+    v = torch.randn(30, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: permutohedral_filter_reference(f, x), (v,))
+
+
+@compiled
+def test_backward_is_transposed_filter():
+    f = _features(80, 5, 3.0)
+    M = permutohedral_filter(f, torch.eye(80, dtype=torch.float64))
+    Mt = torch.ops.deeplab._permutohedral_filter_backward(f, torch.eye(80, dtype=torch.float64))
+    torch.testing.assert_close(Mt, M.t())
+
+
+@compiled
+def test_opcheck_filter():
+    f = _features(50, 3, 2.0, dtype=torch.float32)
+    v = torch.randn(50, 4, requires_grad=True)
+    torch.library.opcheck(torch.ops.deeplab.permutohedral_filter.default, (f, v))
+    torch.library.opcheck(torch.ops.deeplab._permutohedral_filter_backward.default, (f, v.detach()))
+
+
+@compiled
+def test_opcheck_dense_crf():
+    image = torch.rand(2, 3, 9, 11) * 255
+    unary = torch.rand(2, 4, 9, 11) * 3
+    torch.library.opcheck(torch.ops.deeplab.dense_crf.default, (image, unary, 3.0, 3.0, 4.0, 20.0, 5.0, 3, "symmetric"),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@compiled
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 2, 17, 23), (3, 21, 12, 10)])
+def test_compiled_crf_matches_reference(shape, normalization):
+    B, C, H, W = shape
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(B, 3, H, W, generator=g) * 255
+    unary = torch.rand(B, C, H, W, generator=g) * 4
+    a = dense_crf(image, unary, 3, 3, 4, 10, 5, 5, normalization)
+    b = dense_crf_reference(image, unary, 3, 3, 4, 10, 5, 5, normalization)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@compiled
+def test_compiled_crf_zero_weights_and_iterations():
+    image = torch.rand(1, 3, 8, 9) * 255
+    unary = torch.rand(1, 4, 8, 9) * 4
+    q0 = dense_crf(image, unary, 3, 3, 4, 10, 5, 0)
+    torch.testing.assert_close(q0, torch.softmax(-unary, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dense_crf(image, unary, 0, 3, 0, 10, 5, 5), torch.softmax(-unary, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+@compiled
+def test_batch_equals_single_images():
+    image = torch.rand(3, 3, 15, 14) * 255
+    unary = torch.rand(3, 5, 15, 14) * 4
+    batch = dense_crf(image, unary, 3, 3, 4, 30, 6, 5)
+    for b in range(3):
+        torch.testing.assert_close(batch[b:b + 1], dense_crf(image[b:b + 1], unary[b:b + 1], 3, 3, 4, 30, 6, 5))
+
+
+@compiled
+@pytest.mark.parametrize("bad,match", [
+    (dict(unary=torch.full((1, 2, 4, 4), float("nan"))), "unary.*NaN"),
+    (dict(pos_xy_std=0.0), "standard deviations must be positive"),
+    (dict(image=torch.rand(1, 3, 5, 4)), "must agree"),
+    (dict(unary=torch.rand(1, 2, 4, 4).double()), "'unary' must be float32"),
+    (dict(normalization="none"), "normalization"),
+])
+def test_kernel_checks_name_the_argument(bad, match):
+    args = dict(image=torch.rand(1, 3, 4, 4), unary=torch.rand(1, 2, 4, 4), pos_w=3.0, pos_xy_std=3.0, bi_w=4.0,
+                bi_xy_std=10.0, bi_rgb_std=5.0, iterations=2, normalization="symmetric")
+    args.update(bad)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.deeplab.dense_crf(*args.values())
+
+
+def test_fallback_warns_once_and_matches(monkeypatch):
+    monkeypatch.setattr(_ext, "has_kernel", lambda op, key: False)
+    monkeypatch.setattr(_ext, "_warned", set())
+    f = _features(30, 2, 2.0, dtype=torch.float32)
+    v = torch.randn(30, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = permutohedral_filter(f, v)
+        permutohedral_filter(f, v)
+    assert sum("PyTorch reference" in str(w.message) for w in caught) == 1
+    torch.testing.assert_close(a, permutohedral_filter_reference(f, v))
+
+
+def test_backends_reports_extension():
+    info = _ext.backends()
+    assert set(info) >= {"extension", "cpu", "cuda", "cuda_device", "threads"}
+    if info["extension"]:
+        assert "dense_crf" in info["cpu"]
