@@ -28,7 +28,7 @@ from ..netdef.errors import (Loc, NetDefSyntaxError, ParameterError, UnknownLaye
                              did_you_mean)
 from ..netdef.parse import Map, Seq
 from . import proto
-from .textformat import Field, Message, parse
+from .textformat import Field, Message, is_repeated, parse
 
 __all__ = ["loads", "V1_TYPES", "BLOCKS", "SUPPORTED_TYPES"]
 
@@ -92,7 +92,7 @@ _LAYER_KEYS = {"name", "type", "bottom", "top", "phase", "loss_weight", "param",
 
 
 def _is_list(fd) -> bool:
-    return fd.is_repeated
+    return is_repeated(fd)
 
 
 class _Builder:

@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 
 from ..netdef.errors import Loc, NetDefSyntaxError, did_you_mean
 
-__all__ = ["Field", "Message", "parse", "PLACEHOLDER_RE"]
+__all__ = ["Field", "Message", "parse", "is_repeated", "PLACEHOLDER_RE"]
 
 PLACEHOLDER_RE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 _NAME_IN_EXPR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -46,6 +46,12 @@ _INTS = {FD.TYPE_INT32: (-2 ** 31, 2 ** 31 - 1), FD.TYPE_INT64: (-2 ** 63, 2 ** 
          FD.TYPE_UINT32: (0, 2 ** 32 - 1), FD.TYPE_UINT64: (0, 2 ** 64 - 1),
          FD.TYPE_SINT32: (-2 ** 31, 2 ** 31 - 1), FD.TYPE_SINT64: (-2 ** 63, 2 ** 63 - 1)}
 _FLOATS = (FD.TYPE_FLOAT, FD.TYPE_DOUBLE)
+
+
+def is_repeated(fd) -> bool:
+    """Whether a field is repeated (``is_repeated`` on new protobuf, ``label`` before)."""
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == FD.LABEL_REPEATED
 
 
 @dataclass
@@ -181,7 +187,7 @@ class _Parser:
             if not colon:
                 raise self.error(tok.pos, f"expected ':' after '{name}'", f"write '{name}: value'")
             if tok.kind == "sym" and tok.text == "[":
-                if not fd.is_repeated:
+                if not is_repeated(fd):
                     raise self.error(tok.pos, f"field '{name}' of {desc.name} takes one value, not a list",
                                      f"write '{name}: value'")
                 items = []
@@ -199,7 +205,7 @@ class _Parser:
             else:
                 items = [self.scalar(fd, tok)]
         existing = msg.fields.setdefault(name, [])
-        if existing and not fd.is_repeated:
+        if existing and not is_repeated(fd):
             first = existing[0].loc
             raise self.error(name_tok.pos, f"field '{name}' of {desc.name} is given twice",
                              f"it is already given at line {first.line}; keep one of them")
