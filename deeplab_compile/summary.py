@@ -84,7 +84,7 @@ def format_table(gm: CompiledNet) -> str:
     total_params = sum(r.params for r in rs)
     total_flops = sum(r.flops for r in rs)
     net = gm.net
-    inputs = ", ".join(f"{n} {_fmt_shape(s)}" for n, s in net.inputs.items() if n in gm.input_names)
+    inputs = ", ".join(f"{n} {_fmt_shape(net.blobs[net.input_ids[n]].shape)}" for n in gm.input_names)
     outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(gm.output_names, net.outputs))
     sep = "-" * len(line(head))
     lines = [f"{net.name}  (phase {net.phase}; {len(net.layers)} layers)", sep, line(head), sep]
