@@ -509,7 +509,7 @@ def _run(solver, net, spec, *, device, rank, world, seed, snap, weights, resume,
                             log.line(f"    Train net output: {k} = {v:.6g}", echo=False)
                 if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
                     snapshot(it)
-                if flags[1] > 0:
+                if flags[1] > 0 or (world == 1 and stop.set):
                     break
             interrupted = stop.set
     except KeyboardInterrupt:

@@ -250,5 +250,8 @@ def pipeline_for(net, phase: str, data: Any = None, *, seed: int = 0, rank: int 
     loader = DataLoader(dataset, batch_size=spec.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate, worker_init_fn=_worker_init if workers else None,
                         persistent_workers=False, prefetch_factor=4 if workers else None,
-                        drop_last=False)
+                        drop_last=False,
+                        # its own generator: creating an iterator must not draw from the global
+                        # RNG, which drives dropout and is restored on resume
+                        generator=torch.Generator().manual_seed(seed))
     return DataPipeline(spec=spec, dataset=dataset, loader=loader, input_names=input_names)
