@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true",
                    help="load what matches; missing and unexpected blobs are not errors")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--from", dest="source", metavar="SOURCE",
+                   help="import a pretrained PyTorch state dict by name table: "
+                        "torchvision:resnet101, torchvision:deeplabv3_resnet101, timm:xception65, "
+                        "timm:mobilenetv2_100 (deeplab_compile.zoo.mappings)")
     return p
 
 
@@ -111,6 +115,16 @@ def from_prototxt(args) -> str:
     return f"wrote solver: {out}"
 
 
+def from_pretrained(args) -> str:
+    """``--from SOURCE``: a torchvision/timm state dict -> a checkpoint for ``--netdef``."""
+    from ..zoo.convert import convert_file
+    if not args.netdef:
+        raise DeepLabError("--from needs --netdef (the zoo net the weights are for)", loc=None)
+    out = _output(args, ".pt")
+    rep = convert_file(args.input, args.source, args.netdef, out, vars=parse_defines(args.defines))
+    return f"{rep.summary()}; wrote {out}"
+
+
 #: Input suffix -> converter(args) -> message.
 CONVERTERS: dict[str, Callable] = {
     ".caffemodel": from_caffemodel,
@@ -126,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.input):
         raise DeepLabError(f"{args.input}: no such file", loc=None,
                            hint="give a .caffemodel, .pt or .prototxt file")
+    if args.source:
+        print(from_pretrained(args), file=sys.stderr)
+        return 0
     suffix = os.path.splitext(args.input)[1].lower()
     convert = CONVERTERS.get(suffix)
     if convert is None:
