@@ -183,3 +183,11 @@ def test_layers_reference_lists_every_type_and_their_params(capsys):
     assert "num_output" in out and "required" in out and "alias: hole" in out
     rc, _, err = run(capsys, "--layers", "Convolutoin")
     assert rc == 2 and "did you mean 'Convolution'" in err
+
+
+def test_written_artifacts_have_ordinary_permissions(capsys, tmp_path):
+    out = tmp_path / "net.dot"
+    rc, _, _ = run(capsys, LARGEFOV, "-q", "--emit", "dot", "-o", str(out))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert rc == 0 and (out.stat().st_mode & 0o777) == 0o666 & ~mask

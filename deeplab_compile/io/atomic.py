@@ -6,6 +6,18 @@ import tempfile
 from contextlib import contextmanager
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: str) -> None:
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file beside ``path``; rename it over ``path`` only when the
@@ -17,7 +29,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -38,7 +50,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
