@@ -1,0 +1,57 @@
+"""deeplab-predict: palette PNG, overlay, probabilities, scales/flip, CRF, one-line errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deeplab_compile
+from deeplab_compile.cli.predict import main
+from deeplab_compile.io.palette import read_label_png
+
+from zoo_helpers import netdef
+
+NET = netdef("deeplab_v3_mobilenetv2")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    torch.manual_seed(0)
+    net = deeplab_compile.compile(NET, vars={"crop": 33})
+    w = tmp_path / "w.pt"
+    torch.save({"state_dict": net.state_dict()}, w)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(37, 45), (40, 40)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(imgs / f"im{i}.jpg")
+    return w, imgs, tmp_path / "out"
+
+
+def test_predict_directory_with_scales_flip_probs(setup):
+    w, imgs, out = setup
+    rc = main(["--netdef", NET, "--weights", str(w), str(imgs), "-o", str(out), "--scales", "0.75,1",
+               "--flip", "--probs", "--palette", "cityscapes"])
+    assert rc == 0
+    lab = read_label_png(out / "im0.png")
+    assert lab.shape == (37, 45) and lab.max() < 21
+    assert Image.open(out / "im0_overlay.png").size == (45, 37)
+    p = np.load(out / "im1_probs.npy")
+    assert p.shape == (21, 40, 40) and np.allclose(p.sum(0), 1, atol=1e-2)
+
+
+def test_predict_with_crf(setup):
+    pytest.importorskip("deeplab_compile.crf")
+    w, imgs, out = setup
+    assert main(["--netdef", NET, "--weights", str(w), str(imgs / "im1.jpg"), "-o", str(out),
+                 "--crf", "deeplab_largefov"]) == 0
+    assert read_label_png(out / "im1.png").shape == (40, 40)
+
+
+def test_predict_errors_are_one_line(setup, capsys):
+    w, imgs, out = setup
+    assert main(["--netdef", NET, "--weights", str(w), "missing.jpg", "-o", str(out)]) == 2
+    assert main(["--netdef", netdef("deeplab_v3plus_mobilenetv2"), "--weights", str(w), str(imgs), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("error:" in e for e in err)
