@@ -1,0 +1,154 @@
+"""Zoo nets: compiled vs hand-written PyTorch, CPU fp32 (GPU when one is present).
+
+    python benchmarks/models.py [--size 513] [--repeat 5] [--nets v3,v3plus_mnv2] [--write]
+
+For each net: inference latency (min and median of interleaved runs, so both sides see
+the same load on a shared machine) and peak memory of the compiled net, its
+channels-last variant, and (for DeepLabv3 ResNet-101) the hand-written reference --
+torchvision's deeplabv3_resnet101 where it imports, else the replica in
+tests/data/zoo/replicas.py with the same weights.  fold_bn / fused ASPP passes are used
+when deeplab_compile.passes provides them.  Then a few training steps of v3+ at the
+given size.  --write appends the table to benchmarks/RESULTS.md with date and device.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "data", "zoo"))
+
+import deeplab_compile  # noqa: E402
+from deeplab_compile.zoo.convert import convert_state_dict  # noqa: E402
+
+NETS = {"v3": "deeplab_v3_resnet101", "v3plus_xception": "deeplab_v3plus_xception65",
+        "v3plus_mnv2": "deeplab_v3plus_mobilenetv2", "v3_mnv2": "deeplab_v3_mobilenetv2"}
+TV_VARS = {"output_stride": 8, "d4_first": 1, "d5_1": 2, "d5_2": 4, "d5_3": 4}
+
+
+def device_name(dev: str) -> str:
+    if dev == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def peak_mb(fn, dev) -> float:
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return torch.cuda.max_memory_allocated() / 2**20
+    tracemalloc.start()        # CPU: Python-side peak is not the allocator's; report RSS delta instead
+    tracemalloc.stop()
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def interleaved(fns: dict, repeat: int, dev: str) -> dict[str, list[float]]:
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()                    # warm-up
+    for _ in range(repeat):
+        for k, f in fns.items():
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def reference_v3(net_state, size):
+    try:
+        import torchvision
+        ref = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                                                  num_classes=21, aux_loss=False)
+        name = "torchvision deeplabv3_resnet101"
+        fwd = lambda x: ref(x)["out"]  # noqa: E731
+    except ImportError:
+        import replicas
+        ref = replicas.DeepLabV3ResNet101()
+        name = "hand-written replica (torchvision layout)"
+        fwd = ref.logits
+    return ref, fwd, name
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=513)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--nets", default="v3,v3plus_mnv2")
+    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--write", action="store_true")
+    args = p.parse_args(argv)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    s = args.size
+    x = torch.randn(1, 3, s, s, device=dev)
+    lines = [f"### Zoo nets, {datetime.date.today()}, {device_name(dev)}, fp32, 1x3x{s}x{s}",
+             "", "| net | variant | min ms | median ms | peak MB |", "|---|---|---:|---:|---:|"]
+    for key in args.nets.split(","):
+        name = NETS[key]
+        path = os.path.join(ROOT, "netdef", name + ".yaml")
+        vars_ = TV_VARS if key == "v3" else {}
+        net = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}).to(dev).eval()
+        fns = {"compiled": lambda: net(x)}
+        if key == "v3":
+            ref, fwd, ref_name = reference_v3(None, s)
+            ref = ref.to(dev).eval()
+            fns[ref_name] = lambda: fwd(x)
+        net_cl = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}).to(dev).eval()
+        net_cl = net_cl.to(memory_format=torch.channels_last)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        fns["compiled, channels-last"] = lambda: net_cl(xcl)
+        with torch.no_grad():
+            times = interleaved(fns, args.repeat, dev)
+            for k, f in fns.items():
+                mb = peak_mb(f, dev)
+                ts = times[k]
+                row = f"| {name} | {k} | {min(ts) * 1e3:.0f} | {statistics.median(ts) * 1e3:.0f} | {mb:.0f} |"
+                lines.append(row)
+                print(row, flush=True)
+    # training throughput, v3+ (MobileNetV2 by default; the Xception net is heavy on CPU)
+    tname = NETS["v3plus_xception"] if dev == "cuda" else NETS["v3plus_mnv2"]
+    tnet = deeplab_compile.compile(os.path.join(ROOT, "netdef", tname + ".yaml"), phase="train",
+                                   vars={"crop": s}).to(dev)
+    opt = torch.optim.SGD(tnet.param_groups(base_lr=1e-3, weight_decay=1e-4), lr=1e-3, momentum=0.9)
+    data = torch.randn(2, 3, s, s, device=dev)
+    label = torch.randint(0, 21, (2, 1, s, s), device=dev).float()
+    steps = []
+    for i in range(args.train_steps + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        tnet.total_loss(tnet(data, label)).backward()
+        opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            steps.append(time.perf_counter() - t)
+    row = (f"| {tname} | train step, batch 2 | {min(steps) * 1e3:.0f} | {statistics.median(steps) * 1e3:.0f} | "
+           f"{2 / statistics.median(steps):.2f} img/s |")
+    lines.append(row)
+    print(row)
+    passes = [n for n in ("fold_bn", "fuse_aspp") if hasattr(__import__("deeplab_compile.passes", fromlist=["x"]), n)]
+    lines.append("")
+    lines.append(f"fold_bn / fuse_aspp passes: {', '.join(passes) if passes else 'not available at this commit'}.")
+    if args.write:
+        with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
+            f.write("\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
