@@ -50,6 +50,7 @@ def test_voc_noisy_unaries_improve_like_pydensecrf(voc_runs):
     assert abs(gain_ours - gain_ref) < 0.5, miou     # and by as much as pydensecrf
 
 
+@pytest.mark.slow
 def test_v2_preset_on_voc_image():
     img, gt = voc_image(VOC_IDS[1]), voc_label(VOC_IDS[1])
     logits = noisy_logits(gt, seed=7)

@@ -68,8 +68,8 @@ def test_filter_gradcheck():
 
 
 def test_reference_filter_gradcheck():
-    f = _features(30, 2, 2.0)
-    v = torch.randn(30, 2, dtype=torch.float64, requires_grad=True)
+    f = _features(12, 2, 2.0)
+    v = torch.randn(12, 1, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: permutohedral_filter_reference(f, x), (v,))
 
 
@@ -83,8 +83,8 @@ def test_backward_is_transposed_filter():
 
 @compiled
 def test_opcheck_filter():
-    f = _features(50, 3, 2.0, dtype=torch.float32)
-    v = torch.randn(50, 4, requires_grad=True)
+    f = _features(20, 3, 2.0, dtype=torch.float32)
+    v = torch.randn(20, 2, requires_grad=True)
     torch.library.opcheck(torch.ops.deeplab.permutohedral_filter.default, (f, v))
     torch.library.opcheck(torch.ops.deeplab._permutohedral_filter_backward.default, (f, v.detach()))
 
@@ -99,14 +99,14 @@ def test_opcheck_dense_crf():
 
 @compiled
 @pytest.mark.parametrize("normalization", ["symmetric", "after"])
-@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 2, 17, 23), (3, 21, 12, 10)])
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 2, 13, 11), (2, 21, 7, 8)])
 def test_compiled_crf_matches_reference(shape, normalization):
     B, C, H, W = shape
     g = torch.Generator().manual_seed(3)
     image = torch.rand(B, 3, H, W, generator=g) * 255
     unary = torch.rand(B, C, H, W, generator=g) * 4
-    a = dense_crf(image, unary, 3, 3, 4, 10, 5, 5, normalization)
-    b = dense_crf_reference(image, unary, 3, 3, 4, 10, 5, 5, normalization)
+    a = dense_crf(image, unary, 3, 3, 4, 10, 5, 3, normalization)
+    b = dense_crf_reference(image, unary, 3, 3, 4, 10, 5, 3, normalization)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

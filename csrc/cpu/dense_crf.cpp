@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -104,14 +105,14 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
              const Params& prm) {
   const int64_t n = H * W;
   const int64_t S = lattice::padded(C);
-  const int64_t grain = 2048;
+  const int64_t grain = 8192;  // pixels per task: a parallel region only pays off for larger work
   lattice::Workspace<float> ws;
 
   std::vector<lattice::Lattice<float>> kernels;
   kernels.reserve(2);
   if (prm.pos_w != 0.f) {
     std::vector<float> f(n * 2);
-    at::parallel_for(0, H, 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
         for (int64_t x = 0; x < W; ++x) {
           f[(y * W + x) * 2 + 0] = x / prm.pos_xy_std;
@@ -123,7 +124,7 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
   }
   if (prm.bi_w != 0.f) {
     std::vector<float> f(n * 5);
-    at::parallel_for(0, H, 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
         for (int64_t x = 0; x < W; ++x) {
           float* o = f.data() + (y * W + x) * 5;

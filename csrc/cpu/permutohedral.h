@@ -130,7 +130,7 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
   // 1. Embed every point (independent per point).
   std::vector<T> scale(d);
   for (int i = 0; i < d; ++i) scale[i] = axis_scale<T>(i, d);
-  at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
     std::vector<T> elevated(dp1), bary(dp1 + 1);
     for (int64_t p = b; p < e; ++p) {
       embed_point<T>(features + p * d, scale.data(), d, elevated.data(), rem0.data() + p * dp1,
@@ -154,7 +154,7 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
 
   // 3. Neighbours along each axis (read-only lookups, parallel).
   L.blur_nb.assign(dp1 * m * 2, 0);
-  at::parallel_for(0, m, 1024, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
     std::vector<int32_t> n1(d), n2(d);
     for (int64_t v = b; v < e; ++v) {
       for (int a = 0; a <= d; ++a) {
@@ -277,7 +277,9 @@ void filter(const Lattice<T>& L, const T* in, T* out, int64_t S, bool reverse, W
   ws.ensure(m + 1, S);
   T* cur = ws.a.data();
   T* nxt = ws.b.data();
-  const int64_t grain = std::max<int64_t>(64, 16384 / S);
+  // Coarse grains: a parallel region costs a thread wake-up, which only pays off
+  // for a few hundred kilobytes of work.
+  const int64_t grain = std::max<int64_t>(512, 131072 / S);
   at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) { splat_range(L, in, S, cur, b, e); });
   for (int i = 0; i <= L.d; ++i) {
     const int a = reverse ? L.d - i : i;
