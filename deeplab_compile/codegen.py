@@ -118,7 +118,7 @@ def _share(root: nn.Module, net: Net) -> dict[str, tuple[float, float]]:
     ``(lr_mult, decay_mult)`` of each parameter by its qualified name."""
     owners: dict[str, tuple[str, str, Any]] = {}    # share name -> (layer, qualified param name, spec)
     info: dict[str, tuple[float, float]] = {}
-    for lay in net.layers:
+    for lay in param_layers(net):
         spec = registry.get(lay.type)
         if not spec.blobs or not hasattr(root, module_name(lay.name)):
             continue
@@ -156,6 +156,17 @@ def _share(root: nn.Module, net: Net) -> dict[str, tuple[float, float]]:
     return info
 
 
+def holders(lay) -> list:
+    """The layers a fused layer absorbed whose modules codegen keeps, under their own
+    names, as holders of the tensors the fused module reads (``Layer.absorbed``)."""
+    return [a for a in lay.absorbed if a.name != lay.name and registry.get(a.type).blobs]
+
+
+def param_layers(net: Net) -> list:
+    """Every layer whose module is in the graph module: the net's layers and the holders."""
+    return [l for lay in net.layers for l in (lay, *holders(lay))]
+
+
 def generate(net: Net) -> CompiledNet:
     """Build the GraphModule for a shaped :class:`Net`."""
     root = nn.Module()
@@ -164,7 +175,7 @@ def generate(net: Net) -> CompiledNet:
     consumed = {b for lay in net.layers for b in lay.bottom_ids}
 
     taken: dict[str, str] = {}
-    for lay in net.layers:
+    for lay in param_layers(net):
         m = module_name(lay.name)
         if m in taken:
             raise lay.error(f"layer names '{taken[m]}' and '{lay.name}' map to the same module name '{m}'",
@@ -185,6 +196,10 @@ def generate(net: Net) -> CompiledNet:
         mname = module_name(lay.name)
         root.add_module(mname, mod)
         args = tuple(env[b] for b in lay.bottom_ids)
+        if lay.absorbed:
+            for h in holders(lay):
+                root.add_module(module_name(h.name), registry.get(h.type).build(h))
+            args += tuple(graph.get_attr(f"{module_name(owner)}.{attr}") for owner, attr in spec.tensor_refs(lay))
         node = graph.create_node("call_module", mname, args, name=mname)
         if len(lay.top_ids) == 1:
             env[lay.top_ids[0]] = node
@@ -208,6 +223,9 @@ def generate(net: Net) -> CompiledNet:
 
     info = _share(root, net)
     gm = CompiledNet(root, graph, class_name=_class_name(net.name))
+    for lay in net.layers:          # GraphModule copies only the attributes get_attr names;
+        for h in holders(lay):      # keep whole holder modules so state_dicts stay complete
+            setattr(gm, module_name(h.name), getattr(root, module_name(h.name)))
     gm.net = net
     gm.phase = net.phase
     gm.input_names = input_names

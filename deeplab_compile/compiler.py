@@ -6,7 +6,7 @@ Every step is a plain function of the previous value (DESIGN.md section 2)::
     doc  = filter_phase(doc, phase)          # drop layers of the other phase
     net  = build_ir(doc, phase)              # registry lookup, parameter schemas, blob wiring
     net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field
-    net  = passes...                         # optional rewrites
+    net  = run_passes(net)                   # fold_bn, fuse_aspp (fuse=False skips them)
     gm   = generate(net)                     # torch.fx GraphModule (codegen.py)
 """
 from __future__ import annotations
@@ -319,17 +319,24 @@ def _geometry(net: Net, lay: Layer, spec) -> None:
 # --------------------------------------------------------------------------- the whole pipeline
 
 def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-              inputs: Mapping[str, Any] | None = None) -> Net:
+              inputs: Mapping[str, Any] | None = None, fuse: bool = False) -> Net:
+    """Parse, expand, wire and shape a netdef: the IR exactly as the netdef writes it
+    (what the zoo tests and the weight importers inspect).  ``fuse=True`` then runs the
+    passes (:mod:`deeplab_compile.passes`), as :func:`compile_net` does by default."""
     phase = check_phase(phase)
     doc = load_netdef(source, vars)
     doc = _expand.filter_phase(doc, phase)
     src = None if isinstance(source, Mapping) else os.fspath(source)
     net = build_ir(doc, phase, source=src)
-    return infer_shapes(net, inputs)
+    net = infer_shapes(net, inputs)
+    if fuse:
+        from .passes import run_passes
+        net = run_passes(net)
+    return net
 
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-                inputs: Mapping[str, Any] | None = None):
+                inputs: Mapping[str, Any] | None = None, fuse: bool = True):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -339,6 +346,8 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             (returns the output blobs, module in eval mode).
         vars: overrides of the netdef's ``vars`` (``{"num_classes": 59}``).
         inputs: input sizes, ``{"data": "1x3x513x513"}`` or ``{"data": (1, 3, 513, 513)}``.
+        fuse: run the passes (fold BatchNorm into convolutions and fuse ASPP for the test
+            phase; fuse v2 ASPP sums in both phases).  Parameter names are the same either way.
     """
     from .codegen import generate
-    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs))
+    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse))

@@ -54,6 +54,9 @@ class Layer:
     in_shapes: list[Shape] = field(default_factory=list)
     out_shapes: list[Shape] = field(default_factory=list)
     fused_from: list[str] = field(default_factory=list)   # names of layers a pass merged into this one
+    # layers a pass merged into this one whose tensors it still reads: codegen keeps their
+    # modules under their own names, so parameter names (and state_dicts) do not change
+    absorbed: list["Layer"] = field(default_factory=list)
 
     def error(self, message: str, *, key: str | None = None, hint: str | None = None, cls=None):
         """An error about this layer, located at ``key`` if given (else at the layer)."""

@@ -50,8 +50,9 @@ def rows(gm: CompiledNet) -> list[Row]:
         spec = registry.get(lay.type)
         mname = module_name(lay.name)
         n_params = 0
-        if hasattr(gm, mname):
-            for p in getattr(gm, mname).parameters():
+        mods = [getattr(gm, m) for m in [mname] + [module_name(a.name) for a in lay.absorbed] if hasattr(gm, m)]
+        for mod in mods:
+            for p in mod.parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
                     n_params += p.numel()

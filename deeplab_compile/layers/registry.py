@@ -6,11 +6,13 @@ nothing registers itself as an import side effect.
 from __future__ import annotations
 
 from .activation import PReLU, ReLU, Dropout, Sigmoid, TanH
+from .aspp import ASPPHead, ASPPSum, ConvSum
 from .base import LayerType
 from .batch_norm import BatchNorm
 from .clip import Clip
 from .concat import Concat
 from .conv import Convolution, Deconvolution
+from .conv_bn import ConvolutionBN
 from .crop import Crop
 from .data import ImageSegData, Input
 from .dense_crf import DenseCRF
@@ -43,7 +45,10 @@ _TYPES: list[type[LayerType]] = [
     DenseCRF,
 ]
 
-REGISTRY: dict[str, LayerType] = {cls.type_name: cls() for cls in _TYPES}
+# Made by the passes (deeplab_compile/passes), not written in netdefs.
+_FUSED_TYPES: list[type[LayerType]] = [ConvolutionBN, ASPPSum, ConvSum, ASPPHead]
+
+REGISTRY: dict[str, LayerType] = {cls.type_name: cls() for cls in _TYPES + _FUSED_TYPES}
 
 
 def get(type_name: str) -> LayerType | None:
@@ -52,4 +57,6 @@ def get(type_name: str) -> LayerType | None:
 
 
 def known_types() -> list[str]:
-    return sorted(REGISTRY)
+    """The types a netdef may use (the fused ones are made by passes only)."""
+    fused = {cls.type_name for cls in _FUSED_TYPES}
+    return sorted(t for t in REGISTRY if t not in fused)

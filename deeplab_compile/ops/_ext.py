@@ -74,7 +74,8 @@ def backends() -> dict:
     ``cuda_device``: whether torch sees a GPU; ``threads``: torch's intra-op threads.
     """
     st = _load()
-    ops = ["dense_crf", "permutohedral_filter", "_permutohedral_filter_backward"]
+    ops = ["dense_crf", "permutohedral_filter", "_permutohedral_filter_backward",
+           "aspp_sum", "_aspp_sum_backward", "aspp_v3_head"]
     return {
         "extension": st["loaded"],
         "extension_path": st["path"],
