@@ -35,17 +35,18 @@ from .base import LayerType, P, positive_size
 FLT_MAX = 3.4028234663852886e38
 
 
-def caffe_pool_size(size: int, k: int, s: int, p: int, padded: bool) -> int:
-    """Caffe's pooled size along one axis; ``padded``: the layer pads along some axis."""
-    out = -(-(size + 2 * p - k) // s) + 1
+def caffe_pool_size(size: int, k: int, s: int, p: int, padded: bool, ceil: bool = True) -> int:
+    """Caffe's pooled size along one axis; ``padded``: the layer pads along some axis;
+    ``ceil``: Caffe's default CEIL rounding, else FLOOR (``round_mode: FLOOR``)."""
+    out = (-(-(size + 2 * p - k) // s) if ceil else (size + 2 * p - k) // s) + 1
     if padded and (out - 1) * s >= size + p:
         out -= 1
     return out
 
 
-def torch_pool_size(size: int, k: int, s: int, p: int) -> int:
-    """torch's ceil-mode pooled size along one axis."""
-    out = -(-(size + 2 * p - k) // s) + 1
+def torch_pool_size(size: int, k: int, s: int, p: int, ceil: bool = True) -> int:
+    """torch's pooled size along one axis (``ceil_mode=ceil``)."""
+    out = (-(-(size + 2 * p - k) // s) if ceil else (size + 2 * p - k) // s) + 1
     if (out - 1) * s >= size + p:
         out -= 1
     return out
@@ -65,7 +66,7 @@ class CaffePool2d(nn.Module):
     """2-D max or average pooling with Caffe's output size, clipping and AVE divisor."""
 
     def __init__(self, *, pool: str, kernel: tuple[int, int], stride: tuple[int, int],
-                 pad: tuple[int, int], global_pooling: bool = False):
+                 pad: tuple[int, int], global_pooling: bool = False, ceil_mode: bool = True):
         super().__init__()
         if pool not in ("max", "ave"):
             raise ValueError(f"pool must be 'max' or 'ave', got {pool!r}")
@@ -73,22 +74,25 @@ class CaffePool2d(nn.Module):
             raise ValueError(f"pad {pad} must be smaller than kernel {kernel} (as in Caffe)")
         self.pool, self.kernel, self.stride, self.pad = pool, tuple(kernel), tuple(stride), tuple(pad)
         self.global_pooling = global_pooling
+        self.ceil_mode = ceil_mode
 
     def extra_repr(self) -> str:
         if self.global_pooling:
             return f"pool={self.pool}, global_pooling=True"
-        return f"pool={self.pool}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}"
+        return (f"pool={self.pool}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}"
+                + ("" if self.ceil_mode else ", round_mode=floor"))
 
     def _native(self, h: int, w: int) -> bool:
         k, s, p = self.kernel, self.stride, self.pad
         return (2 * p[0] <= k[0] and 2 * p[1] <= k[1]
-                and self.out_size(h, w) == (torch_pool_size(h, k[0], s[0], p[0]),
-                                            torch_pool_size(w, k[1], s[1], p[1])))
+                and self.out_size(h, w) == (torch_pool_size(h, k[0], s[0], p[0], self.ceil_mode),
+                                            torch_pool_size(w, k[1], s[1], p[1], self.ceil_mode)))
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         k, s, p = self.kernel, self.stride, self.pad
         padded = p != (0, 0)
-        return caffe_pool_size(h, k[0], s[0], p[0], padded), caffe_pool_size(w, k[1], s[1], p[1], padded)
+        c = self.ceil_mode
+        return caffe_pool_size(h, k[0], s[0], p[0], padded, c), caffe_pool_size(w, k[1], s[1], p[1], padded, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pooling:
@@ -97,8 +101,8 @@ class CaffePool2d(nn.Module):
         k, s, p = self.kernel, self.stride, self.pad
         if self._native(h, w):
             if self.pool == "max":
-                return F.max_pool2d(x, k, s, p, ceil_mode=True)
-            return F.avg_pool2d(x, k, s, p, ceil_mode=True, count_include_pad=True)
+                return F.max_pool2d(x, k, s, p, ceil_mode=self.ceil_mode)
+            return F.avg_pool2d(x, k, s, p, ceil_mode=self.ceil_mode, count_include_pad=True)
         return self._explicit(x, h, w)
 
     def _explicit(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -129,7 +133,8 @@ class Pooling(LayerType):
         **spatial_params("pad", 0, min=0),
         "global_pooling": P("bool", False),
         "engine": P("enum", "default", choices=("default", "caffe", "cudnn"), doc="accepted, ignored"),
-        "round_mode": P("enum", "ceil", choices=("ceil", "floor"), doc="only CEIL (Caffe's) is supported"),
+        "round_mode": P("enum", "ceil", choices=("ceil", "floor"),
+                        doc="CEIL is Caffe's (and DeepLab's); FLOOR matches torchvision/TF models"),
     }
 
     def geom(self, layer: Layer, in_shape: Shape | None = None):
@@ -147,9 +152,6 @@ class Pooling(LayerType):
         if p["pool"] == "stochastic":
             raise layer.error("pool STOCHASTIC is not supported", key="pool",
                               hint="use pool: MAX or pool: AVE", cls=ParameterError)
-        if p["round_mode"] != "ceil":
-            raise layer.error("round_mode FLOOR is not supported", key="round_mode",
-                              hint="drop it: Caffe's default CEIL is used", cls=ParameterError)
         if p["global_pooling"]:
             given = [k for k in ("kernel_size", "kernel_h", "kernel_w") if p[k] is not None]
             if given:
@@ -181,13 +183,15 @@ class Pooling(LayerType):
             raise layer.error(f"kernel {k[0]}x{k[1]} is larger than the padded input {fmt(x)}",
                               hint="use a smaller kernel or a larger input", cls=ShapeError)
         padded = tuple(pad) != (0, 0)
-        return [positive_size(layer, (n, c, caffe_pool_size(h, k[0], s[0], pad[0], padded),
-                                      caffe_pool_size(w, k[1], s[1], pad[1], padded)))]
+        ceil = layer.params["round_mode"] == "ceil"
+        return [positive_size(layer, (n, c, caffe_pool_size(h, k[0], s[0], pad[0], padded, ceil),
+                                      caffe_pool_size(w, k[1], s[1], pad[1], padded, ceil)))]
 
     def build(self, layer: Layer) -> nn.Module:
         k, s, pad = self.geom(layer, layer.in_shapes[0] if layer.in_shapes else None)
         return CaffePool2d(pool=layer.params["pool"], kernel=k, stride=s, pad=pad,
-                           global_pooling=layer.params["global_pooling"])
+                           global_pooling=layer.params["global_pooling"],
+                           ceil_mode=layer.params["round_mode"] == "ceil")
 
     def geometry(self, layer: Layer):
         """(kernel extent, stride) along H; global pooling: the bottom's height, 1."""
