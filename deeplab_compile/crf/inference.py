@@ -23,7 +23,8 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     if isinstance(x, torch.Tensor):
         return x, False
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x)), True
+        a = np.ascontiguousarray(x)
+        return torch.from_numpy(a if a.flags.writeable else a.copy()), True
     raise CRFError(f"'{name}' must be a numpy array or a torch tensor, got {type(x).__name__}")
 
 
