@@ -67,14 +67,8 @@ class _Writer:
 
 def save_png(path: str, labels: np.ndarray) -> str:
     """A class-id map as a VOC palette PNG, written atomically."""
-    from PIL import Image
-
-    from .data.synthetic import voc_palette
-    from .io.atomic import atomic_path
-    im = Image.fromarray(labels.astype(np.uint8), mode="L").convert("P")
-    im.putpalette(voc_palette())
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+    from .io.palette import write_label_png
+    write_label_png(path, labels.astype(np.uint8))
     return path
 
 

@@ -41,22 +41,8 @@ TEXTURES = ("stripes", "checks", "dots", "speckle")
 
 def voc_palette() -> list[int]:
     """PASCAL VOC's colour map (the ``bitget`` construction of VOCdevkit's labelcolormap)."""
-    try:
-        from ..io.palette import voc_palette as _pal    # shared implementation when present
-        pal = _pal()
-        return [int(v) for v in np.asarray(pal).reshape(-1)][:768]
-    except Exception:
-        pass
-    pal = []
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
+    from ..io.palette import voc_palette as _pal
+    return [int(v) for v in np.asarray(_pal()).reshape(-1)][:768]
 
 
 def class_style(c: int) -> dict:
