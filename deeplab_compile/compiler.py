@@ -336,7 +336,7 @@ def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars:
 
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-                inputs: Mapping[str, Any] | None = None, fuse: bool = True):
+                inputs: Mapping[str, Any] | None = None, fuse: bool = False):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -347,7 +347,10 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
         vars: overrides of the netdef's ``vars`` (``{"num_classes": 59}``).
         inputs: input sizes, ``{"data": "1x3x513x513"}`` or ``{"data": (1, 3, 513, 513)}``.
         fuse: run the passes (fold BatchNorm into convolutions and fuse ASPP for the test
-            phase; fuse v2 ASPP sums in both phases).  Parameter names are the same either way.
+            phase; fuse v2 ASPP sums in both phases).  Parameter names and state_dicts are
+            the same either way.  Off here because the Caffe weight tools, the exporters
+            and their tests walk ``gm.net.layers`` as the netdef wrote them; the
+            ``deeplab-compile`` table fuses by default (``--no-fuse``).
     """
     from .codegen import generate
     return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse))

@@ -111,7 +111,7 @@ def test_fuse_aspp_v2_golden(v2_path):
 def test_fused_and_unfused_agree_and_share_state_dicts(which, v2_path, v3_path):
     path = v2_path if which == "v2" else v3_path
     plain = compile_net(path, fuse=False)
-    fused = compile_net(path)
+    fused = compile_net(path, fuse=True)
     assert sorted(fused.state_dict()) == sorted(plain.state_dict())       # names kept
     fused.load_state_dict(_randomize(plain), strict=True)
     x = torch.randn(2, *plain.net.inputs["data"][1:], generator=torch.Generator().manual_seed(1))
@@ -125,7 +125,7 @@ def test_fused_and_unfused_agree_and_share_state_dicts(which, v2_path, v3_path):
 
 def test_v2_fused_train_gradients_agree(v2_path):
     plain = compile_net(v2_path, phase="train", fuse=False)
-    fused = compile_net(v2_path, phase="train")
+    fused = compile_net(v2_path, phase="train", fuse=True)
     fused.load_state_dict(_randomize(plain))
     x = torch.randn(2, 4, 15, 13)
     for gm in (plain, fused):
@@ -138,7 +138,7 @@ def test_v2_fused_train_gradients_agree(v2_path):
 
 
 def test_table_shows_fused_layers(v2_path):
-    text = summary.format_table(compile_net(v2_path))
+    text = summary.format_table(compile_net(v2_path, fuse=True))
     assert "ASPPSum" in text and "fused: c0,c1,c2,aspp" in text
     plain = summary.format_table(compile_net(v2_path, fuse=False))
     assert text.splitlines()[-3] == plain.splitlines()[-3]                 # same totals
@@ -148,7 +148,7 @@ def test_table_shows_fused_layers(v2_path):
 def test_zoo_vgg_fused_matches_unfused(name, fused_type):
     path = os.path.join(NETDEF, name + ".yaml")
     plain = compile_net(path, inputs={"data": "1x3x49x49"}, fuse=False)
-    fused = compile_net(path, inputs={"data": "1x3x49x49"})
+    fused = compile_net(path, inputs={"data": "1x3x49x49"}, fuse=True)
     assert [l.type for l in fused.net.layers if l.fused_from] == ([fused_type] if fused_type else [])
     fused.load_state_dict(_randomize(plain), strict=True)
     x = torch.randn(1, 3, 49, 49)

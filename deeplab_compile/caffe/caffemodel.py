@@ -295,10 +295,10 @@ class ExpectedLayer:
 def expected_layers(net) -> list[ExpectedLayer]:
     """For a compiled net: each layer with learnable tensors (or BatchNorm statistics),
     its state_dict keys in Caffe's blob order."""
-    from ..codegen import module_name
+    from ..codegen import module_name, param_layers
     from ..layers import registry
     out = []
-    for lay in net.net.layers:
+    for lay in param_layers(net.net):       # fused layers' absorbed layers too (passes/)
         spec = registry.get(lay.type)
         if spec is None or not spec.blobs:
             continue

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact path (default: <netdef name>.<ext> in the current folder)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="skip the passes (BatchNorm folding, ASPP fusion); the graph is then exactly the "
-                        "netdef's layers.  Parameter names are the same either way")
+                        "netdef's layers.  Parameter names are the same either way.  --emit always writes "
+                        "the unfused graph (portable: no deeplab:: custom ops)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     p.add_argument("--info", action="store_true", help="print versions and the active kernel backends")
     p.add_argument("--layers", nargs="?", const="", metavar="TYPE",
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..netdef.expand import filter_phase
     net = compiler.build_ir(filter_phase(doc, args.phase), args.phase, source=args.netdef)
     net = compiler.infer_shapes(net, parse_inputs(args.inputs))
-    if args.fuse:
+    if args.fuse and not args.emit:
         from ..passes import run_passes
         net = run_passes(net)
     from ..codegen import generate

@@ -100,6 +100,6 @@ if _ext.available():
     def _backward(ctx, grad):
         x, *weights = ctx.saved_tensors
         gx, gw, gb = torch.ops.deeplab._aspp_sum_backward(grad.contiguous(), x, weights, ctx.rates, ctx.has_bias)
-        return gx, list(gw), list(gb) if ctx.has_bias else None, None
+        return gx, list(gw), list(gb), None
 
     torch.library.register_autograd("deeplab::aspp_sum", _backward, setup_context=_setup_context)

@@ -1,0 +1,222 @@
+"""ASPP kernels against the library path, in one run.
+
+    python benchmarks/aspp.py [--threads 2] [--repeats 5] [--quick] [--write]
+
+v2 ASPP at DeepLab v2 ResNet-101 shapes (2048 -> 21, rates 6/12/18/24; 41x41 and 65x65,
+batch 1 and 10; forward, and forward+backward):
+    unfused   four F.conv2d (the library convolution, oneDNN on CPU) and the sum
+    fused     deeplab::aspp_sum
+    auto      what the fused layer runs: the dispatcher's pick of the two (measured once)
+v3 ASPP head (2048 -> 5 x 256 -> 256; 33x33 and 65x65, batch 1, inference):
+    unfused   the eager graph: conv/BN/ReLU branches, image pooling, upsampling, concat,
+              1x1 projection/BN/ReLU (nn modules in eval mode)
+    folded    the same with BatchNorm folded (the library path of the fused op)
+    fused     deeplab::aspp_v3_head
+Atrous 3x3 at large rates (one convolution): library F.conv2d against aspp_sum with one
+rate, the candidate atrous kernel.
+
+Candidates run interleaved (one call of each in turn) so machine load hits all of them;
+each reports its minimum and median.  Ratios are baseline time / candidate time from the
+minimums (> 1: the candidate is faster).  ``--write`` appends the tables to
+benchmarks/RESULTS.md with the date and device.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deeplab_compile.ops import _ext, dispatch  # noqa: E402
+from deeplab_compile.ops.aspp_sum import aspp_sum_auto, aspp_sum_reference  # noqa: E402
+from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference  # noqa: E402
+
+
+def bench(cands: dict, repeats: int, sync) -> dict:
+    times = {k: [] for k in cands}
+    for f in cands.values():        # warm-up
+        f()
+        sync()
+    for _ in range(repeats):
+        for k, f in cands.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+
+
+def fmt(t):
+    return f"{t[0] * 1e3:.0f} / {t[1] * 1e3:.0f}"
+
+
+def v2_rows(dev, dtype, repeats, quick, sync):
+    rows = []
+    rates = [6, 12, 18, 24]
+    configs = [(1, 41), (1, 65), (10, 41), (10, 65)]
+    if quick:
+        configs = configs[:2]
+    for n, s in configs:
+        for mode in ("fwd", "fwd+bwd"):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(n, 2048, s, s, generator=g).to(dev, dtype)
+            ws = [(torch.randn(21, 2048, 3, 3, generator=g) * 0.01).to(dev, dtype) for _ in rates]
+            bs = [torch.randn(21, generator=g).to(dev, dtype) for _ in rates]
+            train = mode != "fwd"
+            for t in [x, *ws, *bs]:
+                t.requires_grad_(train)
+
+            def run(fn):
+                def f():
+                    with torch.set_grad_enabled(train):
+                        y = fn(x, ws, bs, rates)
+                        if train:
+                            y.sum().backward()
+                return f
+            cands = {"unfused": run(aspp_sum_reference),
+                     "fused": run(lambda *a: torch.ops.deeplab.aspp_sum(*a)),
+                     "auto": run(aspp_sum_auto)}
+            r = bench(cands, repeats, sync)
+            rows.append((f"v2 {n}x2048x{s}x{s} {mode}", r, r["unfused"][0] / r["fused"][0],
+                         r["unfused"][0] / r["auto"][0]))
+            del x, ws, bs
+    return rows
+
+
+class V3Eager(nn.Module):
+    def __init__(self, rates, c=2048, cb=256):
+        super().__init__()
+        cbr = lambda cin, k, r: nn.Sequential(nn.Conv2d(cin, cb, k, padding=r * (k - 1) // 2, dilation=r, bias=False),
+                                              nn.BatchNorm2d(cb), nn.ReLU())
+        self.branches = nn.ModuleList([cbr(c, 1, 1)] + [cbr(c, 3, r) for r in rates])
+        self.pool = cbr(c, 1, 1)
+        self.proj = cbr(5 * cb, 1, 1)
+        self.rates = rates
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5)
+                m.weight.data.normal_(1, 0.1), m.bias.data.normal_(0, 0.1)
+
+    def forward(self, x):
+        outs = [b(x) for b in self.branches]
+        p = self.pool(F.adaptive_avg_pool2d(x, 1))
+        outs.append(F.interpolate(p, size=x.shape[2:], mode="bilinear", align_corners=True))
+        return self.proj(torch.cat(outs, 1))
+
+    def folded_args(self):
+        def fold(seq):
+            conv, bn = seq[0], seq[1]
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            return conv.weight * s.view(-1, 1, 1, 1), bn.bias - bn.running_mean * s
+        wb = [fold(b) for b in self.branches]
+        pw, pb = fold(self.pool)
+        jw, jb = fold(self.proj)
+        jw = jw.flatten(1)
+        projs = list(torch.split(jw, 256, 1))
+        return ([w for w, _ in wb], [b for _, b in wb], [1] + list(self.rates), projs[:4], pw.flatten(1), pb,
+                projs[4], jb, True)
+
+
+def v3_rows(dev, dtype, repeats, quick, sync):
+    rows = []
+    for s, rates in [(33, (6, 12, 18)), (65, (12, 24, 36))][: 1 if quick else 2]:
+        torch.manual_seed(0)
+        m = V3Eager(rates).to(dev, dtype).eval()
+        x = torch.randn(1, 2048, s, s, device=dev, dtype=dtype)
+        with torch.no_grad():
+            args = m.folded_args()
+            cands = {"unfused": lambda: m(x), "folded": lambda: aspp_v3_head_reference(x, *args),
+                     "fused": lambda: torch.ops.deeplab.aspp_v3_head(x, *args)}
+            ref = m(x)
+            err = (torch.ops.deeplab.aspp_v3_head(x, *args) - ref).abs().max().item() / ref.abs().max().item()
+            r = bench(cands, repeats, sync)
+        rows.append((f"v3 1x2048x{s}x{s} rates {'/'.join(map(str, rates))} (rel. err {err:.1e})", r,
+                     r["unfused"][0] / r["fused"][0], r["folded"][0] / r["fused"][0]))
+    return rows
+
+
+def atrous_rows(dev, dtype, repeats, quick, sync):
+    rows = []
+    configs = [(512, 1024, 41, 12), (2048, 256, 33, 18), (2048, 256, 65, 36), (2048, 21, 41, 24)]
+    for cin, co, s, r in configs[:2] if quick else configs:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, cin, s, s, generator=g).to(dev, dtype)
+        w = (torch.randn(co, cin, 3, 3, generator=g) * 0.01).to(dev, dtype)
+        b = torch.zeros(co).to(dev, dtype)
+        with torch.no_grad():
+            cands = {"library": lambda: F.conv2d(x, w, b, padding=r, dilation=r),
+                     "ours": lambda: torch.ops.deeplab.aspp_sum(x, [w], [b], [r])}
+            res = bench(cands, repeats, sync)
+        rows.append((f"atrous {cin}->{co} {s}x{s} rate {r}", res, res["library"][0] / res["ours"][0], None))
+    return rows
+
+
+def table(title, rows, cols, ratio_names):
+    out = [f"**{title}** (ms, min / median)", "",
+           "| shape | " + " | ".join(cols) + " | " + " | ".join(ratio_names) + " |",
+           "|---" * (1 + len(cols) + len(ratio_names)) + "|"]
+    for name, r, a, b in rows:
+        ratios = [f"{a:.2f}x"] + ([f"{b:.2f}x"] if b is not None else [])
+        out.append(f"| {name} | " + " | ".join(fmt(r[c]) for c in cols) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--quick", action="store_true", help="batch 1 and the smaller shapes only")
+    ap.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    a = ap.parse_args(argv)
+    if not (_ext.has_kernel("aspp_sum", "CPU") or _ext.has_kernel("aspp_sum", "CUDA")):
+        print("deeplab_compile._C has no ASPP kernels; build it first (pip install -e . --no-build-isolation)")
+        return 1
+    torch.set_num_threads(a.threads)
+    dev, dtype = torch.device(a.device), getattr(torch, a.dtype)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    devname = torch.cuda.get_device_name() if dev.type == "cuda" else (platform.processor() or "cpu")
+    if dev.type == "cpu":
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        devname = f"{names[0] if names else 'CPU'}, {a.threads} threads"
+    head = (f"{datetime.date.today()}, {devname}, torch {torch.__version__}, {a.dtype}, "
+            f"repeats {a.repeats}, load average at start {os.getloadavg()[0]:.1f}")
+    print(head, flush=True)
+    parts = []
+    rows = v2_rows(dev, dtype, a.repeats, a.quick, sync)
+    parts.append(table("v2 ASPP", rows, ["unfused", "fused", "auto"], ["unfused/fused", "unfused/auto"]))
+    print(parts[-1], "\n", flush=True)
+    rows = v3_rows(dev, dtype, a.repeats, a.quick, sync)
+    parts.append(table("v3 ASPP head, inference", rows, ["unfused", "folded", "fused"],
+                       ["unfused/fused", "folded/fused"]))
+    print(parts[-1], "\n", flush=True)
+    rows = atrous_rows(dev, dtype, a.repeats, a.quick, sync)
+    parts.append(table("atrous 3x3, forward", rows, ["library", "ours"], ["library/ours"]))
+    print(parts[-1], "\n", flush=True)
+    picks = [f"{d['key'][3]} grad={d['grad']}: {d['choice']}" for d in dispatch.decisions()]
+    parts.append("dispatcher picks (aspp_sum_auto): " + "; ".join(picks))
+    print(parts[-1])
+    if a.write:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+        with open(path, "a") as f:
+            f.write("\n## benchmarks/aspp.py\n\n" + head + "\n\n" + "\n\n".join(parts) + "\n")
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
