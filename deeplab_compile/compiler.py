@@ -142,6 +142,8 @@ def build_ir(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
             raise lay.error(f"unknown layer type '{type_name}'", key="type",
                             hint=(hint + " " if hint else "") + "known types: " + ", ".join(registry.known_types()),
                             cls=UnknownLayerError)
+        if spec.tops == (0, 0) and lay.tops == [name]:
+            lay.tops = []       # the default top (the layer's name) of a type that has none
         lay.param_specs = _param_specs(node, lay)
         if len(lay.param_specs) > len(spec.blobs):
             raise lay.error(f"{len(lay.param_specs)} param entries given but {type_name} has "

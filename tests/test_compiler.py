@@ -205,3 +205,15 @@ def test_deepcopy_and_pickle_keep_the_compiled_net(data_dir, tmp_path):
 def _save_load(gm, path):
     torch.save(gm, path)
     return torch.load(path, weights_only=False)
+
+
+def test_layers_without_tops_need_no_explicit_empty_top(tmp_path):
+    path = write(tmp_path, """
+        name: silent
+        inputs: {data: [3, 8, 8], label: [1, 8, 8]}
+        layers:
+          - {name: relu, type: ReLU, bottom: data}
+          - {name: quiet, type: Silence, bottom: label}
+        """)
+    gm = deeplab_compile.compile(path)
+    assert gm.net.layer("quiet").tops == [] and gm.output_names == ["relu"]
