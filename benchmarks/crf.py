@@ -1,0 +1,174 @@
+"""Dense CRF speed: our permutohedral mean-field against pydensecrf, in one run.
+
+Setup: a 500 x 375 PASCAL VOC image (tests/data/voc_sample, resized), 21 labels of noisy
+unaries made from its ground truth, 10 mean-field iterations, with DeepLab-LargeFOV's
+parameters (4/121/5/3/3) and DeepLab v2 ResNet-101's (4/67/3/3/1).
+
+Rows: pydensecrf single-threaded; pydensecrf on 2 processes (it has no threads, so two
+images at once; per-image time = wall / images); ours with 1 and 2 threads on one image;
+ours on a batch of 2 images with 2 threads (one image per thread); CUDA when a GPU and
+the CUDA kernel are present.  "build" is the lattice construction (pydensecrf: creating
+the CRF and adding both kernels; ours: the op with 0 iterations), "iter" is one
+mean-field iteration ((10-iteration time - 0-iteration time) / 10).  Each figure is the
+best of --repeats runs.  --write replaces the "benchmarks/crf.py" section of
+benchmarks/RESULTS.md with the printed tables, the date and the device.
+
+    python benchmarks/crf.py [--repeats 3] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import os
+import platform
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from deeplab_compile.crf import PRESETS  # noqa: E402
+from deeplab_compile.ops import backends  # noqa: E402
+from deeplab_compile.ops.dense_crf import dense_crf as crf_op  # noqa: E402
+
+H, W, C, ITERS = 375, 500, 21, 10
+SAMPLE = os.path.join(ROOT, "tests", "data", "voc_sample", "2007_000129")
+
+
+def make_inputs(seed: int = 0):
+    img = np.array(Image.open(SAMPLE + ".png").convert("RGB").resize((W, H), Image.BILINEAR), dtype=np.uint8)
+    gt = np.array(Image.open(SAMPLE + "_label.png").resize((W, H), Image.NEAREST), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, (C, H, W)).astype(np.float32)
+    np.put_along_axis(logits, np.minimum(gt, C - 1)[None], np.take_along_axis(logits, np.minimum(gt, C - 1)[None], 0) + 2.0, 0)
+    unary = (-torch.log_softmax(torch.from_numpy(logits), 0)).numpy()
+    return img, np.ascontiguousarray(unary)
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _pydensecrf(img, unary, p, iterations):
+    import pydensecrf.densecrf as dcrf
+    d = dcrf.DenseCRF2D(W, H, C)
+    d.setUnaryEnergy(unary.reshape(C, -1))
+    d.addPairwiseGaussian(sxy=p.pos_xy_std, compat=p.pos_w)
+    d.addPairwiseBilateral(sxy=p.bi_xy_std, srgb=p.bi_rgb_std, rgbim=img, compat=p.bi_w)
+    if iterations is None:
+        return d
+    return np.array(d.inference(iterations))
+
+
+def _pydensecrf_job(args):
+    preset, seed = args
+    img, unary = make_inputs(seed)
+    return _pydensecrf(img, unary, PRESETS[preset], ITERS).shape
+
+
+def bench_pydensecrf(img, unary, p, repeats):
+    build = best(lambda: _pydensecrf(img, unary, p, None), repeats)
+    t0 = best(lambda: _pydensecrf(img, unary, p, 0), repeats)
+    t10 = best(lambda: _pydensecrf(img, unary, p, ITERS), repeats)
+    return build, (t10 - t0) / ITERS, t10
+
+
+def bench_pydensecrf_procs(preset, repeats, procs=2, images=4):
+    ctx = mp.get_context("spawn")  # forking after OpenMP started can deadlock the children
+    with ctx.Pool(procs) as pool:
+        pool.map(_pydensecrf_job, [(preset, 0)] * procs)      # warm the workers
+        wall = best(lambda: pool.map(_pydensecrf_job, [(preset, s) for s in range(images)]), repeats)
+    # make_inputs runs inside the workers too; subtract its cost measured here.
+    prep = best(lambda: make_inputs(0), repeats)
+    return wall / images - prep / procs
+
+
+def bench_ours(img, unary, p, threads, repeats, batch=1, device="cpu"):
+    torch.set_num_threads(threads)
+    image = torch.from_numpy(img).permute(2, 0, 1).float()[None].repeat(batch, 1, 1, 1).contiguous().to(device)
+    u = torch.from_numpy(unary)[None].repeat(batch, 1, 1, 1).contiguous().to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run(n):
+        crf_op(image, u, p.pos_w, p.pos_xy_std, p.bi_w, p.bi_xy_std, p.bi_rgb_std, n)
+        sync()
+
+    run(ITERS)                                                  # warm-up
+    t0 = best(lambda: run(0), repeats) / batch
+    t10 = best(lambda: run(ITERS), repeats) / batch
+    return t0, (t10 - t0) / ITERS, t10
+
+
+def device_line() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    a = ap.parse_args(argv)
+    info = backends()
+    if "dense_crf" not in info["cpu"]:
+        print("warning: the compiled CPU kernel is missing; timing the PyTorch reference", file=sys.stderr)
+    img, unary = make_inputs()
+    head = (f"{datetime.date.today().isoformat()}, {device_line()}. {W}x{H} image, {C} labels, "
+            f"{ITERS} iterations, best of {a.repeats}.")
+    print(head)
+    parts = []
+    for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
+        p = PRESETS[preset]
+        rows = []
+        b, it, tot = bench_pydensecrf(img, unary, p, a.repeats)
+        ref = tot
+        rows.append(("pydensecrf", "1 thread", b, it, tot))
+        rows.append(("pydensecrf", "2 processes (per image)", None, None, bench_pydensecrf_procs(preset, a.repeats)))
+        for threads in (1, 2):
+            rows.append(("ours", f"{threads} thread{'s' * (threads > 1)}", *bench_ours(img, unary, p, threads, a.repeats)))
+        rows.append(("ours", "2 threads, batch of 2 (per image)", *bench_ours(img, unary, p, 2, a.repeats, batch=2)))
+        if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
+            rows.append(("ours", "CUDA", *bench_ours(img, unary, p, 1, a.repeats, device="cuda")))
+        ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"
+        lines = [f"### {preset} ({p.bi_w:g}/{p.bi_xy_std:g}/{p.bi_rgb_std:g}/{p.pos_w:g}/{p.pos_xy_std:g})", "",
+                 "| implementation | threads | build ms | iter ms | total ms (10 iters) | speed-up vs pydensecrf 1 thread |",
+                 "|---|---|---|---|---|---|"]
+        for impl, thr, bb, ii, tt in rows:
+            lines.append(f"| {impl} | {thr} | {ms(bb)} | {ms(ii)} | {ms(tt)} | {ref / tt:.2f}x |")
+        parts.append("\n".join(lines))
+        print("\n" + parts[-1], flush=True)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if a.write:
+        path = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+        section = "## benchmarks/crf.py\n\n" + head + "\n\n" + "\n\n".join(parts) + "\n"
+        pattern = re.compile(r"## benchmarks/crf\.py\n.*?(?=\n## |\Z)", re.S)
+        text = pattern.sub(lambda _: section.rstrip("\n"), text) if pattern.search(text) else \
+            text.rstrip("\n") + "\n\n" + section
+        from deeplab_compile.io.atomic import atomic_write
+        with atomic_write(path, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
