@@ -261,6 +261,16 @@ def default_prefix(solver: Solver) -> str:
     return os.path.splitext(solver.path)[0]
 
 
+def _declared_vars(net_path: str, given: dict) -> dict:
+    """The netdef's variables, its includes' too.  Its own values among ``given`` are
+    passed to the expansion, so that a netdef with required (``~``) variables, such as a
+    prototxt's ``${DATA_ROOT}``, can be read."""
+    from .compiler import load_netdef
+    from .netdef.parse import load
+    own = load(net_path).get("vars") or {}
+    return load_netdef(net_path, vars={k: v for k, v in given.items() if k in own}).get("vars") or {}
+
+
 def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None):
     """Compile the solver's net in the TRAIN phase with inputs sized by its data layer.
     Returns ``(net, data_spec)``."""
@@ -269,7 +279,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
     net_path = resolve_path(solver, solver.net)
     if not os.path.exists(net_path):
         raise solver.error(f"net '{solver.net}' does not exist", "net", "give the netdef path")
-    net_vars = solver.net_vars(load_netdef(net_path).get("vars") or {})
+    net_vars = solver.net_vars(_declared_vars(net_path, solver.vars))
     ir = build_net(net_path, phase="train", vars=net_vars)
     spec = resolve_spec(ir, "train", solver.data or None)
     if batch_size:
