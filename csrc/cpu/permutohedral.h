@@ -78,6 +78,38 @@ class VertexTable {
     }
   }
 
+  // find() for ``count`` keys (row-major, d each) at once: hashing every key and
+  // prefetching its slot, then its candidate key, hides most of the cache misses
+  // of these random probes.
+  void find_batch(const int32_t* ks, int count, int32_t* out) const {
+    constexpr int kMax = 32;
+    uint64_t h[kMax];
+    for (int i = 0; i < count; ++i) {
+      h[i] = hash_key(ks + i * d_, d_);
+#if defined(__GNUC__)
+      __builtin_prefetch(&slots_[h[i] & mask_]);
+#endif
+    }
+    int32_t first[kMax];
+    for (int i = 0; i < count; ++i) {
+      first[i] = slots_[h[i] & mask_].id;
+#if defined(__GNUC__)
+      if (first[i] >= 0) __builtin_prefetch(key(first[i]));
+#endif
+    }
+    for (int i = 0; i < count; ++i) {
+      const uint32_t tag = static_cast<uint32_t>(h[i] >> 32);
+      const Slot s0 = slots_[h[i] & mask_];
+      if (s0.id < 0) {
+        out[i] = -1;
+      } else if (s0.tag == tag && keys_equal(key(s0.id), ks + i * d_, d_)) {
+        out[i] = s0.id;
+      } else {
+        out[i] = find(ks + i * d_);
+      }
+    }
+  }
+
   int32_t find_or_insert(const int32_t* k) {
     const uint64_t h = hash_key(k, d_);
     const uint32_t tag = static_cast<uint32_t>(h >> 32);
@@ -141,29 +173,48 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
 
   // 2. Give each distinct vertex an id, sequentially so that ids follow the
   //    scan order of the points, which keeps lattice neighbours close in memory.
+  //    Neighbouring points mostly share simplex corners, so each corner is first
+  //    compared with the same corner of the previous point, skipping the table.
   VertexTable table(d, n);
-  std::vector<int32_t> key(d);
+  std::vector<int32_t> key(d), prev_keys(static_cast<size_t>(dp1) * d, 0);
   for (int64_t p = 0; p < n; ++p) {
     for (int r = 0; r <= d; ++r) {
       vertex_key(rem0.data() + p * dp1, rank.data() + p * dp1, d, r, key.data());
+      int32_t* prev = prev_keys.data() + r * d;
+      if (p > 0 && keys_equal(prev, key.data(), d)) {
+        L.offset[p * dp1 + r] = L.offset[(p - 1) * dp1 + r];
+        continue;
+      }
       L.offset[p * dp1 + r] = table.find_or_insert(key.data()) + 1;
+      std::copy(key.begin(), key.end(), prev);
     }
   }
   const int64_t m = table.size();
   L.m = m;
 
-  // 3. Neighbours along each axis (read-only lookups, parallel).
+  // 3. Neighbours along each axis.  Only the "n1" neighbour (key - 1 everywhere,
+  //    + d on the axis) is looked up; the opposite neighbour relation is its
+  //    inverse: if n1(v) = u along an axis, then n2(u) = v.
   L.blur_nb.assign(dp1 * m * 2, 0);
   at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
-    std::vector<int32_t> n1(d), n2(d);
-    for (int64_t v = b; v < e; ++v) {
-      for (int a = 0; a <= d; ++a) {
-        neighbor_keys(table.key(v), d, a, n1.data(), n2.data());
-        L.blur_nb[(a * m + v) * 2 + 0] = table.find(n1.data()) + 1;
-        L.blur_nb[(a * m + v) * 2 + 1] = table.find(n2.data()) + 1;
+    constexpr int kBatch = 32;
+    std::vector<int32_t> batch(static_cast<size_t>(kBatch) * d), n2(d), found(kBatch);
+    for (int a = 0; a <= d; ++a) {
+      int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
+      for (int64_t v0 = b; v0 < e; v0 += kBatch) {
+        const int cnt = static_cast<int>(std::min<int64_t>(kBatch, e - v0));
+        for (int i = 0; i < cnt; ++i)
+          neighbor_keys(table.key(v0 + i), d, a, batch.data() + i * d, n2.data());
+        table.find_batch(batch.data(), cnt, found.data());
+        for (int i = 0; i < cnt; ++i) nb[(v0 + i) * 2] = found[i] + 1;
       }
     }
   });
+  for (int a = 0; a <= d; ++a) {
+    int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
+    for (int64_t v = 0; v < m; ++v)
+      if (nb[v * 2] > 0) nb[(nb[v * 2] - 1) * 2 + 1] = static_cast<int32_t>(v + 1);
+  }
 
   // 4. Invert offset into per-vertex contributor lists (splat as gather).
   L.gather_ptr.assign(m + 1, 0);
