@@ -5,7 +5,9 @@ sets DeepLab's variables and calls ``python -m deeplab_compile.experiment``; eve
 is read from the environment:
 
 ==================  ==============================================================
-``EXP``             the experiment folder (``experiments/voc12``)
+``EXP``             the experiment folder (``experiments/voc12``); the shipped configs
+                    and ``list/make_lists.py`` are read from ``EXPERIMENT_HOME`` (the
+                    script's folder) when ``EXP`` has none
 ``NET_ID``          ``config/<NET_ID>/{solver,solver2,train,test,crf}.yaml``
 ``NUM_LABELS``      classes (21 for VOC)
 ``DATA_ROOT``       the dataset; empty (VOC only): the synthetic set, made once in
@@ -102,6 +104,7 @@ class Settings:
     defines: dict = field(default_factory=dict)       # optional -D values from the environment
     synthetic_params: dict = field(default_factory=dict)
     quiet: bool = False
+    home: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -117,6 +120,10 @@ class Settings:
             data_root = os.path.join(cache, "synthetic_voc12_n{num_images}_{min_size}-{max_size}_s{seed}"
                                      .format(**params))
         d = lambda var, folder: os.path.abspath(_env(var, os.path.join(exp, folder, net_id)))  # noqa: E731
+        home = os.path.abspath(_env("EXPERIMENT_HOME", exp))     # the script's folder: shipped configs
+        config = os.path.join(exp, "config", net_id)
+        if not os.path.isdir(config):
+            config = os.path.join(home, "config", net_id)
         list_dir = _env("LIST_DIR", os.path.join(data_root, "list") if synthetic else os.path.join(exp, "list"))
         defines = {k: os.environ[k] for k in ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP")
                    if os.environ.get(k, "") != ""}
@@ -127,7 +134,7 @@ class Settings:
                    data_root=os.path.abspath(data_root), synthetic=synthetic, dev_id=_env("DEV_ID", "0"),
                    train_set="train" + suffix, train_set2="trainval" + suffix,
                    test_set=_env("TEST_SET", "val"), test_set2=_env("TEST_SET2", "val" if synthetic else "test"),
-                   config_dir=d("CONFIG_DIR", "config"), list_dir=os.path.abspath(list_dir),
+                   config_dir=os.path.abspath(_env("CONFIG_DIR", config)), home=home, list_dir=os.path.abspath(list_dir),
                    model_dir=d("MODEL_DIR", "model"), log_dir=d("LOG_DIR", "log"),
                    feature_dir=d("FEATURE_DIR", "features"), feature2_dir=d("FEATURE2_DIR", "features2"),
                    res_dir=d("RES_DIR", "res"), cache_dir=cache, label_map=_env("LABEL_MAP", "none"),
@@ -317,7 +324,7 @@ def step_data(s: Settings, r: Runner) -> None:
     need = [x for x in {s.train_set, s.test_set} if not os.path.isfile(os.path.join(s.list_dir, x + ".txt"))]
     if not need:
         return
-    maker = os.path.join(s.exp, "list", "make_lists.py")
+    maker = os.path.join(s.home, "list", "make_lists.py")
     if not os.path.isfile(maker):
         raise StepFailed("lists", "-", f"    missing {', '.join(n + '.txt' for n in need)} in {s.list_dir}")
     r.run("lists", [sys.executable, maker, "--data-root", s.data_root, "--out", s.list_dir])

@@ -9,6 +9,7 @@
 # Rerun it to resume: complete steps are skipped, an interrupted one goes on.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export EXPERIMENT_HOME="$HERE"            # shipped config/ and list/make_lists.py
 
 export EXP="${EXP:-$HERE}"                 # the experiment folder: config/ list/ model/ log/ features/ res/
 export DATA_ROOT="${DATA_ROOT:-}"          # empty: the synthetic VOC-layout set in ${EXP}/cache

@@ -1,0 +1,164 @@
+"""experiments/*/run_experiment.sh end to end on shrunk settings: the synthetic default,
+resume and skip behaviour, a failing step, and the Cityscapes / ADE20K trees on tiny
+fixtures in their datasets' layouts."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+VOC = os.path.join(ROOT, "experiments", "voc12", "run_experiment.sh")
+NET = "deeplab_largefov_tiny"
+# 16 images of 40..56 pixels, 8 iterations: the whole tree in a few seconds of compute.
+SHRUNK = {"NUM_IMAGES": "16", "IMAGE_MIN": "40", "IMAGE_MAX": "56", "MAX_ITER": "8", "TEST_CROP": "57",
+          "QUIET": "1", "CRF_JOBS": "1", "DATA_ROOT": ""}
+
+
+def run(script, exp, **env):
+    e = dict(os.environ, EXP=str(exp), PYTHON=sys.executable, **SHRUNK)
+    e.update({k: str(v) for k, v in env.items()})
+    return subprocess.run(["bash", script], env=e, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    exp = tmp_path_factory.mktemp("voc12")
+    r = run(VOC, exp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return exp, r
+
+
+def test_default_run_writes_every_folder_and_the_table(voc_run):
+    exp, r = voc_run
+    feats = exp / "features" / NET / "val" / "fc8"
+    ids = [ln.split()[0].rsplit("/", 1)[1][:-4] for ln in
+           open(next((exp / "cache").glob("synthetic_voc12_*")) / "list" / "val.txt")]
+    assert ids and all((feats / f"{i}_blob_0.mat").is_file() for i in ids)
+    crf = feats / "post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3"
+    assert crf.is_dir() or any(p.name.startswith("post_densecrf_") for p in feats.iterdir())
+    crf = next(p for p in feats.iterdir() if p.name.startswith("post_densecrf_"))
+    assert all((crf / f"{i}.png").is_file() for i in ids)
+    assert (exp / "model" / NET / "train_iter_8.pt").is_file()
+    for step in ("train", "test", "crf", "eval_fc8", "eval_crf"):
+        assert (exp / "log" / NET / f"{step}.log").is_file(), step
+    assert (exp / "log" / NET / "train" / "train.log").is_file()
+    res = exp / "res" / NET / "val"
+    before, after = (json.load(open(res / f"{t}.json")) for t in ("fc8", "crf"))
+    assert before["images"] == len(ids)
+    assert before["miou"] > 1 / 21 and after["miou"] > 1 / 21
+    assert (res / "summary.txt").read_text().strip() in r.stdout
+    assert "before CRF (fc8)" in r.stdout and "after CRF" in r.stdout and "CRF gain" in r.stdout
+    with Image.open(res / "before_after_crf.png") as im:
+        assert im.width > 4 * 40 and im.height >= 40
+
+
+def test_rerun_skips_complete_steps_and_redoes_broken_outputs(voc_run):
+    exp, first = voc_run
+    feats = exp / "features" / NET / "val" / "fc8"
+    mats = sorted(feats.glob("*_blob_0.mat"))
+    mats[0].unlink()                                           # a missing feature file
+    data = mats[1].read_bytes()
+    mats[1].write_bytes(data[: len(data) // 2])                 # a truncated one
+    crf = next(p for p in feats.iterdir() if p.name.startswith("post_densecrf_"))
+    pngs = sorted(crf.glob("*.png"))
+    pngs[-1].unlink()                                          # a missing CRF result
+    r = run(VOC, exp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[train] complete" in r.stdout
+    assert f"testing the other 2" in r.stdout
+    assert all(m.is_file() and m.stat().st_size > len(data) // 2 for m in mats[:2])
+    assert pngs[-1].is_file()
+    # the same numbers as the first run: the redone files are the same
+    table = lambda out: out[out.index(f"{NET} on val"):].split("\n\n")[0]   # noqa: E731
+    assert table(r.stdout) == table(first.stdout)
+    r = run(VOC, exp)                                          # everything complete now
+    assert r.returncode == 0 and "[test] complete" in r.stdout and "[crf] complete" in r.stdout
+    assert "[eval_fc8] complete" in r.stdout and "[eval_crf] complete" in r.stdout
+
+
+def test_training_resumes_from_the_snapshot_with_the_largest_iteration(tmp_path):
+    r = run(VOC, tmp_path, MAX_ITER=4, RUN_TEST=0, RUN_CRF=0, RUN_EVAL=0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    model = tmp_path / "model" / NET
+    assert (model / "train_iter_4.pt").is_file() and not (tmp_path / "features").exists()
+    shutil.copy(model / "train_iter_4.pt", model / "train_iter_2.pt")   # newer file, smaller number
+    r = run(VOC, tmp_path, MAX_ITER=6, RUN_TEST=0, RUN_CRF=0, RUN_EVAL=0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming from" in r.stdout and "train_iter_4.pt (iteration 4 of 6)" in r.stdout
+    assert (model / "train_iter_6.pt").is_file()
+
+
+def test_a_failing_step_names_itself_and_its_log(tmp_path):
+    r = run(VOC, tmp_path, DEV_ID="not-a-device")
+    assert r.returncode != 0
+    log = tmp_path / "log" / NET / "train.log"
+    assert f"step 'train' failed; log: {log}" in r.stderr
+    assert log.is_file() and "not-a-device" in log.read_text()
+
+
+def _png(path, array, mode="L"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array.astype(np.uint8), mode).save(path)
+
+
+def _scene(rng, h, w):
+    """An image with two flat regions and its class map (0 / 1)."""
+    lab = np.zeros((h, w), np.uint8)
+    lab[:, w // 2:] = 1
+    img = np.where(lab[..., None] == 1, [200, 40, 40], [40, 60, 200]) + rng.normal(0, 5, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), lab
+
+
+def test_cityscapes_tree_on_a_tiny_fixture(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "cityscapes"
+    for split, n in (("train", 6), ("val", 2)):
+        for k in range(n):
+            img, lab = _scene(rng, 32, 64)
+            name = f"aachen_{k:06d}_000019"
+            _png(str(data / "leftImg8bit" / split / "aachen" / f"{name}_leftImg8bit.png"), img, "RGB")
+            _png(str(data / "gtFine" / split / "aachen" / f"{name}_gtFine_labelIds.png"),
+                 np.where(lab == 1, 26, 7))                     # labelIds car / road -> trainIds 13 / 0
+    exp = tmp_path / "exp"
+    r = run(os.path.join(ROOT, "experiments", "cityscapes", "run_experiment.sh"), exp, DATA_ROOT=data,
+            DEV_ID="cpu", MAX_ITER=4, TEST_CROP=65)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (exp / "list" / "train.txt").read_text().count("\n") == 6
+    res = json.load(open(exp / "res" / NET / "val" / "crf.json"))
+    assert res["num_classes"] == 19 and res["images"] == 2
+    assert "after CRF" in r.stdout
+
+
+def test_ade20k_tree_on_a_tiny_fixture(tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "ADEChallengeData2016"
+    for split, n in (("training", 6), ("validation", 2)):
+        for k in range(n):
+            img, lab = _scene(rng, 40, 48)
+            name = f"ADE_{split[:5]}_{k:08d}"
+            _png(str(data / "images" / split / f"{name}.jpg"), img, "RGB")
+            _png(str(data / "annotations" / split / f"{name}.png"), np.where(lab == 1, 3, 1))
+    exp = tmp_path / "exp"
+    r = run(os.path.join(ROOT, "experiments", "ade20k", "run_experiment.sh"), exp, DATA_ROOT=data,
+            DEV_ID="cpu", MAX_ITER=4)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.load(open(exp / "res" / NET / "val" / "fc8.json"))
+    assert res["num_classes"] == 150 and res["images"] == 2
+
+
+@pytest.mark.slow
+def test_full_default_run(tmp_path):
+    """The README's main job as shipped: the default synthetic set, the default length."""
+    e = {k: "" for k in SHRUNK if k != "DATA_ROOT"}
+    r = run(VOC, tmp_path, **e)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = tmp_path / "res" / NET / "val"
+    before, after = (json.load(open(res / f"{t}.json")) for t in ("fc8", "crf"))
+    assert before["miou"] > 3 / 21
+    assert after["miou"] > before["miou"] + 0.01          # the CRF visibly helps on this data
