@@ -77,6 +77,7 @@ CASES: dict[str, list[tuple[dict, list[tuple], dict]]] = {
                         ({}, [(2, 3, 4, 5), (2, 4, 5)], {"tops": ["loss", "prob"]})],
     "SegAccuracy": [({"ignore_label": 255}, [(2, 3, 4, 5), (2, 1, 4, 5)], {})],
     "MatWrite": [({"prefix": "features/"}, [(1, 21, 5, 5)], {})],
+    "DenseCRF": [({"max_iter": 2}, [(2, 3, 6, 7), (2, 1, 1, 2), (2, 3, 6, 7)], {})],
 }
 
 # data layers: no module; their shapes are checked against known values
