@@ -131,8 +131,10 @@ def main(argv=None) -> int:
     if "dense_crf" not in info["cpu"]:
         print("warning: the compiled CPU kernel is missing; timing the PyTorch reference", file=sys.stderr)
     img, unary = make_inputs()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     head = (f"{datetime.date.today().isoformat()}, {device_line()}. {W}x{H} image, {C} labels, "
-            f"{ITERS} iterations, best of {a.repeats}.")
+            f"{ITERS} iterations, best of {a.repeats}; 1-minute load average {load:.1f} at the start "
+            f"(other jobs on the machine slow every row, the threaded ones most).")
     print(head)
     parts = []
     for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
