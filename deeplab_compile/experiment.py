@@ -544,7 +544,7 @@ def picture(s: Settings, lst: str, feats: str, crf_dir: str, path: str, count: i
     from .data.listfile import join
     from .io.mat import read_scores
     from .io.palette import colorize, read_label_png
-    rows = []
+    rows, widths = [], []
     for e in list_entries(lst)[:count]:
         img = np.asarray(Image.open(join(s.data_root, e[1])).convert("RGB"))
         h, w = img.shape[:2]
@@ -557,6 +557,7 @@ def picture(s: Settings, lst: str, feats: str, crf_dir: str, path: str, count: i
         gap = np.full((h, 4, 3), 255, np.uint8)
         row = np.concatenate(sum([[t, gap] for t in tiles], [])[:-1], axis=1)
         rows.append(row)
+        widths = widths or [w]
     if not rows:
         return ""
     width = max(r.shape[1] for r in rows)
@@ -564,6 +565,13 @@ def picture(s: Settings, lst: str, feats: str, crf_dir: str, path: str, count: i
     for r in rows:
         r = np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
         padded.append(r)
+    head = Image.new("RGB", (width, 14), (255, 255, 255))
+    from PIL import ImageDraw
+    draw, x = ImageDraw.Draw(head), 0
+    for title in ("image", "ground truth", "before CRF", "after CRF"):
+        draw.text((x + 2, 1), title, fill=(0, 0, 0))
+        x += widths[0] + 4
+    padded.insert(0, np.asarray(head))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     from .io.atomic import atomic_path
     with atomic_path(path) as tmp:
@@ -630,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in tables:
         say(t)
         say("")
-    say(f"results in {s.res_dir}; {time.time() - t0:.0f} s")
+    shown = os.path.relpath(s.res_dir) if s.res_dir.startswith(os.getcwd() + os.sep) else s.res_dir
+    say(f"results in {shown}; {time.time() - t0:.0f} s")
     return 0
 
 
