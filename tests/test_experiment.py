@@ -162,3 +162,34 @@ def test_full_default_run(tmp_path):
     before, after = (json.load(open(res / f"{t}.json")) for t in ("fc8", "crf"))
     assert before["miou"] > 3 / 21
     assert after["miou"] > before["miou"] + 0.01          # the CRF visibly helps on this data
+
+
+def test_voc_layout_with_lists_made_and_stage_two(tmp_path):
+    """DATA_ROOT in VOC's layout: list/make_lists.py writes the lists (train_aug = VOC
+    train without SBD), stage 2 fine-tunes from stage 1's final snapshot and tests the
+    label-less test list into features2/ (nothing to evaluate there)."""
+    rng = np.random.default_rng(2)
+    voc = tmp_path / "VOC2012"
+    sets = {"train": [f"2007_{k:06d}" for k in range(6)], "val": ["2008_000001", "2008_000002"],
+            "test": ["2009_000001"]}
+    for split, ids in sets.items():
+        for i in ids:
+            img, lab = _scene(rng, 36, 44)
+            _png(str(voc / "JPEGImages" / f"{i}.jpg"), img, "RGB")
+            if split != "test":
+                _png(str(voc / "SegmentationClassAug" / f"{i}.png"), np.where(lab == 1, 15, 0))
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
+    exp = tmp_path / "exp"
+    r = run(VOC, exp, DATA_ROOT=voc, NET_ID=NET, DEV_ID="cpu", MAX_ITER=4, MAX_ITER2=2, RUN_TRAIN2=1, RUN_TEST2=1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lists = exp / "list"
+    assert (lists / "train_aug.txt").read_text().count("\n") == 6
+    assert (lists / "trainval_aug.txt").read_text().count("\n") == 8
+    assert "/JPEGImages/2008_000001.jpg /SegmentationClassAug/2008_000001.png" in (lists / "val.txt").read_text()
+    model = exp / "model" / NET
+    assert (model / "train_iter_4.pt").is_file() and (model / "train2_iter_2.pt").is_file()
+    assert "--weights " + str(model / "train_iter_4.pt") in r.stdout
+    assert (exp / "features2" / NET / "test" / "fc8" / "2009_000001_blob_0.mat").is_file()
+    assert "has no labels: nothing to evaluate" in r.stdout
+    assert json.load(open(exp / "res" / NET / "val" / "crf.json"))["images"] == 2
