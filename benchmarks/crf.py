@@ -133,8 +133,9 @@ def main(argv=None) -> int:
     img, unary = make_inputs()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     head = (f"{datetime.date.today().isoformat()}, {device_line()}. {W}x{H} image, {C} labels, "
-            f"{ITERS} iterations, best of {a.repeats}; 1-minute load average {load:.1f} at the start "
-            f"(other jobs on the machine slow every row, the threaded ones most).")
+            f"{ITERS} iterations, best of {a.repeats}; 1-minute load average {load:.1f} at the start"
+            + (" (other jobs were running: every row is slowed, the threaded ones most)."
+               if load > os.cpu_count() * 0.75 else "."))
     print(head)
     parts = []
     for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
