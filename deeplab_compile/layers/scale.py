@@ -40,10 +40,10 @@ class CaffeScale(nn.Module):
             b = other if other is not None else self.bias
             return x + self._bcast(b, x.dim())
         s = other if other is not None else self.weight
-        y = x * self._bcast(s, x.dim())
         if self.bias is not None:
-            y = y + self._bcast(self.bias, x.dim())
-        return y
+            # one pass over x instead of a multiply and then an add
+            return torch.addcmul(self._bcast(self.bias, x.dim()), x, self._bcast(s, x.dim()))
+        return x * self._bcast(s, x.dim())
 
 
 class _ScaleLike(LayerType):
