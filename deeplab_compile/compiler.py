@@ -325,11 +325,15 @@ def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars:
     """Parse, expand, wire and shape a netdef: the IR exactly as the netdef writes it
     (what the zoo tests and the weight importers inspect).  ``fuse=True`` then runs the
     passes (:mod:`deeplab_compile.passes`), as :func:`compile_net` does by default."""
-    phase = check_phase(phase)
-    doc = load_netdef(source, vars)
-    doc = _expand.filter_phase(doc, phase)
     src = None if isinstance(source, Mapping) else os.fspath(source)
-    net = build_ir(doc, phase, source=src)
+    return net_from_doc(load_netdef(source, vars), phase=phase, inputs=inputs, fuse=fuse, source=src)
+
+
+def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any] | None = None,
+                 fuse: bool = False, source: str | None = None) -> Net:
+    """The steps of :func:`build_net` after loading: phase filter, IR, shapes, passes."""
+    phase = check_phase(phase)
+    net = build_ir(_expand.filter_phase(doc, phase), phase, source=source)
     net = infer_shapes(net, inputs)
     if fuse:
         from .passes import run_passes

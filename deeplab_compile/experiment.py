@@ -610,7 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"experiment {s.exp}: NET_ID={s.net_id} NUM_LABELS={s.num_labels} DATA_ROOT={s.data_root}"
         + (" (synthetic)" if s.synthetic else "") + f" DEV_ID={s.dev_id}")
     if not os.path.isdir(s.config_dir):
-        print(f"run_experiment: error: no config folder {s.config_dir} (NET_ID={s.net_id})", file=sys.stderr)
+        parent = os.path.dirname(s.config_dir)
+        known = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))) \
+            if os.path.isdir(parent) else []
+        from .netdef.errors import did_you_mean
+        hint = did_you_mean(s.net_id, known)
+        print(f"run_experiment: error: no config folder {s.config_dir} (NET_ID={s.net_id}); "
+              + (hint + " " if hint else "") + "configs here: " + (", ".join(known) or "none"), file=sys.stderr)
         return 2
     tables = []
     try:

@@ -43,7 +43,6 @@ def rows(gm: CompiledNet) -> list[Row]:
     seen: set[int] = set()
     out = []
     for name, shape in net.inputs.items():
-        bid = net.input_ids[name]
         if name in gm.input_names:
             out.append(Row(name, "(input)", f"-> {name}", _fmt_shape(shape), 0, 0, "1", "1"))
     for lay in net.layers:

@@ -191,3 +191,12 @@ def test_written_artifacts_have_ordinary_permissions(capsys, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert rc == 0 and (out.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "0.5,-1", "0"])
+def test_bad_scales_are_one_line_errors(text):
+    from deeplab_compile.cli.common import parse_scales
+    from deeplab_compile.errors import DeepLabError
+    with pytest.raises(DeepLabError, match="positive numbers"):
+        parse_scales(text)
+    assert parse_scales("0.5, 0.75,1") == [0.5, 0.75, 1.0]

@@ -193,3 +193,9 @@ def test_voc_layout_with_lists_made_and_stage_two(tmp_path):
     assert (exp / "features2" / NET / "test" / "fc8" / "2009_000001_blob_0.mat").is_file()
     assert "has no labels: nothing to evaluate" in r.stdout
     assert json.load(open(exp / "res" / NET / "val" / "crf.json"))["images"] == 2
+
+
+def test_a_mistyped_net_id_names_the_configs_there(tmp_path):
+    r = run(VOC, tmp_path, NET_ID="deeplab_largefov_tinny")
+    assert r.returncode == 2
+    assert f"did you mean '{NET}'? configs here: " in r.stderr and "deeplab_largefov," in r.stderr

@@ -32,3 +32,15 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         return int(rc or 0)
 
     return main
+
+
+def parse_scales(text: str) -> list[float]:
+    """``--scales 0.5,0.75,1`` -> ``[0.5, 0.75, 1.0]``; anything else is a one-line error."""
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or any(not s > 0 for s in scales):
+        raise DeepLabError(f"--scales '{text}' is not a list of positive numbers",
+                           hint="separate them by commas, e.g. --scales 0.5,0.75,1")
+    return scales

@@ -101,13 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     from .. import compiler, emit, summary
 
     defines = parse_defines(args.defines)
-    doc = compiler.load_netdef(args.netdef, defines)
-    from ..netdef.expand import filter_phase
-    net = compiler.build_ir(filter_phase(doc, args.phase), args.phase, source=args.netdef)
-    net = compiler.infer_shapes(net, parse_inputs(args.inputs))
-    if args.fuse and not args.emit:
-        from ..passes import run_passes
-        net = run_passes(net)
+    doc = compiler.load_netdef(args.netdef, defines)        # kept for --emit yaml
+    # --emit writes the graph as the netdef wrote it: exporters know no fused ops
+    net = compiler.net_from_doc(doc, phase=args.phase, inputs=parse_inputs(args.inputs),
+                                fuse=args.fuse and not args.emit, source=args.netdef)
     from ..codegen import generate
     gm = generate(net)
     if not args.quiet:

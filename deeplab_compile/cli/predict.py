@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DeepLabError
-from .common import atomic_path, entry_point
+from .common import atomic_path, entry_point, parse_scales
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -134,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..io.palette import colorize, get_palette, write_label_png
 
     args = build_parser().parse_args(argv)
-    try:
-        scales = [float(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        raise DeepLabError(f"--scales '{args.scales}' is not a comma-separated list of numbers") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise DeepLabError("--scales must be positive numbers, e.g. 0.5,0.75,1")
+    scales = parse_scales(args.scales)
     palette = args.palette or "voc"
     get_palette(palette)
     if not os.path.isfile(args.netdef):

@@ -40,14 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..errors import DeepLabError
     from ..test import run_test
+    from .common import parse_scales
     from .compile import parse_defines
     a = build_parser().parse_args(argv)
-    try:
-        scales = [float(s) for s in a.scales.split(",") if s.strip()]
-    except ValueError:
-        raise DeepLabError(f"--scales {a.scales!r}: give numbers separated by commas") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise DeepLabError("--scales must be positive numbers, e.g. 0.5,1.0,1.5")
+    scales = parse_scales(a.scales)
     data = {}
     if a.preprocess:
         data["preprocess"] = a.preprocess

@@ -19,26 +19,6 @@ def _publish(tmp: str, path: str) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file beside ``path``; rename it over ``path`` only when the
-    block finishes without an exception, so nothing is ever left half-written."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        _publish(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-@contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path`` for writers that want a file name
     (``torch.save``, ``scipy.io.savemat``, ``Image.save``); renamed on success."""
@@ -57,3 +37,11 @@ def atomic_path(path: str | os.PathLike):
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file beside ``path``; it replaces ``path`` only when the block
+    finishes without an exception, so nothing is ever left half-written."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
