@@ -9,6 +9,11 @@ the very parameters and buffers an unfused net has:
 
 (``g``/``beta`` from Scale, 1/0 without it).  The fold costs one pass over the weights,
 not over the activations, and keeps state_dicts interchangeable with the unfused net.
+
+The fold uses the running statistics.  A BatchNorm with ``use_global_stats`` unset uses
+them only in eval mode (batch statistics in training mode), so a fused module holding
+such a unit refuses to run in training mode (:func:`check_eval`) instead of silently
+computing something the unfused net would not.
 """
 from __future__ import annotations
 
@@ -48,6 +53,22 @@ def unit_meta(unit: Unit, leaves: Mapping[str, Layer]) -> tuple[bool, float | No
     eps = leaves[unit["bn"]].params["eps"] if unit.get("bn") else None
     sc = leaves[unit["scale"]] if unit.get("scale") else None
     return bool(conv.params["bias_term"]), eps, sc is not None, bool(sc is not None and sc.params["bias_term"])
+
+
+def mode_bns(unit: Unit, leaves: Mapping[str, Layer]) -> list[str]:
+    """The unit's BatchNorm if it follows the module's mode (``use_global_stats`` unset)."""
+    bn = unit.get("bn")
+    return [bn] if bn and leaves[bn].params.get("use_global_stats") is None else []
+
+
+def check_eval(module: torch.nn.Module, mode_bn: list[str]) -> None:
+    """Raise if ``module`` is in training mode and folds a BatchNorm that would then use
+    batch statistics (see the module docstring)."""
+    if module.training and mode_bn:
+        raise RuntimeError(
+            f"{type(module).__name__} folds the running statistics of BatchNorm '{mode_bn[0]}', which uses "
+            "batch statistics in training mode; fused nets are for inference: call .eval(), or compile "
+            "with fuse=False (or phase='train') to train")
 
 
 def fold(meta: tuple, tensors: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -8,6 +8,9 @@
 ``ASPPHead``  DeepLab v3's head: 1x1 and atrous 3x3 branches (+BN+ReLU), image pooling,
               concat, 1x1 projection (+BN+ReLU) -> ``deeplab::aspp_v3_head``.  Inference only.
 
+A fused module that folds a BatchNorm whose ``use_global_stats`` is unset refuses to
+run in training mode (the unfused net would use batch statistics there; ``_units.py``).
+
 Every fused layer keeps the modules of the layers it absorbed under their own names and
 reads their tensors (``Layer.absorbed``; codegen passes them as ``get_attr`` inputs), so a
 fused net has exactly the parameter names and state_dict of the unfused one.
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from ..graph import Layer, Shape
-from ._units import fold, unit_meta, unit_refs
+from ._units import check_eval, fold, mode_bns, unit_meta, unit_refs
 from .base import LayerType
 
 
@@ -51,6 +54,11 @@ class _Fused(LayerType):
         leaves = _leaves(layer)
         return [unit_meta(u, leaves) for u in self.units(layer)]
 
+    def mode_bns(self, layer: Layer) -> list[str]:
+        """Folded BatchNorms that follow the module's mode: the module is then eval only."""
+        leaves = _leaves(layer)
+        return [n for u in self.units(layer) for n in mode_bns(u, leaves)]
+
     def flops(self, layer: Layer) -> int:
         leaves = _leaves(layer)
         return sum(_unit_flops(u, leaves) for u in self.units(layer))
@@ -59,15 +67,17 @@ class _Fused(LayerType):
 # ---------------------------------------------------------------------------- v2
 
 class ASPPSumModule(nn.Module):
-    def __init__(self, *, rates: list[int], metas: list[tuple]):
+    def __init__(self, *, rates: list[int], metas: list[tuple], mode_bn: list[str] | None = None):
         super().__init__()
         self.rates, self.metas = list(rates), list(metas)
+        self.mode_bn = list(mode_bn or [])
 
     def extra_repr(self) -> str:
         return f"rates={self.rates}"
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         from ..ops import aspp_sum_auto
+        check_eval(self, self.mode_bn)
         it = iter(tensors)
         wb = [fold(m, it) for m in self.metas]
         ws = [w for w, _ in wb]
@@ -87,18 +97,20 @@ class ASPPSum(_Fused):
         return list(layer.params["branches"])
 
     def build(self, layer: Layer) -> nn.Module:
-        return ASPPSumModule(rates=layer.params["rates"], metas=self.metas(layer))
+        return ASPPSumModule(rates=layer.params["rates"], metas=self.metas(layer), mode_bn=self.mode_bns(layer))
 
     def geometry(self, layer: Layer):
         return 2 * max(layer.params["rates"]) + 1, 1
 
 
 class ConvSumModule(nn.Module):
-    def __init__(self, *, metas: list[tuple]):
+    def __init__(self, *, metas: list[tuple], mode_bn: list[str] | None = None):
         super().__init__()
         self.metas = list(metas)
+        self.mode_bn = list(mode_bn or [])
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        check_eval(self, self.mode_bn)
         xs, it = args[:len(self.metas)], iter(args[len(self.metas):])
         y = None
         bias = None
@@ -128,23 +140,25 @@ class ConvSum(_Fused):
         return list(layer.params["branches"])
 
     def build(self, layer: Layer) -> nn.Module:
-        return ConvSumModule(metas=self.metas(layer))
+        return ConvSumModule(metas=self.metas(layer), mode_bn=self.mode_bns(layer))
 
 
 # ---------------------------------------------------------------------------- v3
 
 class ASPPHeadModule(nn.Module):
     def __init__(self, *, kinds: list[str], rates: list[int], channels: list[int], metas: list[tuple],
-                 relu_out: bool):
+                 relu_out: bool, mode_bn: list[str] | None = None):
         super().__init__()
         self.kinds, self.rates, self.channels = list(kinds), list(rates), list(channels)
         self.metas, self.relu_out = list(metas), relu_out
+        self.mode_bn = list(mode_bn or [])
 
     def extra_repr(self) -> str:
         return f"branches={self.kinds}, rates={self.rates}, relu_out={self.relu_out}"
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         from ..ops import aspp_v3_head_auto
+        check_eval(self, self.mode_bn)
         it = iter(tensors)
         wbs = [fold(m, it) for m in self.metas]          # branches in concat order, then the projection
         pw, pb = wbs[-1]
@@ -175,7 +189,7 @@ class ASPPHead(_Fused):
     def build(self, layer: Layer) -> nn.Module:
         p = layer.params
         return ASPPHeadModule(kinds=p["kinds"], rates=p["rates"], channels=p["channels"], metas=self.metas(layer),
-                              relu_out=p["relu_out"])
+                              relu_out=p["relu_out"], mode_bn=self.mode_bns(layer))
 
     def geometry(self, layer: Layer) -> Any:
         k = max((2 * r + 1) if kind == "conv" else 1 for kind, r in zip(layer.params["kinds"], layer.params["rates"]))

@@ -1,5 +1,6 @@
 """ConvolutionBN: a Convolution with the BatchNorm (global statistics) and Scale after
-it folded in, made by the ``fold_bn`` pass for inference.
+it folded in, made by the ``fold_bn`` pass for inference (it refuses to run in training
+mode when the BatchNorm would then use batch statistics, see :mod:`._units`).
 
 The module holds the convolution's own ``weight``/``bias`` (the layer keeps the
 convolution's name) and reads the BatchNorm and Scale tensors from their original
@@ -14,18 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph import Layer, Shape
-from ._units import fold, unit_meta, unit_refs
+from ._units import check_eval, fold, mode_bns, unit_meta, unit_refs
 from .base import LayerType
 from .conv import Convolution
 
 
 class FoldedConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, meta: tuple):
+    def __init__(self, conv: nn.Conv2d, meta: tuple, mode_bn: list[str] | None = None):
         super().__init__()
         self.weight = conv.weight
         self.bias = conv.bias
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.meta = meta
+        self.mode_bn = list(mode_bn or [])      # folded BatchNorms that follow the mode: eval only
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
@@ -33,6 +35,7 @@ class FoldedConv2d(nn.Module):
                 f"folded (bias, bn eps, scale, scale bias)={self.meta}")
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        check_eval(self, self.mode_bn)
         own = [self.weight] + ([self.bias] if self.bias is not None else [])
         w, b = fold(self.meta, iter(own + list(tensors)))
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
@@ -57,7 +60,9 @@ class ConvolutionBN(LayerType):
 
     def build(self, layer: Layer) -> nn.Module:
         leaves = self._leaves(layer)
-        return FoldedConv2d(self._conv.build(self.conv_layer(layer)), unit_meta(layer.params["unit"], leaves))
+        unit = layer.params["unit"]
+        return FoldedConv2d(self._conv.build(self.conv_layer(layer)), unit_meta(unit, leaves),
+                            mode_bns(unit, leaves))
 
     def tensor_refs(self, layer: Layer) -> list[tuple[str, str]]:
         """Tensors read from other layers' modules (after the module's own weight and bias)."""

@@ -9,6 +9,11 @@ convolution's name, bottoms and parameter specs, and the last layer's tops; its 
 reads the BatchNorm and Scale tensors from their own modules, so parameter names and
 state_dicts are those of the unfused net (see ``layers/conv_bn.py``).
 
+Inference only: a train-phase net is returned unchanged (its BatchNorms normalize with
+batch statistics), and so is every BatchNorm with ``use_global_stats: false``.  A folded
+BatchNorm whose ``use_global_stats`` is unset follows the module's mode in the unfused
+net, so the fused module refuses to run in training mode (``layers/_units.py``).
+
 Pure (the input net is not changed) and idempotent (a ConvolutionBN is not matched again).
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ._graph import consumers, replace, sole_consumer
 
 def fold_bn(net: Net) -> Net:
     net = copy.deepcopy(net)
-    if net.phase != "test":
+    if net.phase != "test":             # training: BatchNorm uses batch statistics
         return net
     cons = consumers(net)
     fused: dict[str, Layer] = {}
