@@ -292,7 +292,8 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
         elif len(spec.tops) > 1 and name == spec.tops[1] and spec.label_type == "pixel":
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
-    net = compile_net(net_path, phase="train", vars=net_vars, inputs=inputs or None)
+    # never fused: the passes are for inference, and training walks the netdef's layers
+    net = compile_net(net_path, phase="train", vars=net_vars, inputs=inputs or None, fuse=False)
     if spec.num_classes is None:
         from .data.spec import net_num_classes
         spec.num_classes = net_num_classes(net.net)

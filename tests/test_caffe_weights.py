@@ -18,8 +18,9 @@ MSC = os.path.join(DATA, "resnet_msc.prototxt")
 VARS = {"NUM_LABELS": 3}
 
 
-def msc_net():
-    return dc.compile(MSC, vars=VARS)
+def msc_net(fuse=False):
+    """The net as the netdef writes it (the helpers below walk its layers by type)."""
+    return dc.compile(MSC, vars=VARS, fuse=fuse)
 
 
 def add_blob(layer, t: torch.Tensor, legacy: bool = False):

@@ -294,11 +294,15 @@ class ExpectedLayer:
 
 def expected_layers(net) -> list[ExpectedLayer]:
     """For a compiled net: each layer with learnable tensors (or BatchNorm statistics),
-    its state_dict keys in Caffe's blob order."""
+    its state_dict keys in Caffe's blob order.  A fused net (passes/) lists the layers
+    the netdef wrote, under their own types: a ConvolutionBN is its Convolution, and the
+    layers it and the ASPP layers absorbed follow it."""
     from ..codegen import module_name, param_layers
     from ..layers import registry
     out = []
     for lay in param_layers(net.net):       # fused layers' absorbed layers too (passes/)
+        # a fused layer named after one it absorbed (ConvolutionBN: its conv) is that layer
+        lay = next((a for a in lay.absorbed if a.name == lay.name), lay)
         spec = registry.get(lay.type)
         if spec is None or not spec.blobs:
             continue

@@ -49,8 +49,10 @@ def _net(args):
     import torch
 
     from ..compiler import compile_net
+    # the layers as the netdef wrote them: a caffemodel holds the netdef's layers, by name
+    # and type, and --phase train must give the same net as --phase test would
     with torch.device("meta"):      # shapes and names only: no memory for the weights
-        return compile_net(args.netdef, phase=args.phase, vars=parse_defines(args.defines))
+        return compile_net(args.netdef, phase=args.phase, vars=parse_defines(args.defines), fuse=False)
 
 
 def _output(args, suffix: str) -> str:

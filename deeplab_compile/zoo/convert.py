@@ -115,7 +115,8 @@ def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.Path
         raise ZooError(f"{src_path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
         raise ZooError(f"{src_path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
-    net = compile_net(netdef, vars=vars, inputs={"data": "1x3x65x65"})
+    # the mapping tables name the netdef's layers: map onto the unfused net
+    net = compile_net(netdef, vars=vars, inputs={"data": "1x3x65x65"}, fuse=False)
     sd, rep = convert_state_dict(unwrap(obj), source, net)
     with atomic_path(out_path) as tmp:
         torch.save({"state_dict": sd, "netdef": os.fspath(netdef), "source": source, "vars": dict(vars or {})}, tmp)
