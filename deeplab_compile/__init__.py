@@ -7,7 +7,9 @@ __version__ = "0.1.0"
 def compile(source, *, phase="test", vars=None, inputs=None, **kwargs):
     """Compile a netdef (YAML or prototxt path) into a torch.fx GraphModule.
 
-    See :func:`deeplab_compile.compiler.compile_net` for the arguments.
+    The test phase is fused for inference by default (``fuse=False`` keeps the netdef's
+    layers; the train phase is never fused by default).  See
+    :func:`deeplab_compile.compiler.compile_net` for the arguments.
     """
     from .compiler import compile_net
     return compile_net(source, phase=phase, vars=vars, inputs=inputs, **kwargs)

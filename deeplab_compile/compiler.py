@@ -6,7 +6,7 @@ Every step is a plain function of the previous value (DESIGN.md section 2)::
     doc  = filter_phase(doc, phase)          # drop layers of the other phase
     net  = build_ir(doc, phase)              # registry lookup, parameter schemas, blob wiring
     net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field
-    net  = run_passes(net)                   # fold_bn, fuse_aspp (fuse=False skips them)
+    net  = run_passes(net)                   # fold_bn, fuse_aspp (test phase by default; fuse=False skips them)
     gm   = generate(net)                     # torch.fx GraphModule (codegen.py)
 """
 from __future__ import annotations
@@ -320,29 +320,37 @@ def _geometry(net: Net, lay: Layer, spec) -> None:
 
 # --------------------------------------------------------------------------- the whole pipeline
 
+def fuse_default(fuse: bool | None, phase: str) -> bool:
+    """Whether the passes run: ``fuse`` when given, else only for the test phase
+    (inference).  A train-phase net is never fused unless asked for."""
+    return check_phase(phase) == "test" if fuse is None else bool(fuse)
+
+
 def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-              inputs: Mapping[str, Any] | None = None, fuse: bool = False) -> Net:
+              inputs: Mapping[str, Any] | None = None, fuse: bool | None = False) -> Net:
     """Parse, expand, wire and shape a netdef: the IR exactly as the netdef writes it
     (what the zoo tests and the weight importers inspect).  ``fuse=True`` then runs the
-    passes (:mod:`deeplab_compile.passes`), as :func:`compile_net` does by default."""
+    passes (:mod:`deeplab_compile.passes`), and ``fuse=None`` runs them for the test
+    phase only, as :func:`compile_net` does by default."""
     src = None if isinstance(source, Mapping) else os.fspath(source)
     return net_from_doc(load_netdef(source, vars), phase=phase, inputs=inputs, fuse=fuse, source=src)
 
 
 def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any] | None = None,
-                 fuse: bool = False, source: str | None = None) -> Net:
-    """The steps of :func:`build_net` after loading: phase filter, IR, shapes, passes."""
+                 fuse: bool | None = False, source: str | None = None) -> Net:
+    """The steps of :func:`build_net` after loading: phase filter, IR, shapes, passes
+    (``fuse``: see :func:`fuse_default`)."""
     phase = check_phase(phase)
     net = build_ir(_expand.filter_phase(doc, phase), phase, source=source)
     net = infer_shapes(net, inputs)
-    if fuse:
+    if fuse_default(fuse, phase):
         from .passes import run_passes
         net = run_passes(net)
     return net
 
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-                inputs: Mapping[str, Any] | None = None, fuse: bool = False):
+                inputs: Mapping[str, Any] | None = None, fuse: bool | None = None):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -352,11 +360,22 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             (returns the output blobs, module in eval mode).
         vars: overrides of the netdef's ``vars`` (``{"num_classes": 59}``).
         inputs: input sizes, ``{"data": "1x3x513x513"}`` or ``{"data": (1, 3, 513, 513)}``.
-        fuse: run the passes (fold BatchNorm into convolutions and fuse ASPP for the test
-            phase; fuse v2 ASPP sums in both phases).  Parameter names and state_dicts are
-            the same either way.  Off here because the Caffe weight tools, the exporters
-            and their tests walk ``gm.net.layers`` as the netdef wrote them; the
-            ``deeplab-compile`` table fuses by default (``--no-fuse``).
+        fuse: whether to run the inference passes (:mod:`deeplab_compile.passes`).  The
+            default, ``None``, fuses the test phase and leaves the train phase as the
+            netdef wrote it, like ``deeplab-compile`` (``--no-fuse`` there is
+            ``fuse=False`` here).  In the test phase ``fold_bn`` folds each BatchNorm that
+            uses its running statistics (``use_global_stats`` true or unset; never one
+            set to false) and the Scale after it into the convolution, and ``fuse_aspp``
+            fuses the v2 ASPP sums and the v3 ASPP head.  The train phase is never
+            folded: ``fold_bn`` and the v3 head fusion are inference only and do nothing
+            there; only ``fuse=True`` fuses a train-phase net's v2 ASPP sums (whose
+            fused ops have a backward).  A fused module whose folded BatchNorm follows
+            the module's mode (``use_global_stats`` unset) refuses to run in training
+            mode (``net.train()``): compile with ``fuse=False`` or ``phase="train"`` to
+            train.  Parameter names and state_dicts are the same either way, so
+            checkpoints and caffemodels load into both; ``fuse=False`` gives
+            ``gm.net.layers`` exactly as the netdef wrote them, which the exporters
+            (``deeplab-compile --emit``) and code that walks the layers need.
     """
     from .codegen import generate
     return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse))

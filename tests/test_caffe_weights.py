@@ -2,6 +2,7 @@
 exactly, the export round trip is exact, and every bad input is one clear error."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -119,6 +120,39 @@ def test_export_round_trip_is_exact(tmp_path):
         write_caffemodel(net, net.state_dict(), f)
     again = dc.load_weights(msc_net(), str(tmp_path / "n.caffemodel")).state_dict()
     assert all(torch.equal(again[k], v) for k, v in net.state_dict().items())
+
+
+def test_fused_net_reads_and_writes_the_same_caffemodel(tmp_path):
+    """compile() fuses the test phase (ConvolutionBN); the weight tools see the netdef's layers."""
+    m, _ = caffe_msc(factor=2.0)
+    path = write(tmp_path, m)
+    fused = dc.load_weights(dc.compile(MSC, vars=VARS), path)
+    assert any(l.type == "ConvolutionBN" for l in fused.net.layers)
+    plain = dc.load_weights(msc_net(), path)
+    a, b = fused.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    files = []
+    for net in (fused, plain):
+        buf = io.BytesIO()
+        write_caffemodel(net, net.state_dict(), buf)
+        out = proto.NetParameter()
+        out.ParseFromString(buf.getvalue())
+        files.append({l.name: (l.type, [list(b.shape.dim) for b in l.blobs], [list(b.data) for b in l.blobs])
+                      for l in out.layer})
+    # the same layers, types and blobs (a fused layer sits where its last member was:
+    # the order may differ, and Caffe matches layers by name)
+    assert files[0] == files[1]
+    assert "ConvolutionBN" not in {t for t, _, _ in files[0].values()}
+    # fused net -> caffemodel -> fused net is exact
+    with open(tmp_path / "fused.caffemodel", "wb") as f:
+        write_caffemodel(fused, fused.state_dict(), f)
+    again = dc.load_weights(dc.compile(MSC, vars=VARS), str(tmp_path / "fused.caffemodel")).state_dict()
+    assert again.keys() == a.keys() and all(torch.equal(again[k], v) for k, v in a.items())
+    x = torch.randn(1, *plain.net.inputs["data"][1:])
+    with torch.no_grad():
+        ya, yb = fused(x), plain(x)
+    for k in yb:
+        torch.testing.assert_close(ya[k], yb[k], rtol=1e-4, atol=1e-4 * yb[k].abs().max().item())
 
 
 def test_inner_product_weights_reshape_into_a_convolution(tmp_path):

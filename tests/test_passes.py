@@ -165,3 +165,96 @@ def test_cli_no_fuse(v2_path, capsys):
     assert main([v2_path, "--no-fuse"]) == 0
     out = capsys.readouterr().out
     assert "ASPPSum" not in out and "fused:" not in out
+
+
+# ---------------------------------------------------------------- what compile_net fuses by default
+
+# A BatchNorm on batch statistics (never folded) and one on running statistics (folded).
+STATS = """
+name: stats
+inputs: {data: [3, 9, 9]}
+layers:
+  - {name: a, type: Convolution, bottom: data, num_output: 4, kernel_size: 3, weight_filler: {type: msra}}
+  - {name: a_bn, type: BatchNorm, bottom: a, top: a, use_global_stats: false}
+  - {name: a_scale, type: Scale, bottom: a, top: a, bias_term: true}
+  - {name: b, type: Convolution, bottom: a, num_output: 4, kernel_size: 3, weight_filler: {type: msra}}
+  - {name: b_bn, type: BatchNorm, bottom: b, top: b, use_global_stats: true}
+  - {name: b_scale, type: Scale, bottom: b, top: b, bias_term: true}
+"""
+
+
+def _fused(gm):
+    return [(l.name, l.type) for l in gm.net.layers if l.fused_from]
+
+
+def test_compile_net_fuses_the_test_phase_by_default(v2_path, v3_path):
+    import deeplab_compile
+    gm = compile_net(v3_path)
+    assert _fused(gm) == [("stem", "ConvolutionBN"), ("aspp_concat", "ASPPHead")]
+    assert _types(gm.net) == _types(compile_net(v3_path, fuse=True).net)
+    assert _fused(deeplab_compile.compile(v2_path)) == [("aspp", "ASPPSum"), ("score", "ConvSum")]
+    plain = compile_net(v3_path, fuse=False)                   # the keyword still turns it off
+    assert not _fused(plain) and _types(plain.net) == _types(build_net(v3_path))
+    assert sorted(gm.state_dict()) == sorted(plain.state_dict())
+    gm.load_state_dict(_randomize(plain), strict=True)
+    x = torch.randn(1, 3, 17, 17)
+    with torch.no_grad():
+        a, b = plain(x), gm(x)
+    torch.testing.assert_close(b["logits"], a["logits"], rtol=1e-4, atol=1e-4 * a["logits"].abs().max().item())
+
+
+def test_train_phase_is_not_fused(v2_path, v3_path):
+    for path in (v2_path, v3_path):
+        gm = compile_net(path, phase="train")
+        assert not _fused(gm) and _types(gm.net) == _types(build_net(path, phase="train"))
+    # asked for explicitly, fold_bn and the v3 head still leave a train-phase net alone
+    assert _types(compile_net(v3_path, phase="train", fuse=True).net) == _types(build_net(v3_path, phase="train"))
+
+
+def test_batch_statistics_are_never_folded(tmp_path):
+    p = tmp_path / "stats.yaml"
+    p.write_text(STATS)
+    gm = compile_net(str(p))
+    assert _types(gm.net) == [("a", "Convolution"), ("a_bn", "BatchNorm"), ("a_scale", "Scale"),
+                              ("b", "ConvolutionBN")]
+    assert gm.net.layer("b").fused_from == ["b", "b_bn", "b_scale"]
+    # use_global_stats: true folds the same in training mode, so that runs and agrees
+    plain = compile_net(str(p), fuse=False)
+    gm.load_state_dict(_randomize(plain), strict=True)
+    x = torch.randn(2, 3, 9, 9)
+    plain.train(), gm.train()
+    torch.testing.assert_close(gm(x)["b"], plain(x)["b"], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_modules_refuse_training_mode(v3_path):
+    gm = compile_net(v3_path)             # conv_bn_act: use_global_stats unset, so it follows the mode
+    x = torch.randn(1, 3, 17, 17)
+    gm.train()
+    with pytest.raises(RuntimeError, match=r"BatchNorm 'stem_bn'.*fuse=False"):
+        gm(x)
+    gm.eval()
+    with torch.no_grad():
+        gm(x)
+
+
+def test_exporters_refuse_fused_nets(v2_path, tmp_path):
+    from deeplab_compile.emit import export_onnx, export_torchscript, python_source
+    from deeplab_compile.errors import DeepLabError
+    gm = compile_net(v2_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    for fn in (lambda: python_source(gm), lambda: export_onnx(gm, str(out / "n.onnx")),
+               lambda: export_torchscript(gm, str(out / "n.pt"))):
+        with pytest.raises(DeepLabError, match="fuse=False"):
+            fn()
+    assert not list(out.iterdir())
+    assert "self.aspp" in python_source(compile_net(v2_path, fuse=False))
+
+
+def test_cli_fuses_the_test_phase_only(v3_path, capsys):
+    from deeplab_compile.cli.compile import main
+    assert main([v3_path]) == 0
+    assert "ASPPHead" in capsys.readouterr().out
+    assert main([v3_path, "--phase", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "ConvolutionBN" not in out and "fused:" not in out

@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emit", choices=("python", "yaml", "onnx", "torchscript", "dot"),
                    help="write an artifact instead of only printing the table")
     p.add_argument("-o", "--output", help="artifact path (default: <netdef name>.<ext> in the current folder)")
-    p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="skip the passes (BatchNorm folding, ASPP fusion); the graph is then exactly the "
-                        "netdef's layers.  Parameter names are the same either way.  --emit always writes "
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", default=None,
+                   help="skip the passes (BatchNorm folding, ASPP fusion), which run by default for the "
+                        "test phase (never for --phase train); the graph is then exactly the netdef's "
+                        "layers.  Parameter names are the same either way.  --emit always writes "
                         "the unfused graph (portable: no deeplab:: custom ops)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     p.add_argument("--info", action="store_true", help="print versions and the active kernel backends")
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     defines = parse_defines(args.defines)
     doc = compiler.load_netdef(args.netdef, defines)        # kept for --emit yaml
-    # --emit writes the graph as the netdef wrote it: exporters know no fused ops
+    # --emit writes the graph as the netdef wrote it: exporters know no fused ops.
+    # Otherwise fuse as compile_net does: the test phase unless --no-fuse (args.fuse None).
     net = compiler.net_from_doc(doc, phase=args.phase, inputs=parse_inputs(args.inputs),
-                                fuse=args.fuse and not args.emit, source=args.netdef)
+                                fuse=False if args.emit else args.fuse, source=args.netdef)
     from ..codegen import generate
     gm = generate(net)
     if not args.quiet:
