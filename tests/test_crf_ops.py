@@ -11,6 +11,13 @@ from deeplab_compile.ops import (_ext, dense_crf, dense_crf_reference, permutohe
 compiled = pytest.mark.skipif(not _ext.has_kernel("dense_crf", "CPU"), reason="_C not built")
 
 
+@pytest.fixture
+def float32_storage(monkeypatch):
+    """The CPU kernel's float32 iterations; by default (x86) lattice values are stored
+    in half floats, which moves marginals by up to ~5e-3 (see the half-storage tests)."""
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")
+
+
 def _features(n, d, spread, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, d, generator=g, dtype=dtype) * spread
@@ -100,7 +107,7 @@ def test_opcheck_dense_crf():
 @compiled
 @pytest.mark.parametrize("normalization", ["symmetric", "after"])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 2, 13, 11), (2, 21, 7, 8)])
-def test_compiled_crf_matches_reference(shape, normalization):
+def test_compiled_crf_matches_reference(shape, normalization, float32_storage):
     B, C, H, W = shape
     g = torch.Generator().manual_seed(3)
     image = torch.rand(B, 3, H, W, generator=g) * 255
@@ -121,7 +128,33 @@ def test_compiled_crf_zero_weights_and_iterations():
 
 
 @compiled
-def test_batch_equals_single_images():
+@pytest.mark.parametrize("C", [1, 4, 13, 21, 40])   # 1, 1, 2, 3 and 5 label blocks (5: the generic path)
+def test_half_storage_close_to_float32(C, monkeypatch):
+    g = torch.Generator().manual_seed(C)
+    image = (torch.rand(2, 3, 37, 41, generator=g) * 255).round()
+    unary = torch.rand(2, C, 37, 41, generator=g) * 4
+    half = dense_crf(image, unary, 3, 3, 4, 20, 5, 5)
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")
+    full = dense_crf(image, unary, 3, 3, 4, 20, 5, 5)
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.sum(1), torch.ones(2, 37, 41), rtol=0, atol=1e-5)
+    diff = (half - full).abs()
+    assert diff.max() < 1e-2 and diff.mean() < 2e-4, (diff.max(), diff.mean())
+    if C > 1:
+        assert (half.argmax(1) == full.argmax(1)).float().mean() >= 0.995
+
+
+@compiled
+def test_storage_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "fp16")
+    with pytest.raises(RuntimeError, match="DEEPLAB_CRF_STORAGE must be"):
+        dense_crf(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), 3, 3, 4, 10, 5, 2)
+
+
+@compiled
+@pytest.mark.parametrize("storage", ["half", "float32"])
+def test_batch_equals_single_images(storage, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", storage)
     image = torch.rand(3, 3, 15, 14) * 255
     unary = torch.rand(3, 5, 15, 14) * 4
     batch = dense_crf(image, unary, 3, 3, 4, 30, 6, 5)
@@ -160,6 +193,6 @@ def test_fallback_warns_once_and_matches(monkeypatch):
 
 def test_backends_reports_extension():
     info = _ext.backends()
-    assert set(info) >= {"extension", "cpu", "cuda", "cuda_device", "threads"}
+    assert set(info) >= {"extension", "cpu", "cuda", "cuda_device", "threads", "crf_storage"}
     if info["extension"]:
         assert "dense_crf" in info["cpu"]

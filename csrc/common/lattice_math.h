@@ -7,10 +7,15 @@
 // and sorting the residuals, and the point's barycentric weights on the d+1
 // simplex vertices are computed.  A vertex is identified by its first d
 // integer coordinates (the last one is implied by the zero sum).
+//
+// The dimension argument ``d`` is a template type: callers pass a plain int, or a
+// std::integral_constant<int, D> (see Dim below) so that the host builds a copy of
+// each function with every loop bound known, for the dimensions DeepLab uses.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define DL_HD __host__ __device__ __forceinline__
@@ -20,6 +25,10 @@
 
 namespace deeplab {
 namespace lattice {
+
+// A dimension fixed at compile time; converts to int wherever one is expected.
+template <int D>
+using Dim = std::integral_constant<int, D>;
 
 // Scale of feature axis i so that the lattice's blur ([1/2 1 1/2] along each of
 // the d+1 axes) approximates a unit-variance Gaussian (p.6 of the paper).
@@ -42,8 +51,8 @@ DL_HD F slice_alpha(int d) {
 //   rank[0..d]  the position of each coordinate's residual in sorted order
 //   bary[0..d]  barycentric weight of simplex vertex r (bary needs d+2 slots)
 // ``elevated`` is scratch of d+1 values.
-template <typename F>
-DL_HD void embed_point(const F* f, const F* scale, int d, F* elevated, int32_t* rem0, int32_t* rank,
+template <typename F, typename DimT>
+DL_HD void embed_point(const F* f, const F* scale, DimT d, F* elevated, int32_t* rem0, int32_t* rank,
                        F* bary) {
   // Lift: elevated = E f with E's rows chosen so the coordinates sum to zero.
   F sm = 0;
@@ -102,14 +111,16 @@ DL_HD void embed_point(const F* f, const F* scale, int d, F* elevated, int32_t* 
 
 // Key (first d integer coordinates) of vertex ``r`` of the simplex described by
 // rem0/rank: the canonical simplex's vertex r shifted to rem0.
-DL_HD void vertex_key(const int32_t* rem0, const int32_t* rank, int d, int r, int32_t* key) {
+template <typename DimT>
+DL_HD void vertex_key(const int32_t* rem0, const int32_t* rank, DimT d, int r, int32_t* key) {
   for (int i = 0; i < d; ++i)
     key[i] = rem0[i] + ((rank[i] <= d - r) ? r : r - (d + 1));
 }
 
 // Keys of the two neighbours of ``key`` along lattice axis ``axis`` (0..d):
 // +1 on every coordinate but ``axis``, which moves by -d (and the reverse).
-DL_HD void neighbor_keys(const int32_t* key, int d, int axis, int32_t* n1, int32_t* n2) {
+template <typename DimT>
+DL_HD void neighbor_keys(const int32_t* key, DimT d, int axis, int32_t* n1, int32_t* n2) {
   for (int k = 0; k < d; ++k) {
     n1[k] = key[k] - 1;
     n2[k] = key[k] + 1;
@@ -120,7 +131,8 @@ DL_HD void neighbor_keys(const int32_t* key, int d, int axis, int32_t* n1, int32
   }
 }
 
-DL_HD uint64_t hash_key(const int32_t* key, int d) {
+template <typename DimT>
+DL_HD uint64_t hash_key(const int32_t* key, DimT d) {
   uint64_t h = 1469598103934665603ull;
   for (int i = 0; i < d; ++i) {
     h ^= static_cast<uint32_t>(key[i]);
@@ -129,7 +141,8 @@ DL_HD uint64_t hash_key(const int32_t* key, int d) {
   return h ^ (h >> 29);
 }
 
-DL_HD bool keys_equal(const int32_t* a, const int32_t* b, int d) {
+template <typename DimT>
+DL_HD bool keys_equal(const int32_t* a, const int32_t* b, DimT d) {
   for (int i = 0; i < d; ++i)
     if (a[i] != b[i]) return false;
   return true;

@@ -7,16 +7,22 @@
 // with n_k = D_k^-1/2 on both sides ("symmetric") or D_k^-1 after ("after").
 // A batch is spread over threads one image per thread; a single image spreads
 // its pixel and lattice loops instead.
+//
+// On x86 with AVX2/FMA/F16C the iterations store lattice values in half floats
+// (cpu/mean_field_f16.h: one cache line per row instead of two, arithmetic in
+// float32); DEEPLAB_CRF_STORAGE=float32 selects the float32 loop below everywhere.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cpu/mean_field_f16.h"
 #include "cpu/permutohedral.h"
 
 namespace deeplab {
@@ -84,10 +90,25 @@ DL_HOT void softmax_rows(const float* __restrict__ in, float* __restrict__ out, 
   }
 }
 
+// Whether the iterations store lattice values in half floats (see the top); read on
+// every call so that a process can switch.
+bool half_storage() {
+  const char* env = std::getenv("DEEPLAB_CRF_STORAGE");
+  const std::string v = env ? env : "";
+  TORCH_CHECK(v.empty() || v == "half" || v == "float32",
+              "dense_crf: DEEPLAB_CRF_STORAGE must be \"half\" or \"float32\", got \"", v, "\"");
+#if defined(DEEPLAB_HAVE_F16_MEAN_FIELD)
+  return v != "float32" && f16::cpu_supported();
+#else
+  return false;
+#endif
+}
+
 struct Params {
   float pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std;
   int64_t iterations;
   bool symmetric;
+  bool half;  // half-float lattice storage in the iterations
 };
 
 // One pairwise kernel: its lattice with the normaliser and the Potts weight
@@ -145,27 +166,45 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
     build_kernel(kernels.back(), f, n, 5, prm.bi_w, prm.symmetric, ws);
   }
 
-  // Point-major, label-padded buffers.
-  std::vector<float> neg_u(n * S), q(n * S), msg(n * S);
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p)
-      for (int64_t c = 0; c < S; ++c) neg_u[p * S + c] = c < C ? -unary[c * n + p] : kPadEnergy;
-  });
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.data(), q.data(), S, b, e); });
-
-  for (int64_t it = 0; it < prm.iterations; ++it) {
-    // Potts: a pixel's label is rewarded by the filtered mass of that label.
-    const float* base = neg_u.data();
-    for (const auto& lat : kernels) {
-      lattice::filter<float>(lat, q.data(), msg.data(), S, false, ws, base);
-      base = msg.data();
+  // -unary, point-major and label-padded, transposed in tiles of pixels.
+  constexpr int64_t kTile = 64;
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<float> neg_u(n * S), q(n * S);
+  at::parallel_for(0, tiles, grain / kTile, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t p0 = t * kTile, p1 = std::min(n, p0 + kTile);
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t c = C; c < S; ++c) neg_u[p * S + c] = kPadEnergy;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t p = p0; p < p1; ++p) neg_u[p * S + c] = -unary[c * n + p];
     }
-    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(base, q.data(), S, b, e); });
+  });
+
+#if defined(DEEPLAB_HAVE_F16_MEAN_FIELD)
+  if (prm.half) {
+    f16::mean_field(neg_u.data(), kernels, n, S, prm.iterations, q.data());
+  } else
+#endif
+  {
+    std::vector<float> msg(n * S);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.data(), q.data(), S, b, e); });
+    for (int64_t it = 0; it < prm.iterations; ++it) {
+      // Potts: a pixel's label is rewarded by the filtered mass of that label.
+      const float* base = neg_u.data();
+      for (const auto& lat : kernels) {
+        lattice::filter<float>(lat, q.data(), msg.data(), S, false, ws, base);
+        base = msg.data();
+      }
+      at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(base, q.data(), S, b, e); });
+    }
   }
 
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t p = b; p < e; ++p) qout[c * n + p] = q[p * S + c];
+  at::parallel_for(0, tiles, grain / kTile, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t p0 = t * kTile, p1 = std::min(n, p0 + kTile);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t p = p0; p < p1; ++p) qout[c * n + p] = q[p * S + c];
+    }
   });
 }
 
@@ -202,7 +241,8 @@ at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& unary, doubl
   TORCH_CHECK(at::isfinite(img).all().item<bool>(), "dense_crf: 'image' contains NaN or infinite values");
 
   const Params prm{static_cast<float>(pos_w), static_cast<float>(pos_xy_std), static_cast<float>(bi_w),
-                   static_cast<float>(bi_xy_std), static_cast<float>(bi_rgb_std), iterations, norm == "symmetric"};
+                   static_cast<float>(bi_xy_std), static_cast<float>(bi_rgb_std), iterations, norm == "symmetric",
+                   half_storage()};
   const float* ip = img.data_ptr<float>();
   const float* up = u.data_ptr<float>();
   float* op = out.data_ptr<float>();

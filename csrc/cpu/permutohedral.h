@@ -58,9 +58,10 @@ struct Lattice {
 // Open-addressing map from vertex key to dense id.  Slots hold the id and the
 // upper hash bits only (8 bytes), so probing stays within a small array; the keys
 // themselves live in insertion order, which is also the vertex order.
+template <typename DimT>
 class VertexTable {
  public:
-  VertexTable(int d, int64_t expected) : d_(d) {
+  VertexTable(DimT d, int64_t expected) : d_(d) {
     uint64_t cap = 1024;
     while (cap < static_cast<uint64_t>(expected)) cap <<= 1;
     rehash(cap);
@@ -143,15 +144,15 @@ class VertexTable {
       slots_[i] = Slot{static_cast<uint32_t>(h >> 32), static_cast<int32_t>(id)};
     }
   }
-  int d_;
+  DimT d_;
   uint64_t mask_ = 0;
   std::vector<Slot> slots_;
   std::vector<int32_t> keys_;
 };
 
 // Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
-template <typename T>
-void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
+template <typename T, typename DimT>
+void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L) {
   L.d = d;
   L.n = n;
   const int64_t dp1 = d + 1;
@@ -175,7 +176,7 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
   //    scan order of the points, which keeps lattice neighbours close in memory.
   //    Neighbouring points mostly share simplex corners, so each corner is first
   //    compared with the same corner of the previous point, skipping the table.
-  VertexTable table(d, n);
+  VertexTable<DimT> table(d, n);
   std::vector<int32_t> key(d), prev_keys(static_cast<size_t>(dp1) * d, 0);
   for (int64_t p = 0; p < n; ++p) {
     for (int r = 0; r <= d; ++r) {
@@ -232,6 +233,18 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
   const T alpha = slice_alpha<T>(d);
   L.slice_w.resize(n * dp1);
   for (int64_t i = 0; i < n * dp1; ++i) L.slice_w[i] = L.weight[i] * alpha;
+}
+
+template <typename T>
+void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
+  // The dimensions of DeepLab's kernels (positional 2, bilateral 5) and of RGB-only
+  // features get a copy with every loop bound fixed.
+  switch (d) {
+    case 2: return build_lattice_impl(features, n, Dim<2>{}, L);
+    case 3: return build_lattice_impl(features, n, Dim<3>{}, L);
+    case 5: return build_lattice_impl(features, n, Dim<5>{}, L);
+    default: return build_lattice_impl(features, n, d, L);
+  }
 }
 
 // Folds per-point factors into the splat (``in_scale``) and slice (``out_scale``)

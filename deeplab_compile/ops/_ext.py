@@ -7,6 +7,7 @@ op falls back to its pure-PyTorch reference; the first fallback warns once per o
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import warnings
 
@@ -66,12 +67,20 @@ def use_compiled(op: str, *tensors: torch.Tensor) -> bool:
     return False
 
 
+def _crf_storage() -> str:
+    if os.environ.get("DEEPLAB_CRF_STORAGE") == "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return "float32"
+    return "half"
+
+
 def backends() -> dict:
     """What the kernels run on, for ``deeplab-compile --info``.
 
     ``extension``: whether ``_C`` loaded (``extension_path`` / ``extension_error``);
     ``cpu`` / ``cuda``: the ``deeplab`` ops with a compiled kernel for that device;
-    ``cuda_device``: whether torch sees a GPU; ``threads``: torch's intra-op threads.
+    ``cuda_device``: whether torch sees a GPU; ``threads``: torch's intra-op threads;
+    ``crf_storage``: how the CPU dense CRF stores lattice values between its float32
+    steps ("half" on x86-64 unless ``DEEPLAB_CRF_STORAGE=float32``).
     """
     st = _load()
     ops = ["dense_crf", "permutohedral_filter", "_permutohedral_filter_backward",
@@ -84,5 +93,6 @@ def backends() -> dict:
         "cuda": [op for op in ops if has_kernel(op, "CUDA")],
         "cuda_device": torch.cuda.is_available(),
         "threads": torch.get_num_threads(),
+        "crf_storage": _crf_storage(),
         "torch": torch.__version__,
     }
