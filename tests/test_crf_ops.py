@@ -59,6 +59,18 @@ def test_compiled_filter_matches_reference(n, d, V, dtype):
 
 
 @compiled
+@pytest.mark.parametrize("d,offset", [(5, 3000.0), (3, 1e6), (8, 200.0), (2, 0.0)])
+def test_compiled_filter_far_from_origin(d, offset):
+    # Lattice keys pack into one 64-bit word (64/d bits a coordinate) when they fit; far
+    # from the origin the build keeps full int32 keys instead.  Both give the reference.
+    f = _features(120, d, 3.0, seed=d, dtype=torch.float64) + offset
+    v = torch.randn(120, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    # (Large offsets cost float64 digits in the embedding, hence the tolerance.)
+    torch.testing.assert_close(permutohedral_filter(f, v), permutohedral_filter_reference(f, v),
+                               rtol=1e-6, atol=1e-8)
+
+
+@compiled
 def test_filter_non_contiguous_and_empty():
     f = _features(60, 4, 3.0, dtype=torch.float32)
     v = torch.randn(5, 60).t()                     # non-contiguous

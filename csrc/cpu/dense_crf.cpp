@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -114,15 +115,13 @@ struct Params {
 // One pairwise kernel: its lattice with the normaliser and the Potts weight
 // folded into the splat/slice weights, so that filtering Q yields the message
 // w * n * K (n' * Q) directly.
-void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats, int64_t n, int d, float w,
-                  bool symmetric, lattice::Workspace<float>& ws) {
-  lattice::build_lattice<float>(feats.data(), n, d, lat);
-  std::vector<float> ones(n * kLane, 0.f);
-  for (int64_t p = 0; p < n; ++p) ones[p * kLane] = 1.f;
-  lattice::filter<float>(lat, ones.data(), ones.data(), kLane, false, ws);
+void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats, int64_t n, int64_t W, int d,
+                  float w, bool symmetric) {
+  lattice::build_lattice<float>(feats.data(), n, d, lat, /*row=*/W);
+  const std::vector<float> deg = lattice::filter_ones(lat);
   std::vector<float> in_scale(n), out_scale(n);
   for (int64_t p = 0; p < n; ++p) {
-    const float s = ones[p * kLane];
+    const float s = deg[p];
     const float norm = symmetric ? 1.f / std::sqrt(s + 1e-20f) : 1.f / (s + 1e-20f);
     in_scale[p] = symmetric ? norm : 1.f;
     out_scale[p] = w * norm;
@@ -135,7 +134,6 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
   const int64_t n = H * W;
   const int64_t S = lattice::padded(C);
   const int64_t grain = 8192;  // pixels per task: a parallel region only pays off for larger work
-  lattice::Workspace<float> ws;
 
   std::vector<lattice::Lattice<float>> kernels;
   kernels.reserve(2);
@@ -149,7 +147,7 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
         }
     });
     kernels.emplace_back();
-    build_kernel(kernels.back(), f, n, 2, prm.pos_w, prm.symmetric, ws);
+    build_kernel(kernels.back(), f, n, W, 2, prm.pos_w, prm.symmetric);
   }
   if (prm.bi_w != 0.f) {
     std::vector<float> f(n * 5);
@@ -163,13 +161,14 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
         }
     });
     kernels.emplace_back();
-    build_kernel(kernels.back(), f, n, 5, prm.bi_w, prm.symmetric, ws);
+    build_kernel(kernels.back(), f, n, W, 5, prm.bi_w, prm.symmetric);
   }
 
   // -unary, point-major and label-padded, transposed in tiles of pixels.
   constexpr int64_t kTile = 64;
   const int64_t tiles = (n + kTile - 1) / kTile;
-  std::vector<float> neg_u(n * S), q(n * S);
+  // Scratch the loops below overwrite completely: left uninitialised.
+  std::unique_ptr<float[]> neg_u(new float[n * S]), q(new float[n * S]);
   at::parallel_for(0, tiles, grain / kTile, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t p0 = t * kTile, p1 = std::min(n, p0 + kTile);
@@ -182,20 +181,21 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
 
 #if defined(DEEPLAB_HAVE_F16_MEAN_FIELD)
   if (prm.half) {
-    f16::mean_field(neg_u.data(), kernels, n, S, prm.iterations, q.data());
+    f16::mean_field(neg_u.get(), kernels, n, S, prm.iterations, q.get());
   } else
 #endif
   {
-    std::vector<float> msg(n * S);
-    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.data(), q.data(), S, b, e); });
+    lattice::Workspace<float> ws;
+    std::unique_ptr<float[]> msg(new float[n * S]);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.get(), q.get(), S, b, e); });
     for (int64_t it = 0; it < prm.iterations; ++it) {
       // Potts: a pixel's label is rewarded by the filtered mass of that label.
-      const float* base = neg_u.data();
+      const float* base = neg_u.get();
       for (const auto& lat : kernels) {
-        lattice::filter<float>(lat, q.data(), msg.data(), S, false, ws, base);
-        base = msg.data();
+        lattice::filter<float>(lat, q.get(), msg.get(), S, false, ws, base);
+        base = msg.get();
       }
-      at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(base, q.data(), S, b, e); });
+      at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(base, q.get(), S, b, e); });
     }
   }
 

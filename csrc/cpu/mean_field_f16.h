@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "cpu/permutohedral.h"
@@ -31,20 +32,21 @@
 namespace deeplab {
 namespace f16 {
 
-using lattice::kAhead;
+// Rows are prefetched this many steps ahead: far enough to cover a miss to the last-level cache.
+constexpr int64_t kAhead = 32;
 using lattice::kLane;
 
 // Halves per stored row: the labels padded to 8, then to a whole cache line once a
 // row is more than half of one.
 inline int64_t row_halves(int64_t S) { return S <= 8 ? 8 : S <= 16 ? 16 : (S + 31) / 32 * 32; }
 
-// A 64-byte aligned array of half floats.
+// A 64-byte aligned, uninitialised array of half floats.
 struct HalfBuffer {
-  std::vector<uint16_t> raw;
+  std::unique_ptr<uint16_t[]> raw;
   uint16_t* ptr = nullptr;
   void resize(int64_t count) {
-    raw.assign(count + 32, 0);
-    ptr = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t{63});
+    raw.reset(new uint16_t[count + 32]);
+    ptr = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t{63});
   }
 };
 
@@ -152,7 +154,21 @@ struct Slice {
   const float* weight;     // n*(d+1) slice weights (alpha, w and the normaliser folded in)
   const uint16_t* values;  // the blurred rows, or null before the first iteration
   int dp1;
+  bool prefetch;           // the rows outgrow the per-core cache: prefetch ahead
 };
+
+// acc += the slice of one kernel at pixel p; DP1 > 0 fixes the corner count.
+template <int NB, int DP1>
+inline void slice_pixel(const Slice& K, int64_t p, int64_t RS, int64_t nb, __m256* acc) {
+  const int dp1 = DP1 > 0 ? DP1 : K.dp1;
+  const int32_t* off = K.offset + p * dp1;
+  const float* sw = K.weight + p * dp1;
+  for (int r = 0; r < dp1; ++r) {
+    const uint16_t* row = K.values + static_cast<int64_t>(off[r]) * RS;
+    const __m256 w = _mm256_set1_ps(sw[r]);
+    for (int64_t b = 0; b < (NB > 0 ? NB : nb); ++b) acc[b] = _mm256_fmadd_ps(w, load_h(row + b * kLane), acc[b]);
+  }
+}
 
 // For pixels [p0, p1): Q = softmax(-unary + sum of the sliced kernels), stored in
 // half floats into ``qh`` (stride RS) and/or in float32 into ``qf`` (stride S).
@@ -166,7 +182,7 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
   for (int64_t p = p0; p < p1; ++p) {
     if (p + kAhead < p1) {
       for (int k = 0; k < nk; ++k) {
-        if (!ks[k].values) continue;
+        if (!ks[k].values || !ks[k].prefetch) continue;
         const int32_t* off = ks[k].offset + (p + kAhead) * ks[k].dp1;
         for (int r = 0; r < ks[k].dp1; ++r) prefetch_line(ks[k].values + static_cast<int64_t>(off[r]) * RS);
       }
@@ -175,12 +191,10 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
     for (int k = 0; k < nk; ++k) {
       const Slice& K = ks[k];
       if (!K.values) continue;
-      const int32_t* off = K.offset + p * K.dp1;
-      const float* sw = K.weight + p * K.dp1;
-      for (int r = 0; r < K.dp1; ++r) {
-        const uint16_t* row = K.values + static_cast<int64_t>(off[r]) * RS;
-        const __m256 w = _mm256_set1_ps(sw[r]);
-        for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_fmadd_ps(w, load_h(row + b * kLane), acc[b]);
+      switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
+        case 3: slice_pixel<NB, 3>(K, p, RS, nb, acc); break;
+        case 6: slice_pixel<NB, 6>(K, p, RS, nb, acc); break;
+        default: slice_pixel<NB, 0>(K, p, RS, nb, acc); break;
       }
     }
     __m256 mx = acc[0];
@@ -222,12 +236,19 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
   HalfBuffer qh;
   std::vector<HalfBuffer> a(nk), b(nk);
   std::vector<Slice> slices(nk);
+  const bool iterate = iterations > 0 && nk > 0;
   for (int k = 0; k < nk; ++k) {
+    // Rows of a small lattice stay in the per-core cache; prefetching them only costs.
+    const bool big = (kernels[k].m + 1) * RS * static_cast<int64_t>(sizeof(uint16_t)) > (int64_t{1} << 20);
+    slices[k] = Slice{kernels[k].offset.data(), kernels[k].slice_w.data(), nullptr, kernels[k].d + 1, big};
+    if (!iterate) continue;
+    // Splat and blur write rows 1..m; row 0 ("no such vertex") must read as zero.
     a[k].resize((kernels[k].m + 1) * RS);
     b[k].resize((kernels[k].m + 1) * RS);
-    slices[k] = Slice{kernels[k].offset.data(), kernels[k].slice_w.data(), nullptr, kernels[k].d + 1};
+    std::memset(a[k].ptr, 0, RS * sizeof(uint16_t));
+    std::memset(b[k].ptr, 0, RS * sizeof(uint16_t));
   }
-  if (iterations > 0 && nk > 0) qh.resize(n * RS);
+  if (iterate) qh.resize(n * RS);
 
   for (int64_t it = 0; it <= iterations; ++it) {
     const bool last = it == iterations || nk == 0;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "common/lattice_math.h"
@@ -27,6 +28,8 @@ namespace deeplab {
 namespace lattice {
 
 constexpr int64_t kLane = 8;
+// Feature dimensions up to this embed with scratch on the stack.
+constexpr int kMaxEmbedDim = 16;
 // How many rows ahead the gather loops prefetch: lattice rows are reached
 // through index arrays, which the hardware prefetcher cannot follow.
 constexpr int64_t kAhead = 12;
@@ -150,9 +153,136 @@ class VertexTable {
   std::vector<int32_t> keys_;
 };
 
-// Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
+// Vertex keys packed into one 64-bit word, 64/d bits per coordinate with a bias,
+// when every coordinate fits: one compare per key, and the key sits in the hash slot
+// itself, so a lookup is one cache miss instead of two (slot, then stored key).
+// Subtracting 1 from every field and adding d+1 to one is then plain arithmetic on
+// the word, as long as no field leaves its range, which the bias guarantees.
+struct PackedKeys {
+  int bits = 0;
+  uint64_t ones = 0;  // 1 in every field
+  int64_t bias = 0;
+  // Whether coordinates within +-reach fit (with a margin for the neighbour steps).
+  static PackedKeys make(int d, int64_t reach) {
+    PackedKeys k;
+    if (d < 1 || d > 16) return k;
+    const int bits = 64 / d;
+    if (bits < 63 && reach + d + 2 >= (int64_t{1} << (bits - 1))) return k;
+    k.bits = bits;
+    k.bias = bits >= 63 ? (int64_t{1} << 31) : (int64_t{1} << (bits - 1));
+    for (int i = 0; i < d; ++i) k.ones |= uint64_t{1} << (i * bits);
+    return k;
+  }
+  bool ok() const { return bits > 0; }
+  template <typename DimT>
+  uint64_t pack(const int32_t* key, DimT d) const {
+    uint64_t w = 0;
+    for (int i = 0; i < d; ++i) w |= static_cast<uint64_t>(key[i] + bias) << (i * bits);
+    return w;
+  }
+  // The "n1" neighbour along ``axis``: -1 on every coordinate, +d on the axis.
+  template <typename DimT>
+  uint64_t neighbor(uint64_t w, DimT d, int axis) const {
+    w -= ones;
+    if (axis < d) w += static_cast<uint64_t>(d + 1) << (axis * bits);
+    return w;
+  }
+};
+
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  return x ^ (x >> 33);
+}
+
+// Open-addressing map from packed key to dense id (ids in insertion order).
+class PackedTable {
+ public:
+  explicit PackedTable(int64_t expected) {
+    uint64_t cap = 1024;
+    while (cap < static_cast<uint64_t>(expected) * 2) cap <<= 1;
+    rehash(cap);
+  }
+
+  void prefetch(uint64_t k) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&slots_[mix64(k) & mask_]);
+#endif
+  }
+
+  int32_t find(uint64_t k) const {
+    for (uint64_t i = mix64(k) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.id < 0) return -1;
+      if (s.key == k) return s.id;
+    }
+  }
+  int64_t size() const { return static_cast<int64_t>(keys_.size()); }
+  uint64_t key(int64_t id) const { return keys_[id]; }
+
+  int32_t find_or_insert(uint64_t k) {
+    for (uint64_t i = mix64(k) & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.id < 0) {
+        const int32_t id = static_cast<int32_t>(keys_.size());
+        keys_.push_back(k);
+        s = Slot{k, id};
+        if (static_cast<uint64_t>(id + 1) * 2 > mask_ + 1) rehash((mask_ + 1) * 2);
+        return id;
+      }
+      if (s.key == k) return s.id;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint64_t key;
+    int32_t id;
+  };
+  void rehash(uint64_t cap) {
+    slots_.assign(cap, Slot{0, -1});
+    mask_ = cap - 1;
+    for (int64_t id = 0; id < size(); ++id) {
+      uint64_t i = mix64(keys_[id]) & mask_;
+      while (slots_[i].id >= 0) i = (i + 1) & mask_;
+      slots_[i] = Slot{keys_[id], static_cast<int32_t>(id)};
+    }
+  }
+  uint64_t mask_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<uint64_t> keys_;
+};
+
+// Embeds points [b, e) (lattice_math.h's embed_point), writing their simplex
+// (rem0, rank) and barycentric weights; a hot-loop clone so that rounding compiles
+// to single instructions.
 template <typename T, typename DimT>
-void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L) {
+DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0, int32_t* rank, T* weight,
+                        int64_t b, int64_t e) {
+  const int dp1 = d + 1;
+  T elevated[kMaxEmbedDim + 1], bary[kMaxEmbedDim + 2];
+  std::vector<T> big_e, big_b;
+  T* el = elevated;
+  T* ba = bary;
+  if (d > kMaxEmbedDim) {
+    big_e.resize(dp1);
+    big_b.resize(dp1 + 1);
+    el = big_e.data();
+    ba = big_b.data();
+  }
+  for (int64_t p = b; p < e; ++p) {
+    embed_point<T>(features + p * d, scale, d, el, rem0 + p * dp1, rank + p * dp1, ba);
+    for (int r = 0; r < dp1; ++r) weight[p * dp1 + r] = ba[r];
+  }
+}
+
+// Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
+// ``row``: when the points are an image in scan order, its width (a hint that
+// speeds the build up; 0 for none).
+template <typename T, typename DimT>
+void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int64_t row) {
   L.d = d;
   L.n = n;
   const int64_t dp1 = d + 1;
@@ -164,53 +294,105 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L) {
   std::vector<T> scale(d);
   for (int i = 0; i < d; ++i) scale[i] = axis_scale<T>(i, d);
   at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
-    std::vector<T> elevated(dp1), bary(dp1 + 1);
-    for (int64_t p = b; p < e; ++p) {
-      embed_point<T>(features + p * d, scale.data(), d, elevated.data(), rem0.data() + p * dp1,
-                     rank.data() + p * dp1, bary.data());
-      for (int r = 0; r <= d; ++r) L.weight[p * dp1 + r] = bary[r];
-    }
+    embed_range(features, scale.data(), d, rem0.data(), rank.data(), L.weight.data(), b, e);
   });
 
   // 2. Give each distinct vertex an id, sequentially so that ids follow the
   //    scan order of the points, which keeps lattice neighbours close in memory.
   //    Neighbouring points mostly share simplex corners, so each corner is first
   //    compared with the same corner of the previous point, skipping the table.
-  VertexTable<DimT> table(d, n);
-  std::vector<int32_t> key(d), prev_keys(static_cast<size_t>(dp1) * d, 0);
-  for (int64_t p = 0; p < n; ++p) {
-    for (int r = 0; r <= d; ++r) {
-      vertex_key(rem0.data() + p * dp1, rank.data() + p * dp1, d, r, key.data());
-      int32_t* prev = prev_keys.data() + r * d;
-      if (p > 0 && keys_equal(prev, key.data(), d)) {
-        L.offset[p * dp1 + r] = L.offset[(p - 1) * dp1 + r];
-        continue;
-      }
-      L.offset[p * dp1 + r] = table.find_or_insert(key.data()) + 1;
-      std::copy(key.begin(), key.end(), prev);
-    }
-  }
-  const int64_t m = table.size();
-  L.m = m;
-
   // 3. Neighbours along each axis.  Only the "n1" neighbour (key - 1 everywhere,
   //    + d on the axis) is looked up; the opposite neighbour relation is its
   //    inverse: if n1(v) = u along an axis, then n2(u) = v.
-  L.blur_nb.assign(dp1 * m * 2, 0);
-  at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
-    constexpr int kBatch = 32;
-    std::vector<int32_t> batch(static_cast<size_t>(kBatch) * d), n2(d), found(kBatch);
-    for (int a = 0; a <= d; ++a) {
-      int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
-      for (int64_t v0 = b; v0 < e; v0 += kBatch) {
-        const int cnt = static_cast<int>(std::min<int64_t>(kBatch, e - v0));
-        for (int i = 0; i < cnt; ++i)
-          neighbor_keys(table.key(v0 + i), d, a, batch.data() + i * d, n2.data());
-        table.find_batch(batch.data(), cnt, found.data());
-        for (int i = 0; i < cnt; ++i) nb[(v0 + i) * 2] = found[i] + 1;
+  int64_t reach = 0;
+  for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
+  const PackedKeys pk = PackedKeys::make(d, reach + dp1);
+  if (pk.ok()) {
+    // Points on an image grid (``row`` > 0) also share corners with the point one
+    // row up, not always as the same corner index: each corner is compared with
+    // every corner of the previous point and of the point above before the table.
+    // The keys are computed first (in parallel), so that the table slots of the
+    // keys a few points ahead can be prefetched.
+    std::vector<uint64_t> keys(n * dp1);
+    at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+      int32_t key[kMaxEmbedDim];
+      for (int64_t p = b; p < e; ++p)
+        for (int r = 0; r <= d; ++r) {
+          vertex_key(rem0.data() + p * dp1, rank.data() + p * dp1, d, r, key);
+          keys[p * dp1 + r] = pk.pack(key, d);
+        }
+    });
+    PackedTable table(2 * n);
+    constexpr int64_t kAheadPoints = 8;
+    for (int64_t p = 0; p < n; ++p) {
+      if (p + kAheadPoints < n)
+        for (int r = 0; r <= d; ++r) table.prefetch(keys[(p + kAheadPoints) * dp1 + r]);
+      const uint64_t* kp = keys.data() + p * dp1;
+      const int64_t near[2] = {p - 1, row > 0 ? p - row : -1};
+      for (int r = 0; r <= d; ++r) {
+        const uint64_t k = kp[r];
+        int32_t id = 0;
+        for (int c = 0; c < 2 && !id; ++c) {
+          if (near[c] < 0) continue;
+          const uint64_t* kq = keys.data() + near[c] * dp1;
+          for (int s2 = 0; s2 <= d; ++s2)
+            if (kq[s2] == k) {
+              id = L.offset[near[c] * dp1 + s2];
+              break;
+            }
+        }
+        L.offset[p * dp1 + r] = id ? id : table.find_or_insert(k) + 1;
       }
     }
-  });
+    L.m = table.size();
+    const int64_t m = L.m;
+    L.blur_nb.assign(dp1 * m * 2, 0);
+    at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
+      // Software-pipelined: the slot of the lookup kAheadKeys ahead is prefetched.
+      constexpr int64_t kAheadKeys = 24;
+      for (int a = 0; a <= d; ++a) {
+        int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
+        for (int64_t v = b; v < std::min(e, b + kAheadKeys); ++v) table.prefetch(pk.neighbor(table.key(v), d, a));
+        for (int64_t v = b; v < e; ++v) {
+          if (v + kAheadKeys < e) table.prefetch(pk.neighbor(table.key(v + kAheadKeys), d, a));
+          nb[v * 2] = table.find(pk.neighbor(table.key(v), d, a)) + 1;
+        }
+      }
+    });
+  } else {
+    VertexTable<DimT> table(d, n);
+    std::vector<int32_t> key(d), prev_keys(static_cast<size_t>(dp1) * d, 0);
+    for (int64_t p = 0; p < n; ++p) {
+      for (int r = 0; r <= d; ++r) {
+        vertex_key(rem0.data() + p * dp1, rank.data() + p * dp1, d, r, key.data());
+        int32_t* prev = prev_keys.data() + r * d;
+        if (p > 0 && keys_equal(prev, key.data(), d)) {
+          L.offset[p * dp1 + r] = L.offset[(p - 1) * dp1 + r];
+          continue;
+        }
+        L.offset[p * dp1 + r] = table.find_or_insert(key.data()) + 1;
+        std::copy(key.begin(), key.end(), prev);
+      }
+    }
+    L.m = table.size();
+    const int64_t m = L.m;
+    L.blur_nb.assign(dp1 * m * 2, 0);
+    at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
+      constexpr int kBatch = 32;
+      std::vector<int32_t> batch(static_cast<size_t>(kBatch) * d), n2(d), found(kBatch);
+      for (int a = 0; a <= d; ++a) {
+        int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
+        for (int64_t v0 = b; v0 < e; v0 += kBatch) {
+          const int cnt = static_cast<int>(std::min<int64_t>(kBatch, e - v0));
+          for (int i = 0; i < cnt; ++i)
+            neighbor_keys(table.key(v0 + i), d, a, batch.data() + i * d, n2.data());
+          table.find_batch(batch.data(), cnt, found.data());
+          for (int i = 0; i < cnt; ++i) nb[(v0 + i) * 2] = found[i] + 1;
+        }
+      }
+    });
+  }
+  const int64_t m = L.m;
   for (int a = 0; a <= d; ++a) {
     int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
     for (int64_t v = 0; v < m; ++v)
@@ -236,15 +418,48 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L) {
 }
 
 template <typename T>
-void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L) {
+void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L, int64_t row = 0) {
   // The dimensions of DeepLab's kernels (positional 2, bilateral 5) and of RGB-only
   // features get a copy with every loop bound fixed.
   switch (d) {
-    case 2: return build_lattice_impl(features, n, Dim<2>{}, L);
-    case 3: return build_lattice_impl(features, n, Dim<3>{}, L);
-    case 5: return build_lattice_impl(features, n, Dim<5>{}, L);
-    default: return build_lattice_impl(features, n, d, L);
+    case 2: return build_lattice_impl(features, n, Dim<2>{}, L, row);
+    case 3: return build_lattice_impl(features, n, Dim<3>{}, L, row);
+    case 5: return build_lattice_impl(features, n, Dim<5>{}, L, row);
+    default: return build_lattice_impl(features, n, d, L, row);
   }
+}
+
+// The lattice filter of ones, K 1 (each point's row sum), with one channel: the
+// normaliser of a CRF kernel.  The same splat -> blur -> slice as filter(), on
+// scalars.  Call it before scale_lattice().
+template <typename T>
+std::vector<T> filter_ones(const Lattice<T>& L) {
+  const int dp1 = L.d + 1;
+  const int64_t n = L.n, m = L.m;
+  std::vector<T> a(m + 1, T(0)), b(m + 1, T(0));
+  at::parallel_for(0, m, 16384, [&](int64_t v0, int64_t v1) {
+    for (int64_t v = v0; v < v1; ++v) {
+      T s = 0;
+      for (int64_t j = L.gather_ptr[v]; j < L.gather_ptr[v + 1]; ++j) s += L.gather_w[j];
+      a[v + 1] = s;
+    }
+  });
+  for (int ax = 0; ax <= L.d; ++ax) {
+    const int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(ax) * m * 2;
+    at::parallel_for(0, m, 16384, [&](int64_t v0, int64_t v1) {
+      for (int64_t v = v0; v < v1; ++v) b[v + 1] = a[v + 1] + T(0.5) * (a[nb[2 * v]] + a[nb[2 * v + 1]]);
+    });
+    std::swap(a, b);
+  }
+  std::vector<T> out(n);
+  at::parallel_for(0, n, 16384, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T s = 0;
+      for (int r = 0; r < dp1; ++r) s += L.slice_w[p * dp1 + r] * a[L.offset[p * dp1 + r]];
+      out[p] = s;
+    }
+  });
+  return out;
 }
 
 // Folds per-point factors into the splat (``in_scale``) and slice (``out_scale``)
