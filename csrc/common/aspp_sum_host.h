@@ -59,11 +59,12 @@ inline at::Tensor row_band(const at::Tensor& x, int64_t n, int64_t start, int64_
 
 // Pixels per band (GEMM columns); 0 is one band, every tap over the whole image.
 // Smaller bands skip more unreachable rows (about 17-27% of the multiply-adds at
-// DeepLab's shapes) but split the GEMMs; on 2 CPU threads the single band measured as
-// fast or faster, so it is the default.  DEEPLAB_ASPP_BAND_COLS overrides it.
-inline int64_t band_cols() {
+// DeepLab's shapes) but make smaller GEMMs.  On CPU, bands of about 200 pixels
+// measured fastest at DeepLab's 41x41 and 65x65 maps (benchmarks/aspp.py); on CUDA
+// one large GEMM keeps the device busy.  DEEPLAB_ASPP_BAND_COLS overrides both.
+inline int64_t band_cols(bool cuda = false) {
   if (const char* env = std::getenv("DEEPLAB_ASPP_BAND_COLS")) return std::atoll(env);
-  return 0;
+  return cuda ? 0 : 200;
 }
 
 inline std::vector<int64_t> to_vector(at::IntArrayRef rates) { return std::vector<int64_t>(rates.begin(), rates.end()); }

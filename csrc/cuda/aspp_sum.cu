@@ -85,7 +85,7 @@ at::Tensor aspp_sum_cuda(const at::Tensor& x_, at::TensorList weights, at::Tenso
   if (out.numel() == 0) return out;
 
   const at::Tensor x = aspp::dense_input(x_);
-  const auto plan = aspp::plan_taps(aspp::to_vector(rates), H, W, aspp::band_cols());
+  const auto plan = aspp::plan_taps(aspp::to_vector(rates), H, W, aspp::band_cols(/*cuda=*/true));
   const at::Tensor wall = aspp::stack_weights(weights, plan);
   const at::Tensor offsets = tap_offsets(plan, x.device());
 
@@ -134,7 +134,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> aspp_su
     for (size_t r = 0; r < weights.size(); ++r) gb.push_back(s.clone());
   }
   const auto plan = aspp::plan_taps(aspp::to_vector(rates), std::max<int64_t>(H, 1), std::max<int64_t>(W, 1),
-                                    aspp::band_cols());
+                                    aspp::band_cols(/*cuda=*/true));
   at::Tensor gwall = at::zeros({static_cast<int64_t>(plan.taps.size()) * Co, C}, x_.options());
   if (grad.numel() == 0 || C == 0) return {gx, aspp::unstack_weight_grads(gwall, plan, weights), gb};
 
