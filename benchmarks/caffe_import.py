@@ -94,7 +94,7 @@ def child(model: str, net_path: str) -> None:
         return float("nan")
 
     with torch.device("meta"):
-        net = compile_net(net_path)
+        net = compile_net(net_path, fuse=False)
     base = rss_mib()
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def main() -> int:
         with open(net_path, "w") as f:
             f.write(resnet101_prototxt())
         with torch.device("meta"):
-            net = compile_net(net_path)
+            net = compile_net(net_path, fuse=False)
         gen = torch.Generator().manual_seed(0)
         state = {}
         for e in expected_layers(net):

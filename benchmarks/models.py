@@ -128,13 +128,13 @@ def main(argv=None):
         name = NETS[key]
         path = os.path.join(ROOT, "netdef", name + ".yaml")
         vars_ = TV_VARS if key == "v3" else {}
-        net = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}).to(dev).eval()
+        net = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}, fuse=False).to(dev).eval()
         fns = {"compiled": lambda: net(x)}
         if key == "v3":
             ref, fwd, ref_name = reference_v3(None, s)
             ref = ref.to(dev).eval()
             fns[ref_name] = lambda: fwd(x)
-        net_cl = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}).to(dev).eval()
+        net_cl = deeplab_compile.compile(path, vars=vars_, inputs={"data": f"1x3x{s}x{s}"}, fuse=False).to(dev).eval()
         net_cl = net_cl.to(memory_format=torch.channels_last)
         xcl = x.contiguous(memory_format=torch.channels_last)
         fns["compiled, channels-last"] = lambda: net_cl(xcl)
