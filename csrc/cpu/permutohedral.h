@@ -58,9 +58,10 @@ struct Lattice {
   std::vector<T> gather_w;          // n*(d+1)
 };
 
-// Open-addressing map from vertex key to dense id.  Slots hold the id and the
-// upper hash bits only (8 bytes), so probing stays within a small array; the keys
-// themselves live in insertion order, which is also the vertex order.
+// Open-addressing map from vertex key (d int32 coordinates) to dense id, for keys
+// that do not pack into 64 bits (PackedTable below is the usual one).  Slots hold the
+// id and the upper hash bits only (8 bytes), so probing stays within a small array;
+// the keys themselves live in insertion order, which is also the vertex order.
 template <typename DimT>
 class VertexTable {
  public:
