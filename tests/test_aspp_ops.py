@@ -156,6 +156,44 @@ def test_aspp_v3_head_layouts_and_opcheck():
 
 
 @needs_ops
+@pytest.mark.parametrize("taps", [[1], [1, 2, 3], [3]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_aspp_v3_head_tap_branches_match_reference(taps, dtype):
+    # The 3x3 branches listed go through deeplab::aspp_sum (the atrous kernel) instead
+    # of the library convolution; the result must not change.
+    args = _head_args(dtype=dtype)
+    ref = aspp_v3_head_reference(*args, True)
+    torch.testing.assert_close(torch.ops.deeplab.aspp_v3_head(*args, True, taps), ref, **_tol(dtype))
+    torch.library.opcheck(torch.ops.deeplab.aspp_v3_head.default, (*args, True, taps),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@needs_ops
+@pytest.mark.parametrize("bad", [[0], [7], [-1]])       # branch 0 is the 1x1
+def test_aspp_v3_head_tap_branches_checked(bad):
+    with pytest.raises(RuntimeError, match="tap_branches"):
+        torch.ops.deeplab.aspp_v3_head(*_head_args(), True, bad)
+
+
+@needs_ops
+@pytest.mark.parametrize("forced,expect", [("ours", [1, 2, 3]), ("library", [])])
+def test_auto_head_picks_tap_branches_by_measurement(forced, expect, monkeypatch):
+    from deeplab_compile.ops import aspp_v3_head_auto, dispatch
+    from deeplab_compile.ops.aspp_v3_head import tap_branches
+    monkeypatch.setenv("DEEPLAB_KERNELS", forced)
+    args = _head_args(dtype=torch.float32)
+    assert tap_branches(args[0], args[1], args[2], args[3]) == expect
+    torch.testing.assert_close(aspp_v3_head_auto(*args, True), aspp_v3_head_reference(*args, True),
+                               rtol=1e-4, atol=1e-4)
+    monkeypatch.delenv("DEEPLAB_KERNELS")
+    dispatch.clear()
+    chosen = tap_branches(args[0], args[1], args[2], args[3])      # measured: any subset of the 3x3 branches
+    assert set(chosen) <= {1, 2, 3}
+    assert {d["key"][0] for d in dispatch.decisions()} == {"atrous"}
+    dispatch.clear()
+
+
+@needs_ops
 def test_aspp_v3_head_is_inference_only():
     args = list(_head_args(n=1, h=4, w=4))
     args[0].requires_grad_(True)

@@ -1,13 +1,16 @@
 // deeplab::aspp_v3_head on any device: the branch convolutions are the library's
-// (oneDNN / cuDNN measured faster than our tap GEMMs at 256 output channels, see
-// benchmarks/RESULTS.md); the fusion is in what follows them.  Each branch's ReLU
+// (oneDNN / cuDNN), except the 3x3 branches listed in ``tap_branches``, which go
+// through deeplab::aspp_sum with their one rate (the caller lists those it measured
+// faster that way; see benchmarks/RESULTS.md); the fusion is in what follows them.  Each branch's ReLU
 // output goes straight into a batched GEMM with its slice of the projection, added to
 // one accumulator, so the B * Cb channel concat and the upsampled pooling map are never
 // built, and at most one branch output is alive at a time.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace deeplab {
@@ -16,8 +19,12 @@ namespace aspp {
 inline void check_head_inputs(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
                               at::IntArrayRef rates, at::TensorList proj_weights,
                               const c10::optional<at::Tensor>& pool_weight, const c10::optional<at::Tensor>& pool_bias,
-                              const c10::optional<at::Tensor>& pool_proj_weight, const at::Tensor& proj_bias) {
+                              const c10::optional<at::Tensor>& pool_proj_weight, const at::Tensor& proj_bias,
+                              at::IntArrayRef tap_branches) {
   const char* op = "aspp_v3_head";
+  for (const int64_t t : tap_branches)
+    TORCH_CHECK(t >= 0 && t < static_cast<int64_t>(weights.size()) && weights[t].dim() == 4 && weights[t].size(2) == 3,
+                op, ": 'tap_branches' entry ", t, " is not a 3x3 branch (", weights.size(), " branches)");
   TORCH_CHECK(x.dim() == 4, op, ": 'x' must be 4-D [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": 'x' must be floating point, got ", x.scalar_type());
   const size_t B = weights.size();
@@ -69,7 +76,7 @@ inline at::Tensor aspp_v3_head_impl(const at::Tensor& x, at::TensorList weights,
                                     const c10::optional<at::Tensor>& pool_weight,
                                     const c10::optional<at::Tensor>& pool_bias,
                                     const c10::optional<at::Tensor>& pool_proj_weight, const at::Tensor& proj_bias,
-                                    bool relu_out) {
+                                    bool relu_out, at::IntArrayRef tap_branches) {
   const int64_t N = x.size(0), H = x.size(2), W = x.size(3), Co = proj_bias.size(0);
   // Per-image bias [N, Co, 1]: the projection bias plus the image-pooling branch.
   at::Tensor bias = proj_bias.view({1, Co}).expand({N, Co});
@@ -82,7 +89,18 @@ inline at::Tensor aspp_v3_head_impl(const at::Tensor& x, at::TensorList weights,
   if (y.numel() == 0) return y.view({N, Co, H, W});
   for (size_t i = 0; i < weights.size(); ++i) {
     const int64_t k = weights[i].size(2), pad = rates[i] * (k - 1) / 2, dil = k == 1 ? 1 : rates[i];
-    at::Tensor r = at::convolution(x, weights[i], biases[i], {1, 1}, {pad, pad}, {dil, dil}, false, {0, 0}, 1);
+    const bool taps = std::find(tap_branches.begin(), tap_branches.end(), static_cast<int64_t>(i)) != tap_branches.end();
+    at::Tensor r;
+    if (taps) {
+      static const auto aspp_sum = c10::Dispatcher::singleton()
+                                       .findSchemaOrThrow("deeplab::aspp_sum", "")
+                                       .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList,
+                                                         at::IntArrayRef)>();
+      const int64_t rate = rates[i];
+      r = aspp_sum.call(x, {weights[i]}, {biases[i]}, at::IntArrayRef(&rate, 1));
+    } else {
+      r = at::convolution(x, weights[i], biases[i], {1, 1}, {pad, pad}, {dil, dil}, false, {0, 0}, 1);
+    }
     r.relu_();
     y.baddbmm_(proj_weights[i].unsqueeze(0).expand({N, Co, proj_weights[i].size(1)}), r.flatten(2));
   }

@@ -11,12 +11,12 @@ at::Tensor aspp_v3_head_cpu(const at::Tensor& x, at::TensorList weights, at::Ten
                             at::TensorList proj_weights, const c10::optional<at::Tensor>& pool_weight,
                             const c10::optional<at::Tensor>& pool_bias,
                             const c10::optional<at::Tensor>& pool_proj_weight, const at::Tensor& proj_bias,
-                            bool relu_out) {
+                            bool relu_out, at::IntArrayRef tap_branches) {
   aspp::check_head_inputs(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                          proj_bias);
+                          proj_bias, tap_branches);
   TORCH_CHECK(x.device().is_cpu(), "aspp_v3_head: 'x' must be a CPU tensor here, got ", x.device());
   return aspp::aspp_v3_head_impl(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                                 proj_bias, relu_out);
+                                 proj_bias, relu_out, tap_branches);
 }
 
 }  // namespace

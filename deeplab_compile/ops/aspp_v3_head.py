@@ -12,6 +12,7 @@ Shapes::
     pool_proj_weight  (Co, Cp) or None                   the projection's slice for image pooling
     proj_bias         (Co,)
     relu_out          bool                               ReLU after the projection
+    tap_branches      ints (default none)                3x3 branches run through deeplab::aspp_sum
     returns           (N, Co, H, W)
 
     y = act(proj_bias + pool_proj_weight relu(pool_weight mean_hw(x) + pool_bias)
@@ -21,6 +22,11 @@ which equals the unfused head ``conv_i -> BN -> ReLU``, image pooling -> bilinea
 upsampling, concat, 1x1 projection -> BN -> ReLU, with the concat (B + 1) * Cb channels
 wide never built.  Inference only: training keeps the unfused graph, and calling it on
 tensors that need gradients raises.
+
+The atrous kernel: a 3x3 branch in ``tap_branches`` is convolved by ``deeplab::aspp_sum``
+with its one rate (tap GEMMs over row bands) instead of the library convolution.
+:func:`aspp_v3_head_auto` puts a branch there only when the dispatcher measured that
+faster for the branch's shape and rate (on CPU: large rates on large maps).
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ _ext.available()
 
 
 def aspp_v3_head_reference(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                           proj_bias, relu_out: bool) -> torch.Tensor:
-    """The library path, as the unfused graph runs it: branches, concat, projection."""
+                           proj_bias, relu_out: bool, tap_branches: Sequence[int] = ()) -> torch.Tensor:
+    """The library path, as the unfused graph runs it: branches, concat, projection
+    (``tap_branches`` changes only how a branch is computed, so it is ignored here)."""
     _check(x, weights, biases, rates, proj_weights)
     n, _, h, w = x.shape
     outs = []
@@ -54,26 +61,56 @@ def aspp_v3_head_reference(x, weights, biases, rates, proj_weights, pool_weight,
 
 
 def aspp_v3_head(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                 proj_bias, relu_out: bool) -> torch.Tensor:
+                 proj_bias, relu_out: bool, tap_branches: Sequence[int] = ()) -> torch.Tensor:
     """The fused head (compiled kernel, or the reference without the extension)."""
     _check(x, weights, biases, rates, proj_weights)
     if _ext.use_compiled("aspp_v3_head", x):
         return torch.ops.deeplab.aspp_v3_head(x, list(weights), list(biases), [int(r) for r in rates],
                                               list(proj_weights), pool_weight, pool_bias, pool_proj_weight,
-                                              proj_bias, bool(relu_out))
+                                              proj_bias, bool(relu_out), [int(t) for t in tap_branches])
     return aspp_v3_head_reference(x, weights, biases, rates, proj_weights, pool_weight, pool_bias,
                                   pool_proj_weight, proj_bias, relu_out)
 
 
+def _library_atrous(x, w, b, rate):
+    return F.conv2d(x, w, b, padding=rate, dilation=rate)
+
+
+def _tap_atrous(x, w, b, rate):
+    return torch.ops.deeplab.aspp_sum(x, [w], [b], [rate])
+
+
+def tap_branches(x, weights, biases, rates) -> list[int]:
+    """The 3x3 branches (rate > 1) whose convolution ran faster through ``deeplab::aspp_sum``
+    than through the library, measured once per device, dtype, shape and rate."""
+    if not _ext.has_kernel("aspp_sum", dispatch.device_key(x)):
+        return []
+    out = []
+    for i, (w, b, r) in enumerate(zip(weights, biases, rates)):
+        if w.shape[-1] != 3 or int(r) <= 1:
+            continue
+        key = ("atrous", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(), tuple(w.shape), int(r))
+        rate = int(r)
+        name = dispatch.choose(key, {"ours": lambda x_, w_, b_: _tap_atrous(x_, w_, b_, rate),
+                                     "library": lambda x_, w_, b_: _library_atrous(x_, w_, b_, rate)}, (x, w, b))
+        if name == "ours":
+            out.append(i)
+    return out
+
+
 def aspp_v3_head_auto(*args) -> torch.Tensor:
-    """:func:`aspp_v3_head` or the reference, whichever measured faster for this device and shape."""
-    x, weights, rates = args[0], args[1], args[3]
-    key = ("aspp_v3_head", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(),
-           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None)
+    """:func:`aspp_v3_head` or the reference, whichever measured faster for this device and
+    shape; the fused head convolves each 3x3 branch the faster way (:func:`tap_branches`)."""
+    x, weights, biases, rates = args[0], args[1], args[2], args[3]
     ours = _ext.has_kernel("aspp_v3_head", dispatch.device_key(x))
-    name = dispatch.choose(key, {"ours": aspp_v3_head, "library": aspp_v3_head_reference} if ours
-                           else {"library": aspp_v3_head_reference}, args)
-    return aspp_v3_head(*args) if name == "ours" else aspp_v3_head_reference(*args)
+    if not ours:
+        return aspp_v3_head_reference(*args)
+    taps = tap_branches(x, weights, biases, rates)
+    key = ("aspp_v3_head", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(),
+           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps))
+    name = dispatch.choose(key, {"ours": lambda *a: aspp_v3_head(*a, tap_branches=taps),
+                                 "library": aspp_v3_head_reference}, args)
+    return aspp_v3_head(*args, tap_branches=taps) if name == "ours" else aspp_v3_head_reference(*args)
 
 
 def _check(x, weights, biases, rates, proj_weights) -> None:
@@ -87,7 +124,7 @@ def _check(x, weights, biases, rates, proj_weights) -> None:
 if _ext.available():
     @torch.library.register_fake("deeplab::aspp_v3_head")
     def _aspp_v3_head_fake(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                           proj_bias, relu_out):
+                           proj_bias, relu_out, tap_branches=()):
         torch._check(x.dim() == 4)
         return x.new_empty((x.shape[0], proj_bias.shape[0], x.shape[2], x.shape[3]))
 
