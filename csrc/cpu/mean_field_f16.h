@@ -15,7 +15,7 @@
 // floats) or, after the last iteration, the result (in float32).
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: the target pragma below
 #define DEEPLAB_HAVE_F16_MEAN_FIELD 1
 
 #include <ATen/Parallel.h>
