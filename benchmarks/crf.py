@@ -7,10 +7,11 @@ parameters (4/121/5/3/3) and DeepLab v2 ResNet-101's (4/67/3/3/1).
 Rows: pydensecrf single-threaded; pydensecrf on 2 processes (it has no threads, so two
 images at once; per-image time = wall / images); ours with 1 and 2 threads on one image;
 ours on a batch of 2 images with 2 threads (one image per thread); CUDA when a GPU and
-the CUDA kernel are present.  "build" is the lattice construction (pydensecrf: creating
-the CRF and adding both kernels; ours: the op with 0 iterations), "iter" is one
-mean-field iteration ((10-iteration time - 0-iteration time) / 10).  Each figure is the
-best of --repeats runs.  --write replaces the "benchmarks/crf.py" section of
+the CUDA kernel are present.  "build" is the setup (pydensecrf: creating the CRF, adding
+both kernels and running 0 iterations; ours: the op with 0 iterations), "iter" is one
+mean-field iteration ((10-iteration time - 0-iteration time) / 10).  The single-process
+rows run interleaved, one call of each in turn per repeat, so a drift in machine speed
+hits them alike; each figure is the best of --repeats.  --write replaces the "benchmarks/crf.py" section of
 benchmarks/RESULTS.md with the printed tables, the date and the device.
 
     python benchmarks/crf.py [--repeats 3] [--write]
@@ -77,13 +78,6 @@ def _pydensecrf_job(args):
     return _pydensecrf(img, unary, PRESETS[preset], ITERS).shape
 
 
-def bench_pydensecrf(img, unary, p, repeats):
-    build = best(lambda: _pydensecrf(img, unary, p, None), repeats)
-    t0 = best(lambda: _pydensecrf(img, unary, p, 0), repeats)
-    t10 = best(lambda: _pydensecrf(img, unary, p, ITERS), repeats)
-    return build, (t10 - t0) / ITERS, t10
-
-
 def bench_pydensecrf_procs(preset, repeats, procs=2, images=4):
     ctx = mp.get_context("spawn")  # forking after OpenMP started can deadlock the children
     with ctx.Pool(procs) as pool:
@@ -94,20 +88,37 @@ def bench_pydensecrf_procs(preset, repeats, procs=2, images=4):
     return wall / images - prep / procs
 
 
-def bench_ours(img, unary, p, threads, repeats, batch=1, device="cpu"):
-    torch.set_num_threads(threads)
+def _ours_runner(img, unary, p, threads, batch=1, device="cpu"):
+    """A function of the iteration count that runs our op as the row asks (threads, batch)."""
     image = torch.from_numpy(img).permute(2, 0, 1).float()[None].repeat(batch, 1, 1, 1).contiguous().to(device)
     u = torch.from_numpy(unary)[None].repeat(batch, 1, 1, 1).contiguous().to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run(n):
+        torch.set_num_threads(threads)
         crf_op(image, u, p.pos_w, p.pos_xy_std, p.bi_w, p.bi_xy_std, p.bi_rgb_std, n)
         sync()
+    return run
 
-    run(ITERS)                                                  # warm-up
-    t0 = best(lambda: run(0), repeats) / batch
-    t10 = best(lambda: run(ITERS), repeats) / batch
-    return t0, (t10 - t0) / ITERS, t10
+
+def bench_interleaved(cands: dict, repeats: int) -> dict:
+    """name -> (build, per-iteration, 10-iteration total) seconds per image.  Each
+    candidate is ``(run, images)`` with ``run(iterations)``; every repeat runs all of
+    them in turn (0 and 10 iterations), so a change in machine speed hits all rows
+    alike, and each keeps its best."""
+    best0 = {k: float("inf") for k in cands}
+    best10 = dict(best0)
+    for run, _ in cands.values():                        # warm-up
+        run(ITERS)
+    for _ in range(repeats):
+        for k, (run, images) in cands.items():
+            t = time.perf_counter()
+            run(0)
+            best0[k] = min(best0[k], (time.perf_counter() - t) / images)
+            t = time.perf_counter()
+            run(ITERS)
+            best10[k] = min(best10[k], (time.perf_counter() - t) / images)
+    return {k: (best0[k], (best10[k] - best0[k]) / ITERS, best10[k]) for k in cands}
 
 
 def device_line() -> str:
@@ -140,16 +151,19 @@ def main(argv=None) -> int:
     parts = []
     for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
         p = PRESETS[preset]
-        rows = []
-        b, it, tot = bench_pydensecrf(img, unary, p, a.repeats)
-        ref = tot
-        rows.append(("pydensecrf", "1 thread", b, it, tot))
-        rows.append(("pydensecrf", "2 processes (per image)", None, None, bench_pydensecrf_procs(preset, a.repeats)))
-        for threads in (1, 2):
-            rows.append(("ours", f"{threads} thread{'s' * (threads > 1)}", *bench_ours(img, unary, p, threads, a.repeats)))
-        rows.append(("ours", "2 threads, batch of 2 (per image)", *bench_ours(img, unary, p, 2, a.repeats, batch=2)))
+        cands = {
+            ("pydensecrf", "1 thread"): (lambda n, p=p: _pydensecrf(img, unary, p, n), 1),
+            ("ours", "1 thread"): (_ours_runner(img, unary, p, 1), 1),
+            ("ours", "2 threads"): (_ours_runner(img, unary, p, 2), 1),
+            ("ours", "2 threads, batch of 2 (per image)"): (_ours_runner(img, unary, p, 2, batch=2), 2),
+        }
         if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
-            rows.append(("ours", "CUDA", *bench_ours(img, unary, p, 1, a.repeats, device="cuda")))
+            cands[("ours", "CUDA")] = (_ours_runner(img, unary, p, 1, device="cuda"), 1)
+        res = bench_interleaved(cands, a.repeats)
+        ref = res[("pydensecrf", "1 thread")][2]
+        rows = [("pydensecrf", "1 thread", *res[("pydensecrf", "1 thread")]),
+                ("pydensecrf", "2 processes (per image)", None, None, bench_pydensecrf_procs(preset, a.repeats))]
+        rows += [(impl, thr, *v) for (impl, thr), v in res.items() if impl == "ours"]
         ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"
         lines = [f"### {preset} ({p.bi_w:g}/{p.bi_xy_std:g}/{p.bi_rgb_std:g}/{p.pos_w:g}/{p.pos_xy_std:g})", "",
                  "| implementation | threads | build ms | iter ms | total ms (10 iters) | speed-up vs pydensecrf 1 thread |",
