@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cpu/permutohedral.h"
+#include "cpu/vec8.h"
 
 namespace deeplab {
 namespace f16 {
@@ -67,24 +68,7 @@ inline void store_h(uint16_t* p, __m256 v) {
 }
 inline void prefetch_line(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
-// exp(x) for x <= 0 (the max is subtracted first): x = n ln2 + f, 2^n built in the
-// exponent bits, e^f by its Taylor polynomial.  Relative error below 2e-7.
-inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
-  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.69314718055994531f));
-  __m256 p = _mm256_set1_ps(1.f / 5040.f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 720.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 120.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 24.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 6.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
+inline __m256 exp_nonpositive(__m256 x) { return (__m256)deeplab::exp_nonpositive((v8f)x); }
 
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -99,19 +83,15 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// NB > 0 fixes the number of label blocks at compile time so that a row's
-// accumulators stay in registers; NB = 0 reads it from ``nb_rt``.
-template <int NB>
-struct Blocks {
-  static constexpr int kStatic = NB > 0 ? NB : 1;
-};
-
+// The kernels below take NB > 0 to fix the number of label blocks at compile time,
+// so that a row's accumulators stay in registers; NB = 0 reads it from ``nb_rt`` and
+// accumulates in the caller's ``heap`` scratch.
 // dst[v] = sum of the weighted stored Q rows of vertex v's contributors.
 template <int NB>
 void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int64_t RS,
            uint16_t* __restrict__ dst, int64_t nb_rt, int64_t v0, int64_t v1, __m256* heap) {
   const int64_t nb = NB > 0 ? NB : nb_rt;
-  __m256 local[Blocks<NB>::kStatic];
+  __m256 local[NB > 0 ? NB : 1];
   __m256* acc = NB > 0 ? local : heap;
   const int64_t end = L.gather_ptr[v1];
   for (int64_t v = v0; v < v1; ++v) {
@@ -177,7 +157,7 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
                 int64_t p0, int64_t p1, uint16_t* __restrict__ qh, float* __restrict__ qf, __m256* heap) {
   const int64_t nb = NB > 0 ? NB : nb_rt;
   const int64_t S = nb * kLane;
-  __m256 local[Blocks<NB>::kStatic];
+  __m256 local[NB > 0 ? NB : 1];
   __m256* acc = NB > 0 ? local : heap;
   for (int64_t p = p0; p < p1; ++p) {
     if (p + kAhead < p1) {
@@ -227,10 +207,10 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
   const int nk = static_cast<int>(kernels.size());
   const int64_t grain = 2048;
   auto with_scratch = [&](auto&& body) {
-    // Accumulators for NB = 0, aligned by hand.
+    // Accumulators for NB = 0 only, aligned by hand (std::vector promises 16 bytes).
+    if (NB > 0) return body(static_cast<__m256*>(nullptr));
     std::vector<float> raw((nb + 1) * kLane);
-    __m256* heap = reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t{31});
-    body(heap);
+    body(reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t{31}));
   };
 
   HalfBuffer qh;
