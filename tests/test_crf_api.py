@@ -50,6 +50,13 @@ def test_bad_parameters_name_the_argument(params, match):
         resolve(params)
 
 
+def test_bad_storage_setting_is_a_crf_error(monkeypatch):
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "double")
+    img = np.zeros((6, 7, 3), np.uint8)
+    with pytest.raises(CRFError, match="DEEPLAB_CRF_STORAGE must be"):
+        dense_crf(img, np.zeros((2, 6, 7), np.float32))
+
+
 def test_bad_inputs_name_the_argument():
     with pytest.raises(CRFError, match="'scores' are 20x29 .* but 'image' is 20x30"):
         dense_crf(IMG, LOGITS[:, :, :29])

@@ -108,6 +108,14 @@ def test_command_errors_exit_2_with_one_line(tree, capsys, args, match):
     assert match in err
 
 
+def test_bad_storage_setting_fails_once_before_any_image(tree, capsys, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "fp16")
+    assert _run(tree, "--out", str(tree / "out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "DEEPLAB_CRF_STORAGE" in err and "float32" in err
+    assert not (tree / "out").exists()
+
+
 def test_missing_folder_exits_2(tmp_path, capsys):
     assert main(["--features", str(tmp_path / "nope"), "--images", str(tmp_path)]) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -67,10 +67,26 @@ def use_compiled(op: str, *tensors: torch.Tensor) -> bool:
     return False
 
 
-def _crf_storage() -> str:
-    if os.environ.get("DEEPLAB_CRF_STORAGE") == "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
+CRF_STORAGES = ("half", "float32")
+
+
+def crf_storage() -> str:
+    """How the CPU dense CRF stores lattice values between its float32 steps: "half" on
+    x86-64 unless ``DEEPLAB_CRF_STORAGE=float32``.  Raises ValueError for any other
+    value of the variable (the kernel refuses it too)."""
+    value = os.environ.get("DEEPLAB_CRF_STORAGE", "")
+    if value and value not in CRF_STORAGES:
+        raise ValueError(f"DEEPLAB_CRF_STORAGE must be \"half\" or \"float32\", got {value!r}")
+    if value == "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
         return "float32"
     return "half"
+
+
+def _crf_storage_info() -> str:
+    try:
+        return crf_storage()
+    except ValueError as err:
+        return f"invalid: {err}"
 
 
 def backends() -> dict:
@@ -93,6 +109,6 @@ def backends() -> dict:
         "cuda": [op for op in ops if has_kernel(op, "CUDA")],
         "cuda_device": torch.cuda.is_available(),
         "threads": torch.get_num_threads(),
-        "crf_storage": _crf_storage(),
+        "crf_storage": _crf_storage_info(),
         "torch": torch.__version__,
     }
