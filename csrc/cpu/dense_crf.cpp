@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/lattice_checks.h"
 #include "cpu/mean_field_f16.h"
 #include "cpu/permutohedral.h"
 #include "cpu/vec8.h"
@@ -204,24 +205,8 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
 at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& unary, double pos_w, double pos_xy_std,
                          double bi_w, double bi_xy_std, double bi_rgb_std, int64_t iterations,
                          c10::string_view normalization) {
-  TORCH_CHECK(image.dim() == 4 && image.size(1) == 3, "dense_crf: 'image' must be [B, 3, H, W], got ",
-              image.sizes());
-  TORCH_CHECK(unary.dim() == 4, "dense_crf: 'unary' must be [B, C, H, W], got ", unary.sizes());
-  TORCH_CHECK(image.scalar_type() == at::kFloat, "dense_crf: 'image' must be float32, got ", image.scalar_type());
-  TORCH_CHECK(unary.scalar_type() == at::kFloat, "dense_crf: 'unary' must be float32, got ", unary.scalar_type());
-  TORCH_CHECK(image.size(0) == unary.size(0) && image.size(2) == unary.size(2) && image.size(3) == unary.size(3),
-              "dense_crf: 'image' ", image.sizes(), " and 'unary' ", unary.sizes(),
-              " must agree in batch, height and width");
-  TORCH_CHECK(unary.size(1) >= 1, "dense_crf: 'unary' needs at least one label");
-  TORCH_CHECK(pos_xy_std > 0 && bi_xy_std > 0 && bi_rgb_std > 0,
-              "dense_crf: standard deviations must be positive, got pos_xy_std=", pos_xy_std,
-              " bi_xy_std=", bi_xy_std, " bi_rgb_std=", bi_rgb_std);
-  TORCH_CHECK(pos_w >= 0 && bi_w >= 0, "dense_crf: weights must be non-negative, got pos_w=", pos_w,
-              " bi_w=", bi_w);
-  TORCH_CHECK(iterations >= 0, "dense_crf: 'iterations' must be >= 0, got ", iterations);
-  const std::string norm(normalization.data(), normalization.size());
-  TORCH_CHECK(norm == "symmetric" || norm == "after",
-              "dense_crf: 'normalization' must be \"symmetric\" or \"after\", got \"", norm, "\"");
+  const std::string norm = lattice_checks::dense_crf(image, unary, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std,
+                                                     iterations, normalization);
   TORCH_CHECK(image.device().is_cpu() && unary.device().is_cpu(), "dense_crf: CPU kernel got non-CPU tensors");
 
   auto img = image.contiguous();

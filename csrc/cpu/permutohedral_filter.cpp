@@ -3,26 +3,12 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "common/lattice_checks.h"
 #include "cpu/permutohedral.h"
 
 namespace deeplab {
 namespace {
 
-void check_inputs(const at::Tensor& features, const at::Tensor& values, const char* vname) {
-  TORCH_CHECK(features.dim() == 2, "permutohedral_filter: 'features' must be 2-D [N, D], got ",
-              features.sizes());
-  TORCH_CHECK(values.dim() == 2, "permutohedral_filter: '", vname, "' must be 2-D [N, V], got ",
-              values.sizes());
-  TORCH_CHECK(features.size(0) == values.size(0), "permutohedral_filter: 'features' has ",
-              features.size(0), " points but '", vname, "' has ", values.size(0));
-  TORCH_CHECK(features.size(1) >= 1, "permutohedral_filter: 'features' needs at least one dimension");
-  TORCH_CHECK(at::isFloatingType(features.scalar_type()),
-              "permutohedral_filter: 'features' must be floating point, got ", features.scalar_type());
-  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
-              "permutohedral_filter: '", vname, "' must be float32 or float64, got ", values.scalar_type());
-  TORCH_CHECK(features.size(0) < (int64_t{1} << 31) / (features.size(1) + 1),
-              "permutohedral_filter: too many points for 32-bit lattice indices");
-}
 
 at::Tensor filter_cpu(const at::Tensor& features, const at::Tensor& values, bool reverse) {
   const int64_t n = values.size(0), v = values.size(1);
@@ -46,12 +32,12 @@ at::Tensor filter_cpu(const at::Tensor& features, const at::Tensor& values, bool
 }
 
 at::Tensor permutohedral_filter_cpu(const at::Tensor& features, const at::Tensor& values) {
-  check_inputs(features, values, "values");
+  lattice_checks::filter(features, values, "values");
   return filter_cpu(features, values, /*reverse=*/false);
 }
 
 at::Tensor permutohedral_filter_backward_cpu(const at::Tensor& features, const at::Tensor& grad) {
-  check_inputs(features, grad, "grad");
+  lattice_checks::filter(features, grad, "grad");
   return filter_cpu(features, grad, /*reverse=*/true);
 }
 
