@@ -87,27 +87,19 @@ def test_deeplabv3_parity_with_torchvision_layout():
 
 
 @pytest.mark.parametrize("os_", [16, 8])
-def test_xception65_backbone_parity(tmp_path, os_):
+@pytest.mark.parametrize("replica,lib,source,top", [
+    ("Xception65", "xception65", "timm:xception65", "exit2_sep3_pw"),
+    ("MobileNetV2", "mobilenetv2", "timm:mobilenetv2_100", "ir17_project"),
+])
+def test_backbone_parity(tmp_path, os_, replica, lib, source, top):
     torch.manual_seed(0)
-    src = replicas.randomize_bn(replicas.Xception65(output_stride=os_)).eval()
-    net = _backbone_net(tmp_path, "xception65.yaml", "xception65", os_)
-    sd, _ = convert_state_dict(src.state_dict(), "timm:xception65", net)
+    src = replicas.randomize_bn(getattr(replicas, replica)(output_stride=os_)).eval()
+    net = _backbone_net(tmp_path, f"{lib}.yaml", lib, os_)
+    sd, _ = convert_state_dict(src.state_dict(), source, net)
     net.load_state_dict(sd)
     x = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
-        torch.testing.assert_close(net(x)["exit2_sep3_pw"], src.features(x), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("os_", [16, 8])
-def test_mobilenetv2_backbone_parity(tmp_path, os_):
-    torch.manual_seed(0)
-    src = replicas.randomize_bn(replicas.MobileNetV2(output_stride=os_)).eval()
-    net = _backbone_net(tmp_path, "mobilenetv2.yaml", "mobilenetv2", os_)
-    sd, _ = convert_state_dict(src.state_dict(), "timm:mobilenetv2_100", net)
-    net.load_state_dict(sd)
-    x = torch.randn(1, 3, 65, 65)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x)["ir17_project"], src.features(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(net(x)[top], src.features(x), rtol=1e-4, atol=1e-4)
 
 
 def test_errors_name_the_key(tmp_path):
