@@ -29,12 +29,23 @@ def _tol(dtype):
     return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
 
 
+HAS_DIRECT = HAS_OPS and _ext.aspp_cpu_kernel() == "direct"
+needs_direct = pytest.mark.skipif(not HAS_DIRECT, reason="the direct CPU kernel needs an x86-64 CPU with AVX-512")
+
+# How the CPU forward runs: (DEEPLAB_ASPP_CPU_KERNEL, DEEPLAB_ASPP_BAND_COLS).  The
+# direct kernel takes float32 only; float64 always runs the GEMMs.
+PATHS = {"direct": ("direct", "200"), "gemm-one-band": ("gemm", "0"), "gemm-bands": ("gemm", "7")}
+
+
 @needs_ops
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("band_cols", ["0", "7"])      # one GEMM, or several row bands
-def test_aspp_sum_forward_backward(case, dtype, band_cols, monkeypatch):
-    monkeypatch.setenv("DEEPLAB_ASPP_BAND_COLS", band_cols)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_aspp_sum_forward_backward(case, dtype, path, monkeypatch):
+    if path == "direct" and dtype != torch.float32:
+        pytest.skip("the direct kernel is float32 only")
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", PATHS[path][0])
+    monkeypatch.setenv("DEEPLAB_ASPP_BAND_COLS", PATHS[path][1])
     x, ws, bs, rates = _args(case, dtype, bias=case[0] != 3)
     ins = [x, *ws, *bs]
     for t in ins:
@@ -47,8 +58,10 @@ def test_aspp_sum_forward_backward(case, dtype, band_cols, monkeypatch):
 
 
 @needs_ops
+@pytest.mark.parametrize("kernel", ["direct", "gemm"])
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_aspp_sum_layouts(layout):
+def test_aspp_sum_layouts(layout, kernel, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", kernel)
     x, ws, bs, rates = _args(CASES[2], torch.float32)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -57,6 +70,66 @@ def test_aspp_sum_layouts(layout):
         ws = [w.transpose(2, 3) for w in ws]            # non-contiguous weights too
     torch.testing.assert_close(torch.ops.deeplab.aspp_sum(x, ws, bs, rates), aspp_sum_reference(x, ws, bs, rates),
                                rtol=1e-4, atol=1e-4)
+
+
+# (N, C, Co, H, W, rates) for the direct kernel's edges: several channel blocks of 256
+# with a ragged last one; (tap, class) lanes that cross the 64-lane tiles (Co 21 over 9
+# taps, Co 40, Co 5, Co 1, Co 70 > 64); rows narrower than a tile and wider than
+# several; taps that reach one row only; rates at and beyond the map.
+DIRECT_CASES = [(1, 300, 21, 17, 19, [6, 12, 18, 24]), (2, 7, 40, 9, 30, [1, 5]), (1, 9, 5, 3, 1, [1, 2]),
+                (3, 16, 1, 13, 13, [2, 4, 8, 16]), (1, 513, 70, 6, 7, [3, 6]), (2, 3, 21, 41, 5, [24, 40]),
+                (1, 5, 21, 25, 25, [12, 24])]
+
+
+@needs_direct
+@pytest.mark.parametrize("case", DIRECT_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_aspp_sum_direct_kernel_edges(case, threads, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "direct")
+    x, ws, bs, rates = _args(case, torch.float32, bias=case[1] % 2 == 1, seed=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.ops.deeplab.aspp_sum(x, ws, bs, rates)
+    finally:
+        torch.set_num_threads(before)
+    ref = aspp_sum_reference(x.double(), [w.double() for w in ws], [b.double() for b in bs], rates)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * scale)
+
+
+@needs_direct
+def test_aspp_sum_direct_kernel_at_deeplab_shape(monkeypatch):
+    """DeepLab v2's ASPP head (2048 -> 21 classes, rates 6-24) on a 41x41 map, as the
+    benchmark runs it: the direct kernel against float64 convolutions and against the
+    GEMM kernel."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2048, 41, 41, generator=g).relu()
+    ws = [torch.randn(21, 2048, 3, 3, generator=g) * 0.01 for _ in range(4)]
+    bs = [torch.randn(21, generator=g) for _ in range(4)]
+    rates = [6, 12, 18, 24]
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "direct")
+    direct = torch.ops.deeplab.aspp_sum(x, ws, bs, rates)
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "gemm")
+    gemm = torch.ops.deeplab.aspp_sum(x, ws, bs, rates)
+    ref = aspp_sum_reference(x.double(), [w.double() for w in ws], [b.double() for b in bs], rates)
+    torch.testing.assert_close(direct.double(), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(direct, gemm, rtol=0, atol=1e-4)
+
+
+@needs_ops
+def test_aspp_cpu_kernel_setting(monkeypatch):
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "gemm")
+    assert _ext.aspp_cpu_kernel() == "gemm" and _ext.backends()["aspp_cpu_kernel"] == "gemm"
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "direct")
+    assert _ext.aspp_cpu_kernel() == ("direct" if HAS_DIRECT else "gemm")
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "fast")
+    with pytest.raises(ValueError, match="DEEPLAB_ASPP_CPU_KERNEL must be one of auto, direct, gemm, got 'fast'"):
+        _ext.aspp_cpu_kernel()
+    assert _ext.backends()["aspp_cpu_kernel"].startswith("invalid")
+    x, ws, bs, rates = _args(CASES[0], torch.float32)
+    with pytest.raises(RuntimeError, match="DEEPLAB_ASPP_CPU_KERNEL must be"):
+        torch.ops.deeplab.aspp_sum(x, ws, bs, rates)
 
 
 @needs_ops

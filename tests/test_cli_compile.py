@@ -200,3 +200,21 @@ def test_bad_scales_are_one_line_errors(text):
     with pytest.raises(DeepLabError, match="positive numbers"):
         parse_scales(text)
     assert parse_scales("0.5, 0.75,1") == [0.5, 0.75, 1.0]
+
+
+def test_info_reports_the_cpu_kernel_paths(capsys, monkeypatch):
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "gemm")
+    assert main(["--info"]) == 0
+    out = capsys.readouterr().out
+    from deeplab_compile.ops import _ext
+    if _ext.available():
+        assert "aspp_cpu_kernel: gemm" in out and "crf_storage: " in out
+
+
+def test_bad_kernel_setting_is_a_one_line_error_before_any_work(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "avx512")
+    assert main([os.path.join(NETDEF, "deeplab_largefov.yaml"), "--emit", "python", "-o",
+                 str(tmp_path / "net.py")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "DEEPLAB_ASPP_CPU_KERNEL must be one of auto, direct, gemm" in err
+    assert not (tmp_path / "net.py").exists()

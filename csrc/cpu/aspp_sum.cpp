@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "common/aspp_sum_host.h"
+#include "cpu/aspp_direct.h"
 
 namespace deeplab {
 namespace {
@@ -74,6 +75,19 @@ at::Tensor aspp_sum_cpu(const at::Tensor& x_, at::TensorList weights, at::Tensor
   if (out.numel() == 0) return out;
 
   const at::Tensor x = aspp::dense_input(x_);
+#if DEEPLAB_ASPP_DIRECT
+  if (x.scalar_type() == at::kFloat && aspp::use_direct_forward()) {
+    std::vector<at::Tensor> w;
+    for (const auto& t : weights) w.push_back(t.contiguous());
+    at::Tensor bias_sum;
+    if (!biases.empty()) {
+      bias_sum = biases[0].contiguous().clone();
+      for (size_t r = 1; r < biases.size(); ++r) bias_sum.add_(biases[r]);
+    }
+    aspp::direct::forward(x, w, bias_sum, aspp::plan_taps(aspp::to_vector(rates), H, W, 0), out);
+    return out;
+  }
+#endif
   const auto plan = aspp::plan_taps(aspp::to_vector(rates), H, W, aspp::band_cols());
   const at::Tensor wall = aspp::stack_weights(weights, plan);
 
@@ -142,6 +156,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> aspp_su
 }
 
 }  // namespace
+
+// For deeplab_compile._C.cpu_paths(): the float32 forward the next call would run,
+// "direct" or "gemm", or "invalid" for a bad DEEPLAB_ASPP_CPU_KERNEL.
+const char* aspp_cpu_forward_kind() noexcept {
+  try {
+    return aspp::use_direct_forward() ? "direct" : "gemm";
+  } catch (...) {
+    return "invalid";
+  }
+}
 
 TORCH_LIBRARY_IMPL(deeplab, CPU, m) {
   m.impl("aspp_sum", &aspp_sum_cpu);

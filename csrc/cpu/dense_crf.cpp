@@ -240,6 +240,16 @@ at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& unary, doubl
 
 }  // namespace
 
+// For deeplab_compile._C.cpu_paths(): "half" or "float32", as the next call would
+// run, or "invalid" for a bad DEEPLAB_CRF_STORAGE.
+const char* crf_storage_kind() noexcept {
+  try {
+    return half_storage() ? "half" : "float32";
+  } catch (...) {
+    return "invalid";
+  }
+}
+
 TORCH_LIBRARY_IMPL(deeplab, CPU, m) {
   m.impl("dense_crf", &dense_crf_cpu);
 }

@@ -20,6 +20,7 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
     def main(argv: list[str] | None = None) -> int:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else fn.__module__
         try:
+            _check_environment()
             rc = fn(argv)
         except DeepLabError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
@@ -32,6 +33,16 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         return int(rc or 0)
 
     return main
+
+
+def _check_environment() -> None:
+    """A bad kernel setting in the environment fails here, before any work, in one line."""
+    if os.environ.get("DEEPLAB_ASPP_CPU_KERNEL"):
+        from ..ops._ext import aspp_cpu_kernel
+        try:
+            aspp_cpu_kernel()
+        except ValueError as err:
+            raise DeepLabError(str(err), hint="unset it, or set it to gemm for the banded GEMM kernel") from None
 
 
 def parse_scales(text: str) -> list[float]:

@@ -7,7 +7,6 @@ op falls back to its pure-PyTorch reference; the first fallback warns once per o
 from __future__ import annotations
 
 import os
-import platform
 import threading
 import warnings
 
@@ -70,21 +69,40 @@ def use_compiled(op: str, *tensors: torch.Tensor) -> bool:
 CRF_STORAGES = ("half", "float32")
 
 
+def _cpu_paths() -> dict:
+    from .. import _C
+    return _C.cpu_paths()
+
+
 def crf_storage() -> str:
-    """How the CPU dense CRF stores lattice values between its float32 steps: "half" on
-    x86-64 unless ``DEEPLAB_CRF_STORAGE=float32``.  Raises ValueError for any other
-    value of the variable (the kernel refuses it too)."""
+    """How the CPU dense CRF stores lattice values between its float32 steps, as the
+    kernel reports it: "half" on x86-64 CPUs with AVX2/F16C unless
+    ``DEEPLAB_CRF_STORAGE=float32``; "float32" elsewhere and without the extension.
+    Raises ValueError for any other value of the variable (the kernel refuses it too)."""
     value = os.environ.get("DEEPLAB_CRF_STORAGE", "")
     if value and value not in CRF_STORAGES:
         raise ValueError(f"DEEPLAB_CRF_STORAGE must be \"half\" or \"float32\", got {value!r}")
-    if value == "float32" or platform.machine().lower() not in ("x86_64", "amd64"):
-        return "float32"
-    return "half"
+    return _cpu_paths()["crf_storage"] if available() else "float32"
 
 
-def _crf_storage_info() -> str:
+ASPP_CPU_KERNELS = ("auto", "direct", "gemm")
+
+
+def aspp_cpu_kernel() -> str:
+    """The float32 CPU forward of ``deeplab::aspp_sum``, as the kernel reports it:
+    "direct" (per-tap-group register tiles, x86-64 with AVX-512) or "gemm" (banded tap
+    GEMMs, elsewhere or with ``DEEPLAB_ASPP_CPU_KERNEL=gemm``); "reference" without the
+    extension.  Raises ValueError for a value of the variable other than auto, direct
+    or gemm (the kernel refuses it too)."""
+    value = os.environ.get("DEEPLAB_ASPP_CPU_KERNEL", "")
+    if value and value not in ASPP_CPU_KERNELS:
+        raise ValueError(f"DEEPLAB_ASPP_CPU_KERNEL must be one of {', '.join(ASPP_CPU_KERNELS)}, got {value!r}")
+    return _cpu_paths()["aspp_sum_forward"] if available() else "reference"
+
+
+def _info(fn) -> str:
     try:
-        return crf_storage()
+        return fn()
     except ValueError as err:
         return f"invalid: {err}"
 
@@ -96,7 +114,8 @@ def backends() -> dict:
     ``cpu`` / ``cuda``: the ``deeplab`` ops with a compiled kernel for that device;
     ``cuda_device``: whether torch sees a GPU; ``threads``: torch's intra-op threads;
     ``crf_storage``: how the CPU dense CRF stores lattice values between its float32
-    steps ("half" on x86-64 unless ``DEEPLAB_CRF_STORAGE=float32``).
+    steps (:func:`crf_storage`); ``aspp_cpu_kernel``: the float32 CPU forward of
+    ``aspp_sum`` (:func:`aspp_cpu_kernel`).
     """
     st = _load()
     ops = ["dense_crf", "permutohedral_filter", "_permutohedral_filter_backward",
@@ -109,6 +128,7 @@ def backends() -> dict:
         "cuda": [op for op in ops if has_kernel(op, "CUDA")],
         "cuda_device": torch.cuda.is_available(),
         "threads": torch.get_num_threads(),
-        "crf_storage": _crf_storage_info(),
+        "crf_storage": _info(crf_storage),
+        "aspp_cpu_kernel": _info(aspp_cpu_kernel),
         "torch": torch.__version__,
     }
