@@ -5,15 +5,21 @@
 v2 ASPP at DeepLab v2 ResNet-101 shapes (2048 -> 21, rates 6/12/18/24; 41x41 and 65x65,
 batch 1 and 10; forward, and forward+backward):
     unfused   four F.conv2d (the library convolution, oneDNN on CPU) and the sum
-    fused     deeplab::aspp_sum
-    auto      what the fused layer runs: the dispatcher's pick of the two (measured once)
+    fused     deeplab::aspp_sum (on CPU in float32: the direct kernel where the CPU has
+              AVX-512, see --info; its backward is the banded GEMMs)
+    gemm      deeplab::aspp_sum with DEEPLAB_ASPP_CPU_KERNEL=gemm (CPU only): the banded
+              tap GEMMs, the forward used before the direct kernel and on other CPUs
+    auto      what the fused layer runs: the dispatcher's pick of unfused and fused
+              (measured once)
 v3 ASPP head (2048 -> 5 x 256 -> 256; 33x33 and 65x65, batch 1, inference):
     unfused   the eager graph: conv/BN/ReLU branches, image pooling, upsampling, concat,
               1x1 projection/BN/ReLU (nn modules in eval mode)
     folded    the same with BatchNorm folded (the library path of the fused op)
-    fused     deeplab::aspp_v3_head
-Atrous 3x3 at large rates (one convolution): library F.conv2d against aspp_sum with one
-rate, the candidate atrous kernel.
+    fused     deeplab::aspp_v3_head, every branch through the library convolution
+    fused+taps  deeplab::aspp_v3_head with the 3x3 branches that measured faster through
+              aspp_sum (what aspp_v3_head_auto runs; the row names them)
+Atrous 3x3 (one convolution): library F.conv2d against aspp_sum with one rate, at the
+shapes where DeepLab has one: LargeFOV's fc6, v3 head branches, a ResNet-101 block.
 
 Candidates run interleaved (one call of each in turn) so machine load hits all of them;
 each reports its minimum and median.  Ratios are baseline time / candidate time from the
@@ -30,6 +36,8 @@ import statistics
 import sys
 import time
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +46,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_compile.ops import _ext, dispatch  # noqa: E402
 from deeplab_compile.ops.aspp_sum import aspp_sum_auto, aspp_sum_reference  # noqa: E402
-from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference  # noqa: E402
+from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference, tap_branches  # noqa: E402
+
+
+@contextlib.contextmanager
+def cpu_kernel(name):
+    """DEEPLAB_ASPP_CPU_KERNEL=name for the duration (the kernel reads it on every call)."""
+    old = os.environ.get("DEEPLAB_ASPP_CPU_KERNEL")
+    os.environ["DEEPLAB_ASPP_CPU_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["DEEPLAB_ASPP_CPU_KERNEL"]
+        else:
+            os.environ["DEEPLAB_ASPP_CPU_KERNEL"] = old
 
 
 def bench(cands: dict, repeats: int, sync) -> dict:
@@ -83,12 +105,17 @@ def v2_rows(dev, dtype, repeats, quick, sync):
                         if train:
                             y.sum().backward()
                 return f
+            def gemm(*a):
+                with cpu_kernel("gemm"):
+                    return torch.ops.deeplab.aspp_sum(*a)
             cands = {"unfused": run(aspp_sum_reference),
                      "fused": run(lambda *a: torch.ops.deeplab.aspp_sum(*a)),
                      "auto": run(aspp_sum_auto)}
+            if dev.type == "cpu":
+                cands["gemm"] = run(gemm)
             r = bench(cands, repeats, sync)
-            rows.append((f"v2 {n}x2048x{s}x{s} {mode}", r, r["unfused"][0] / r["fused"][0],
-                         r["unfused"][0] / r["auto"][0]))
+            rows.append((f"v2 {n}x2048x{s}x{s} {mode}", r,
+                         [r["unfused"][0] / r[k][0] for k in ("fused", "gemm", "auto") if k in r]))
             del x, ws, bs
     return rows
 
@@ -135,19 +162,26 @@ def v3_rows(dev, dtype, repeats, quick, sync):
         x = torch.randn(1, 2048, s, s, device=dev, dtype=dtype)
         with torch.no_grad():
             args = m.folded_args()
+            taps = tap_branches(x, args[0], args[1], args[2])
             cands = {"unfused": lambda: m(x), "folded": lambda: aspp_v3_head_reference(x, *args),
-                     "fused": lambda: torch.ops.deeplab.aspp_v3_head(x, *args)}
+                     "fused": lambda: torch.ops.deeplab.aspp_v3_head(x, *args),
+                     "fused+taps": lambda: torch.ops.deeplab.aspp_v3_head(x, *args, tap_branches=taps)}
             ref = m(x)
-            err = (torch.ops.deeplab.aspp_v3_head(x, *args) - ref).abs().max().item() / ref.abs().max().item()
+            err = max((f() - ref).abs().max().item() / ref.abs().max().item()
+                      for f in (cands["fused"], cands["fused+taps"]))
             r = bench(cands, repeats, sync)
-        rows.append((f"v3 1x2048x{s}x{s} rates {'/'.join(map(str, rates))} (rel. err {err:.1e})", r,
-                     r["unfused"][0] / r["fused"][0], r["folded"][0] / r["fused"][0]))
+        tap_rates = "/".join(str(args[2][i]) for i in taps) or "none"
+        rows.append((f"v3 1x2048x{s}x{s} rates {'/'.join(map(str, rates))}, taps at {tap_rates} "
+                     f"(rel. err {err:.1e})", r,
+                     [r["unfused"][0] / r["fused+taps"][0], r["folded"][0] / r["fused"][0],
+                      r["folded"][0] / r["fused+taps"][0]]))
     return rows
 
 
 def atrous_rows(dev, dtype, repeats, quick, sync):
     rows = []
-    configs = [(512, 1024, 41, 12), (2048, 256, 33, 18), (2048, 256, 65, 36), (2048, 21, 41, 24)]
+    configs = [(512, 1024, 41, 12), (2048, 256, 33, 18), (512, 1024, 65, 12), (2048, 256, 33, 6),
+               (2048, 256, 65, 12), (2048, 256, 65, 36), (2048, 21, 41, 24), (512, 512, 65, 2)]
     for cin, co, s, r in configs[:2] if quick else configs:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, cin, s, s, generator=g).to(dev, dtype)
@@ -157,7 +191,7 @@ def atrous_rows(dev, dtype, repeats, quick, sync):
             cands = {"library": lambda: F.conv2d(x, w, b, padding=r, dilation=r),
                      "ours": lambda: torch.ops.deeplab.aspp_sum(x, [w], [b], [r])}
             res = bench(cands, repeats, sync)
-        rows.append((f"atrous {cin}->{co} {s}x{s} rate {r}", res, res["library"][0] / res["ours"][0], None))
+        rows.append((f"atrous {cin}->{co} {s}x{s} rate {r}", res, [res["library"][0] / res["ours"][0]]))
     return rows
 
 
@@ -165,9 +199,9 @@ def table(title, rows, cols, ratio_names):
     out = [f"**{title}** (ms, min / median)", "",
            "| shape | " + " | ".join(cols) + " | " + " | ".join(ratio_names) + " |",
            "|---" * (1 + len(cols) + len(ratio_names)) + "|"]
-    for name, r, a, b in rows:
-        ratios = [f"{a:.2f}x"] + ([f"{b:.2f}x"] if b is not None else [])
-        out.append(f"| {name} | " + " | ".join(fmt(r[c]) for c in cols) + " | " + " | ".join(ratios) + " |")
+    for name, r, ratios in rows:
+        out.append(f"| {name} | " + " | ".join(fmt(r[c]) if c in r else "-" for c in cols) + " | "
+                   + " | ".join(f"{v:.2f}x" for v in ratios) + " |")
     return "\n".join(out)
 
 
@@ -198,11 +232,14 @@ def main(argv=None) -> int:
     print(head, flush=True)
     parts = []
     rows = v2_rows(dev, dtype, a.repeats, a.quick, sync)
-    parts.append(table("v2 ASPP", rows, ["unfused", "fused", "auto"], ["unfused/fused", "unfused/auto"]))
+    cols, ratios = ["unfused", "fused", "gemm", "auto"], ["unfused/fused", "unfused/gemm", "unfused/auto"]
+    if dev.type != "cpu":
+        cols, ratios = ["unfused", "fused", "auto"], ["unfused/fused", "unfused/auto"]
+    parts.append(table("v2 ASPP", rows, cols, ratios))
     print(parts[-1], "\n", flush=True)
     rows = v3_rows(dev, dtype, a.repeats, a.quick, sync)
-    parts.append(table("v3 ASPP head, inference", rows, ["unfused", "folded", "fused"],
-                       ["unfused/fused", "folded/fused"]))
+    parts.append(table("v3 ASPP head, inference", rows, ["unfused", "folded", "fused", "fused+taps"],
+                       ["unfused/fused+taps", "folded/fused", "folded/fused+taps"]))
     print(parts[-1], "\n", flush=True)
     rows = atrous_rows(dev, dtype, a.repeats, a.quick, sync)
     parts.append(table("atrous 3x3, forward", rows, ["library", "ours"], ["library/ours"]))

@@ -158,8 +158,10 @@ inline void run_block(const float* x, int64_t sk, int64_t sh, int64_t sw, int64_
         const int V = static_cast<int>((lanes + kLanes - 1) / kLanes);
         const int Pmax = pixels_per_tile(V);
         const float* A = g.a + k0 * g.lda + mc;
-        for (int64_t j = j0; j < j1; j += Pmax) {
-          const int P = static_cast<int>(std::min<int64_t>(Pmax, j1 - j));
+        // The run split into tiles of near-equal width: no narrow last tile.
+        const int64_t ntiles = (j1 - j0 + Pmax - 1) / Pmax;
+        for (int64_t tj = 0, j = j0; tj < ntiles; ++tj) {
+          const int P = static_cast<int>((j1 - j0) * (tj + 1) / ntiles - (j - j0));
           tile_fn(V, P)(A, g.lda, x + k0 * sk + i * sh + j * sw, sk, sw, K, Z);
           // Scatter: lane m = t * Co + co of pixel p goes to y[i - dy_t, j + p - dx_t, co].
           for (int64_t t = mc / Co; t * Co < mc + lanes; ++t) {
@@ -172,6 +174,7 @@ inline void run_block(const float* x, int64_t sk, int64_t sh, int64_t sw, int64_
               for (int64_t c = 0; c < c1 - c0; ++c) yp[c] += z[c];
             }
           }
+          j += P;
         }
       }
     }
@@ -208,27 +211,41 @@ inline void forward(const at::Tensor& x, const std::vector<at::Tensor>& w, const
       p += g.lda * C;
     }
   }
-  std::vector<const float*> wp;
-  for (const auto& t : w) wp.push_back(t.data_ptr<float>());
-  // A_g[k][t * Co + co] = w[rate_t][co, k, ky_t, kx_t]; the merged centre sums every rate.
-  at::parallel_for(0, C, 64, [&](int64_t kb, int64_t ke) {
-    for (const auto& g : groups) {
-      const int64_t T = static_cast<int64_t>(g.taps.size());
-      for (int64_t k = kb; k < ke; ++k) {
-        float* row = g.a + k * g.lda;
-        for (int64_t t = 0; t < T; ++t) {
-          const Tap& tap = *g.taps[t];
-          for (int64_t co = 0; co < Co; ++co) {
-            float v = 0;
-            if (tap.rate < 0) {
-              for (const float* r : wp) v += r[(co * C + k) * 9 + 4];
-            } else {
-              v = wp[tap.rate][(co * C + k) * 9 + tap.ky * 3 + tap.kx];
+  // A_g[k][t * Co + co] = w[rate_t][co, k, ky_t, kx_t]; the merged centre sums every
+  // rate.  dest[r * 9 + ky * 3 + kx]: where that weight goes (no entry: the tap never
+  // reaches the map).
+  struct Dest {
+    float* a = nullptr;
+    int64_t lda = 0, lane = 0;
+  };
+  const int64_t R = static_cast<int64_t>(w.size());
+  std::vector<Dest> dest(R * 9);
+  for (const auto& g : groups)
+    for (size_t t = 0; t < g.taps.size(); ++t) {
+      const Tap& tap = *g.taps[t];
+      const Dest d{g.a, g.lda, static_cast<int64_t>(t) * Co};
+      if (tap.rate < 0) {
+        for (int64_t r = 0; r < R; ++r) dest[r * 9 + 4] = d;
+      } else {
+        dest[tap.rate * 9 + tap.ky * 3 + tap.kx] = d;
+      }
+    }
+  // Channel blocks of 64: read each weight row w[r][co][k0:k1][:] once, in order.
+  at::parallel_for(0, (C + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t k0 = b0 * 64; k0 < std::min(C, b1 * 64); k0 += 64) {
+      const int64_t k1 = std::min(C, k0 + 64);
+      for (const auto& g : groups)
+        for (int64_t k = k0; k < k1; ++k) std::fill(g.a + k * g.lda, g.a + (k + 1) * g.lda, 0.f);
+      for (int64_t r = 0; r < R; ++r) {
+        const float* wr = w[r].data_ptr<float>();
+        for (int64_t co = 0; co < Co; ++co) {
+          const float* src = wr + (co * C + k0) * 9;
+          for (int64_t k = k0; k < k1; ++k, src += 9)
+            for (int pos = 0; pos < 9; ++pos) {
+              const Dest& d = dest[r * 9 + pos];
+              if (d.a) d.a[k * d.lda + d.lane + co] += src[pos];
             }
-            row[t * Co + co] = v;
-          }
         }
-        std::fill(row + T * Co, row + g.lda, 0.f);
       }
     }
   });

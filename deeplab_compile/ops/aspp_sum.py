@@ -8,8 +8,12 @@ Shapes::
     rates    R ints >= 1           dilation = padding = rate
     returns  (N, Co, H, W)         sum_r conv2d(x, weights[r], biases[r], dilation=r, padding=r)
 
-The input is read once and no per-rate output exists: the kernels stack the weights of
-every tap into one GEMM and place its output with shifted adds (csrc/cpu/aspp_sum.cpp).
+The input is read once and no per-rate output exists.  On CPU in float32, where the CPU
+has AVX-512, the forward is the direct kernel (csrc/cpu/aspp_direct.h): the taps are
+grouped by horizontal offset and register tiles of (tap, class) lanes x pixels form
+products only where a tap reaches the map.  Elsewhere (other dtypes, other CPUs, CUDA,
+``DEEPLAB_ASPP_CPU_KERNEL=gemm``) the kernels stack the weights of every tap into GEMMs
+over row bands and place their output with shifted adds (csrc/cpu/aspp_sum.cpp).
 Differentiable in ``x``, ``weights`` and ``biases`` through ``deeplab::_aspp_sum_backward``.
 
 :func:`aspp_sum` runs the compiled kernel (or the reference without the extension);

@@ -24,7 +24,7 @@ wide never built.  Inference only: training keeps the unfused graph, and calling
 tensors that need gradients raises.
 
 The atrous kernel: a 3x3 branch in ``tap_branches`` is convolved by ``deeplab::aspp_sum``
-with its one rate (tap GEMMs over row bands) instead of the library convolution.
+with its one rate instead of the library convolution.
 :func:`aspp_v3_head_auto` puts a branch there only when the dispatcher measured that
 faster for the branch's shape and rate (on CPU: large rates on large maps).
 """
