@@ -26,7 +26,7 @@ tensors that need gradients raises.
 The atrous kernel: a 3x3 branch in ``tap_branches`` is convolved by ``deeplab::aspp_sum``
 with its one rate instead of the library convolution.
 :func:`aspp_v3_head_auto` puts a branch there only when the dispatcher measured that
-faster for the branch's shape and rate (on CPU: large rates on large maps).
+faster for the branch's shape and rate (on CPU: rates of 12 and up).
 """
 from __future__ import annotations
 
