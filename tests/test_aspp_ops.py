@@ -83,7 +83,7 @@ DIRECT_CASES = [(1, 300, 21, 17, 19, [6, 12, 18, 24]), (2, 7, 40, 9, 30, [1, 5])
 
 @needs_direct
 @pytest.mark.parametrize("case", DIRECT_CASES)
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 5])     # 5: more threads than channel blocks
 def test_aspp_sum_direct_kernel_edges(case, threads, monkeypatch):
     monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", "direct")
     x, ws, bs, rates = _args(case, torch.float32, bias=case[1] % 2 == 1, seed=1)

@@ -15,8 +15,8 @@
 // 16-lane vector of A holds 16 (tap, co) pairs, so DeepLab's 21 classes x 3 taps fill
 // four vectors with one idle lane.  A tile reads x straight from the tensor (NCHW or
 // channels-last) by broadcasting one value per pixel and channel.  Threads split the
-// channels; each sums into its own channels-last copy of y, and the copies and the
-// bias are added at the end.
+// (channel block, input row) items; each sums into its own channels-last copy of y,
+// and the copies and the bias are added at the end.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -137,13 +137,13 @@ inline int pixels_per_tile(int V) {
   return V == 1 ? max_pixels<1>() : V == 2 ? max_pixels<2>() : V == 3 ? max_pixels<3>() : max_pixels<4>();
 }
 
-// One block of channels [k0, k1) of image x (strides sk, sh, sw) summed into yt, a
-// channels-last [H * W][Co] accumulator.
-inline void run_block(const float* x, int64_t sk, int64_t sh, int64_t sw, int64_t k0, int64_t k1, int64_t H,
-                      int64_t W, int64_t Co, const std::vector<Group>& groups, float* yt) {
+// Input rows [i0, i1) of one block of channels [k0, k1) of image x (strides sk, sh,
+// sw), summed into yt, a channels-last [H * W][Co] accumulator.
+inline void run_rows(const float* x, int64_t sk, int64_t sh, int64_t sw, int64_t k0, int64_t k1, int64_t i0,
+                     int64_t i1, int64_t H, int64_t W, int64_t Co, const std::vector<Group>& groups, float* yt) {
   alignas(64) float Z[max_pixels<1>() * kChunk];
   const int64_t K = k1 - k0;
-  for (int64_t i = 0; i < H; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     for (const auto& g : groups) {
       // Taps of the group that read row i: i = h + dy for an output row h in [0, H).
       const int64_t T = static_cast<int64_t>(g.taps.size());
@@ -257,10 +257,16 @@ inline void forward(const at::Tensor& x, const std::vector<at::Tensor>& w, const
   for (int64_t n = 0; n < N; ++n) {
     ybuf.zero_();
     const float* xn = x.data_ptr<float>() + n * sn;
-    at::parallel_for(0, nkb, 1, [&](int64_t b0, int64_t b1) {
+    // Work items are (channel block, input row), block-major so that a thread's items
+    // share their block's weights; any split is race-free, as each thread sums into
+    // its own accumulator, so more threads than channel blocks all find work.
+    at::parallel_for(0, nkb * H, 1, [&](int64_t q0, int64_t q1) {
       float* yt = ybuf.data_ptr<float>() + static_cast<int64_t>(at::get_thread_num()) * HW * Co;
-      for (int64_t b = b0; b < b1; ++b)
-        run_block(xn, sk, sh, sw, b * kBlockK, std::min(C, (b + 1) * kBlockK), H, W, Co, groups, yt);
+      for (int64_t q = q0; q < q1;) {
+        const int64_t b = q / H, i0 = q % H, i1 = std::min(H, i0 + (q1 - q));
+        run_rows(xn, sk, sh, sw, b * kBlockK, std::min(C, (b + 1) * kBlockK), i0, i1, H, W, Co, groups, yt);
+        q += i1 - i0;
+      }
     });
     // out[n, co, p] = bias[co] + sum over threads of ybuf[t][p][co].
     float* on = out.data_ptr<float>() + n * Co * HW;
