@@ -116,9 +116,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=513)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--nets", default="v3,v3plus_mnv2")
-    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=3, help="0 skips the training row")
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
+    unknown = [k for k in args.nets.split(",") if k not in NETS]
+    if unknown:
+        p.error(f"--nets: unknown {', '.join(unknown)}; choose from {', '.join(NETS)}")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     s = args.size
     x = torch.randn(1, 3, s, s, device=dev)
@@ -150,6 +153,8 @@ def main(argv=None):
                 lines.append(row)
                 print(row, flush=True)
     # training throughput, v3+ (MobileNetV2 by default; the Xception net is heavy on CPU)
+    if args.train_steps < 1:
+        return _write(args, lines)
     tname = NETS["v3plus_xception"] if dev == "cuda" else NETS["v3plus_mnv2"]
     tnet = deeplab_compile.compile(os.path.join(ROOT, "netdef", tname + ".yaml"), phase="train",
                                    vars={"crop": s}).to(dev)
@@ -170,6 +175,10 @@ def main(argv=None):
            f"{2 / statistics.median(steps):.2f} img/s |")
     lines.append(row)
     print(row)
+    return _write(args, lines)
+
+
+def _write(args, lines) -> int:
     if args.write:
         with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
             f.write("\n" + "\n".join(lines) + "\n")
