@@ -70,8 +70,10 @@ CRF_STORAGES = ("half", "float32")
 
 
 def _cpu_paths() -> dict:
+    """What the loaded kernels report; empty for an extension built before ``cpu_paths``
+    existed (rebuild it: ``pip install -e . --no-build-isolation``)."""
     from .. import _C
-    return _C.cpu_paths()
+    return _C.cpu_paths() if hasattr(_C, "cpu_paths") else {}
 
 
 def crf_storage() -> str:
@@ -82,7 +84,7 @@ def crf_storage() -> str:
     value = os.environ.get("DEEPLAB_CRF_STORAGE", "")
     if value and value not in CRF_STORAGES:
         raise ValueError(f"DEEPLAB_CRF_STORAGE must be \"half\" or \"float32\", got {value!r}")
-    return _cpu_paths()["crf_storage"] if available() else "float32"
+    return _cpu_paths().get("crf_storage", "unknown (rebuild the extension)") if available() else "float32"
 
 
 ASPP_CPU_KERNELS = ("auto", "direct", "gemm")
@@ -97,7 +99,7 @@ def aspp_cpu_kernel() -> str:
     value = os.environ.get("DEEPLAB_ASPP_CPU_KERNEL", "")
     if value and value not in ASPP_CPU_KERNELS:
         raise ValueError(f"DEEPLAB_ASPP_CPU_KERNEL must be one of {', '.join(ASPP_CPU_KERNELS)}, got {value!r}")
-    return _cpu_paths()["aspp_sum_forward"] if available() else "reference"
+    return _cpu_paths().get("aspp_sum_forward", "unknown (rebuild the extension)") if available() else "reference"
 
 
 def _info(fn) -> str:
