@@ -75,15 +75,17 @@ at::Tensor aspp_sum_cpu(const at::Tensor& x_, at::TensorList weights, at::Tensor
   if (out.numel() == 0) return out;
 
   const at::Tensor x = aspp::dense_input(x_);
+  // Reduced-precision inputs accumulate in float.  The rates' biases, summed once.
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  at::Tensor bias_sum;
+  if (!biases.empty()) {
+    bias_sum = biases[0].to(acc_type, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    for (size_t r = 1; r < biases.size(); ++r) bias_sum.add_(biases[r]);
+  }
 #if DEEPLAB_ASPP_DIRECT
   if (x.scalar_type() == at::kFloat && aspp::use_direct_forward()) {
     std::vector<at::Tensor> w;
     for (const auto& t : weights) w.push_back(t.contiguous());
-    at::Tensor bias_sum;
-    if (!biases.empty()) {
-      bias_sum = biases[0].contiguous().clone();
-      for (size_t r = 1; r < biases.size(); ++r) bias_sum.add_(biases[r]);
-    }
     aspp::direct::forward(x, w, bias_sum, aspp::plan_taps(aspp::to_vector(rates), H, W, 0), out);
     return out;
   }
@@ -91,15 +93,11 @@ at::Tensor aspp_sum_cpu(const at::Tensor& x_, at::TensorList weights, at::Tensor
   const auto plan = aspp::plan_taps(aspp::to_vector(rates), H, W, aspp::band_cols());
   const at::Tensor wall = aspp::stack_weights(weights, plan);
 
-  // Reduced-precision inputs accumulate in float.
-  const auto acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor acc = acc_type == x.scalar_type() ? out : at::empty({N, Co, H, W}, x.options().dtype(acc_type));
-  if (biases.empty()) {
-    acc.zero_();
+  if (bias_sum.defined()) {
+    acc.copy_(bias_sum.view({1, Co, 1, 1}).expand({N, Co, H, W}));
   } else {
-    at::Tensor b = biases[0].to(acc_type, /*non_blocking=*/false, /*copy=*/true);
-    for (size_t r = 1; r < biases.size(); ++r) b.add_(biases[r]);
-    acc.copy_(b.view({1, Co, 1, 1}).expand({N, Co, H, W}));
+    acc.zero_();
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "aspp_sum_cpu", [&] {

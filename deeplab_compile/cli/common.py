@@ -35,14 +35,22 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
     return main
 
 
+# The kernel settings read from the environment: variable, checker in ops._ext, hint.
+_KERNEL_SETTINGS = (
+    ("DEEPLAB_ASPP_CPU_KERNEL", "aspp_cpu_kernel", "unset it, or set it to gemm for the banded GEMM kernel"),
+    ("DEEPLAB_CRF_STORAGE", "crf_storage", "unset it (half-float storage) or set it to float32"),
+)
+
+
 def _check_environment() -> None:
     """A bad kernel setting in the environment fails here, before any work, in one line."""
-    if os.environ.get("DEEPLAB_ASPP_CPU_KERNEL"):
-        from ..ops._ext import aspp_cpu_kernel
-        try:
-            aspp_cpu_kernel()
-        except ValueError as err:
-            raise DeepLabError(str(err), hint="unset it, or set it to gemm for the banded GEMM kernel") from None
+    for var, checker, hint in _KERNEL_SETTINGS:
+        if os.environ.get(var):
+            from ..ops import _ext
+            try:
+                getattr(_ext, checker)()
+            except ValueError as err:
+                raise DeepLabError(str(err), hint=hint) from None
 
 
 def parse_scales(text: str) -> list[float]:

@@ -23,7 +23,6 @@ import numpy as np
 
 from ..crf import PRESETS, dense_crf, resolve
 from ..crf.errors import CRFError
-from ..crf.inference import check_storage
 from ..crf.grid import confusion, expand_grid, mean_iou, write_table
 from ..crf.params import DEEPLAB_KEYS, NORMALIZATIONS
 from ..errors import DeepLabError
@@ -260,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.normalization:
         overrides["normalization"] = args.normalization
     params = resolve(args.preset, **overrides)
-    check_storage()                     # a bad setting fails once here, not on every image
     ids = read_ids(args.list_file, args.features, args.feature_suffix)
     if args.subset is not None:
         if args.subset < 1:
