@@ -131,6 +131,18 @@ def test_aspp_cpu_kernel_setting(monkeypatch):
 
 
 @needs_ops
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+def test_aspp_sum_reduced_precision_accumulates_in_float(dtype, tol):
+    """bfloat16 / float16 take the GEMM kernel, with the biases and sums in float."""
+    x, ws, bs, rates = _args(CASES[3], torch.float32)
+    ref = aspp_sum_reference(x, ws, bs, rates)
+    cast = lambda ts: [t.to(dtype) for t in ts]   # noqa: E731
+    out = torch.ops.deeplab.aspp_sum(x.to(dtype), cast(ws), cast(bs), rates)
+    assert out.dtype == dtype
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < tol
+
+
+@needs_ops
 def test_aspp_sum_gradcheck():
     x, ws, bs, rates = _args((2, 3, 2, 5, 6, [1, 3]))
     for t in [x, *ws, *bs]:
