@@ -218,3 +218,6 @@ def test_bad_kernel_setting_is_a_one_line_error_before_any_work(capsys, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "DEEPLAB_ASPP_CPU_KERNEL must be one of auto, direct, gemm" in err
     assert not (tmp_path / "net.py").exists()
+    with pytest.raises(SystemExit) as exit_:          # --help still works, to find the fix
+        main(["--help"])
+    assert exit_.value.code == 0

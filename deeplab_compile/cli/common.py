@@ -20,7 +20,9 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
     def main(argv: list[str] | None = None) -> int:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else fn.__module__
         try:
-            _check_environment()
+            args = sys.argv[1:] if argv is None else argv
+            if not {"-h", "--help"} & set(args):
+                _check_environment()
             rc = fn(argv)
         except DeepLabError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
