@@ -66,7 +66,6 @@ inline __m256 load_h(const uint16_t* p) {
 inline void store_h(uint16_t* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
-inline void prefetch_line(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 inline __m256 exp_nonpositive(__m256 x) { return (__m256)deeplab::exp_nonpositive((v8f)x); }
 
@@ -97,7 +96,7 @@ void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int
   for (int64_t v = v0; v < v1; ++v) {
     for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_setzero_ps();
     for (int64_t j = L.gather_ptr[v]; j < L.gather_ptr[v + 1]; ++j) {
-      if (j + kAhead < end) prefetch_line(q + static_cast<int64_t>(L.gather_pt[j + kAhead]) * RS);
+      if (j + kAhead < end) lattice::prefetch_row(q + static_cast<int64_t>(L.gather_pt[j + kAhead]) * RS, RS);
       const __m256 w = _mm256_set1_ps(L.gather_w[j]);
       const uint16_t* src = q + static_cast<int64_t>(L.gather_pt[j]) * RS;
       for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_fmadd_ps(w, load_h(src + b * kLane), acc[b]);
@@ -115,8 +114,8 @@ void blur(const int32_t* __restrict__ nbr, const uint16_t* __restrict__ src, int
   const __m256 half = _mm256_set1_ps(0.5f);
   for (int64_t v = v0; v < v1; ++v) {
     if (v + kAhead < v1) {
-      prefetch_line(src + static_cast<int64_t>(nbr[2 * (v + kAhead)]) * RS);
-      prefetch_line(src + static_cast<int64_t>(nbr[2 * (v + kAhead) + 1]) * RS);
+      lattice::prefetch_row(src + static_cast<int64_t>(nbr[2 * (v + kAhead)]) * RS, RS);
+      lattice::prefetch_row(src + static_cast<int64_t>(nbr[2 * (v + kAhead) + 1]) * RS, RS);
     }
     const uint16_t* c = src + (v + 1) * RS;
     const uint16_t* a = src + static_cast<int64_t>(nbr[2 * v]) * RS;
@@ -164,7 +163,7 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
       for (int k = 0; k < nk; ++k) {
         if (!ks[k].values || !ks[k].prefetch) continue;
         const int32_t* off = ks[k].offset + (p + kAhead) * ks[k].dp1;
-        for (int r = 0; r < ks[k].dp1; ++r) prefetch_line(ks[k].values + static_cast<int64_t>(off[r]) * RS);
+        for (int r = 0; r < ks[k].dp1; ++r) lattice::prefetch_row(ks[k].values + static_cast<int64_t>(off[r]) * RS, RS);
       }
     }
     for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);

@@ -166,7 +166,7 @@ struct PackedKeys {
   // Whether coordinates within +-reach fit (with a margin for the neighbour steps).
   static PackedKeys make(int d, int64_t reach) {
     PackedKeys k;
-    if (d < 1 || d > 16) return k;
+    if (d < 1 || d > kMaxEmbedDim) return k;
     const int bits = 64 / d;
     if (bits < 63 && reach + d + 2 >= (int64_t{1} << (bits - 1))) return k;
     k.bits = bits;
@@ -300,11 +300,13 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
 
   // 2. Give each distinct vertex an id, sequentially so that ids follow the
   //    scan order of the points, which keeps lattice neighbours close in memory.
-  //    Neighbouring points mostly share simplex corners, so each corner is first
-  //    compared with the same corner of the previous point, skipping the table.
+  //    Neighbouring points mostly share simplex corners, which are reused before
+  //    the table is consulted.
   // 3. Neighbours along each axis.  Only the "n1" neighbour (key - 1 everywhere,
   //    + d on the axis) is looked up; the opposite neighbour relation is its
   //    inverse: if n1(v) = u along an axis, then n2(u) = v.
+  // Keys that fit in 64 bits (PackedKeys) take PackedTable; others VertexTable,
+  // where each corner is compared only with the same corner of the previous point.
   int64_t reach = 0;
   for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
   const PackedKeys pk = PackedKeys::make(d, reach + dp1);

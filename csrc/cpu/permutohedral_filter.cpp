@@ -9,7 +9,6 @@
 namespace deeplab {
 namespace {
 
-
 at::Tensor filter_cpu(const at::Tensor& features, const at::Tensor& values, bool reverse) {
   const int64_t n = values.size(0), v = values.size(1);
   const int d = static_cast<int>(features.size(1));

@@ -26,17 +26,20 @@ at::Tensor filter_cuda(const at::Tensor& features, const at::Tensor& values, boo
   return out;
 }
 
+// The shared argument checks, then the device (t is 'values' or 'grad').
+void check_inputs(const at::Tensor& features, const at::Tensor& t, const char* tname) {
+  TORCH_CHECK(features.is_cuda() && t.is_cuda() && features.device() == t.device(),
+              "permutohedral_filter: 'features' and '", tname, "' must be on the same CUDA device");
+  lattice_checks::filter(features, t, tname);
+}
+
 at::Tensor permutohedral_filter_cuda(const at::Tensor& features, const at::Tensor& values) {
-  lattice_checks::filter(features, values, "values");
-  TORCH_CHECK(features.is_cuda() && values.is_cuda() && features.device() == values.device(),
-              "permutohedral_filter: 'features' and 'values' must be on the same CUDA device");
+  check_inputs(features, values, "values");
   return filter_cuda(features, values, /*reverse=*/false);
 }
 
 at::Tensor permutohedral_filter_backward_cuda(const at::Tensor& features, const at::Tensor& grad) {
-  lattice_checks::filter(features, grad, "grad");
-  TORCH_CHECK(features.is_cuda() && grad.is_cuda() && features.device() == grad.device(),
-              "permutohedral_filter: 'features' and 'grad' must be on the same CUDA device");
+  check_inputs(features, grad, "grad");
   return filter_cuda(features, grad, /*reverse=*/true);
 }
 
