@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import settings
+
 FEATURE_SUFFIX = "_blob_0.mat"
 CRF_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 
@@ -617,6 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(s.net_id, known)
         print(f"run_experiment: error: no config folder {s.config_dir} (NET_ID={s.net_id}); "
               + (hint + " " if hint else "") + "configs here: " + (", ".join(known) or "none"), file=sys.stderr)
+        return 2
+    try:
+        settings.check_all()            # a bad kernel setting fails now, not at the CRF step
+    except settings.SettingError as err:
+        print(f"run_experiment: error: {err}", file=sys.stderr)
         return 2
     tables = []
     try:

@@ -199,3 +199,10 @@ def test_a_mistyped_net_id_names_the_configs_there(tmp_path):
     r = run(VOC, tmp_path, NET_ID="deeplab_largefov_tinny")
     assert r.returncode == 2
     assert f"did you mean '{NET}'? configs here: " in r.stderr and "deeplab_largefov," in r.stderr
+
+
+def test_a_bad_kernel_setting_fails_before_the_first_step(tmp_path):
+    r = run(VOC, tmp_path, DEEPLAB_CRF_STORAGE="fp16")
+    assert r.returncode == 2
+    assert "DEEPLAB_CRF_STORAGE must be one of half, float32, got 'fp16'" in r.stderr
+    assert not any((tmp_path / d).exists() for d in ("data", "model", "features", "res"))

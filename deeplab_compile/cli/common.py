@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Callable
 
+from .. import settings
 from ..errors import DeepLabError
 from ..io.atomic import atomic_path, atomic_write  # noqa: F401  (re-exported for the commands)
 
@@ -14,7 +15,9 @@ EXIT_USER_ERROR = 2
 
 def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a ``main(argv)``: a :class:`DeepLabError` prints as one line on stderr
-    (``prog: error: ...``) and the process exits with status 2; Ctrl-C exits 130."""
+    (``prog: error: ...``) and the process exits with status 2; Ctrl-C exits 130.
+    The kernel settings in the environment (:mod:`deeplab_compile.settings`) are
+    checked first, so a bad one fails before any work (``--help`` still works)."""
 
     @functools.wraps(fn)
     def main(argv: list[str] | None = None) -> int:
@@ -22,7 +25,7 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         try:
             args = sys.argv[1:] if argv is None else argv
             if not {"-h", "--help"} & set(args):
-                _check_environment()
+                settings.check_all()
             rc = fn(argv)
         except DeepLabError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
@@ -35,24 +38,6 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         return int(rc or 0)
 
     return main
-
-
-# The kernel settings read from the environment: variable, checker in ops._ext, hint.
-_KERNEL_SETTINGS = (
-    ("DEEPLAB_ASPP_CPU_KERNEL", "aspp_cpu_kernel", "unset it, or set it to gemm for the banded GEMM kernel"),
-    ("DEEPLAB_CRF_STORAGE", "crf_storage", "unset it (half-float storage) or set it to float32"),
-)
-
-
-def _check_environment() -> None:
-    """A bad kernel setting in the environment fails here, before any work, in one line."""
-    for var, checker, hint in _KERNEL_SETTINGS:
-        if os.environ.get(var):
-            from ..ops import _ext
-            try:
-                getattr(_ext, checker)()
-            except ValueError as err:
-                raise DeepLabError(str(err), hint=hint) from None
 
 
 def parse_scales(text: str) -> list[float]:

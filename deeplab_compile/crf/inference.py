@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..ops import _ext
+from .. import settings
 from ..ops.dense_crf import dense_crf as _dense_crf_op
 from .errors import CRFError
 from .params import resolve
@@ -105,16 +105,11 @@ def dense_crf_batch(images, scores, params: Any = None, iterations: int = 10, *,
     return out.cpu().numpy() if to_numpy else out
 
 
-def check_storage() -> str:
-    """The CPU kernel's lattice storage (``DEEPLAB_CRF_STORAGE``), as a CRFError if unset right."""
-    try:
-        return _ext.crf_storage()
-    except ValueError as err:
-        raise CRFError(str(err), hint="unset it (half-float storage) or set it to float32") from None
-
-
 def _run(img: torch.Tensor, sc: torch.Tensor, params, iterations, kind, overrides) -> torch.Tensor:
-    check_storage()
+    try:
+        settings.check("DEEPLAB_CRF_STORAGE")
+    except settings.SettingError as err:
+        raise CRFError(err.message, hint=err.hint) from None
     if img.dim() != 4 or img.shape[3] != 3:
         raise CRFError(f"'image' must be H x W x 3, got shape {tuple(img.shape[1:])}")
     if img.dtype != torch.uint8:

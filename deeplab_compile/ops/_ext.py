@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from .. import settings
+
 _lock = threading.Lock()
 _state: dict | None = None
 _warned: set[tuple[str, str]] = set()
@@ -66,40 +68,34 @@ def use_compiled(op: str, *tensors: torch.Tensor) -> bool:
     return False
 
 
-CRF_STORAGES = ("half", "float32")
-
-
-def _cpu_paths() -> dict:
-    """What the loaded kernels report; empty for an extension built before ``cpu_paths``
-    existed (rebuild it: ``pip install -e . --no-build-isolation``)."""
+def _reported(key: str, without_extension: str) -> str:
+    """What the loaded kernels report for ``key`` (``_C.cpu_paths()``)."""
+    if not available():
+        return without_extension
     from .. import _C
-    return _C.cpu_paths() if hasattr(_C, "cpu_paths") else {}
+    if not hasattr(_C, "cpu_paths"):  # built before cpu_paths() existed
+        return "unknown (rebuild the extension: pip install -e . --no-build-isolation)"
+    return _C.cpu_paths()[key]
 
 
 def crf_storage() -> str:
     """How the CPU dense CRF stores lattice values between its float32 steps, as the
     kernel reports it: "half" on x86-64 CPUs with AVX2/F16C unless
-    ``DEEPLAB_CRF_STORAGE=float32``; "float32" elsewhere and without the extension.
-    Raises ValueError for any other value of the variable (the kernel refuses it too)."""
-    value = os.environ.get("DEEPLAB_CRF_STORAGE", "")
-    if value and value not in CRF_STORAGES:
-        raise ValueError(f"DEEPLAB_CRF_STORAGE must be \"half\" or \"float32\", got {value!r}")
-    return _cpu_paths().get("crf_storage", "unknown (rebuild the extension)") if available() else "float32"
-
-
-ASPP_CPU_KERNELS = ("auto", "direct", "gemm")
+    ``DEEPLAB_CRF_STORAGE=float32``; "float32" elsewhere and without the extension;
+    "unknown (...)" for an extension built before the report existed.  A bad value of
+    the variable raises :class:`~deeplab_compile.settings.SettingError` (a ValueError)."""
+    settings.check("DEEPLAB_CRF_STORAGE")
+    return _reported("crf_storage", "float32")
 
 
 def aspp_cpu_kernel() -> str:
     """The float32 CPU forward of ``deeplab::aspp_sum``, as the kernel reports it:
     "direct" (per-tap-group register tiles, x86-64 with AVX-512) or "gemm" (banded tap
     GEMMs, elsewhere or with ``DEEPLAB_ASPP_CPU_KERNEL=gemm``); "reference" without the
-    extension.  Raises ValueError for a value of the variable other than auto, direct
-    or gemm (the kernel refuses it too)."""
-    value = os.environ.get("DEEPLAB_ASPP_CPU_KERNEL", "")
-    if value and value not in ASPP_CPU_KERNELS:
-        raise ValueError(f"DEEPLAB_ASPP_CPU_KERNEL must be one of {', '.join(ASPP_CPU_KERNELS)}, got {value!r}")
-    return _cpu_paths().get("aspp_sum_forward", "unknown (rebuild the extension)") if available() else "reference"
+    extension; "unknown (...)" for an extension built before the report existed.  A
+    bad value of the variable raises SettingError (a ValueError)."""
+    settings.check("DEEPLAB_ASPP_CPU_KERNEL")
+    return _reported("aspp_sum_forward", "reference")
 
 
 def _info(fn) -> str:
