@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_compile.ops import _ext, dispatch  # noqa: E402
 from deeplab_compile.ops.aspp_sum import aspp_sum_auto, aspp_sum_reference  # noqa: E402
-from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference, tap_branches  # noqa: E402
+from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference, pick_tap_branches  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -162,7 +162,7 @@ def v3_rows(dev, dtype, repeats, quick, sync):
         x = torch.randn(1, 2048, s, s, device=dev, dtype=dtype)
         with torch.no_grad():
             args = m.folded_args()
-            taps = tap_branches(x, args[0], args[1], args[2])
+            taps = pick_tap_branches(x, args[0], args[1], args[2])
             cands = {"unfused": lambda: m(x), "folded": lambda: aspp_v3_head_reference(x, *args),
                      "fused": lambda: torch.ops.deeplab.aspp_v3_head(x, *args),
                      "fused+taps": lambda: torch.ops.deeplab.aspp_v3_head(x, *args, tap_branches=taps)}

@@ -238,6 +238,12 @@ def test_aspp_v3_head_layouts_and_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+def _aspp_sum_calls(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "deeplab::aspp_sum")
+
+
 @needs_ops
 @pytest.mark.parametrize("taps", [[1], [1, 2, 3], [3]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -247,6 +253,7 @@ def test_aspp_v3_head_tap_branches_match_reference(taps, dtype):
     args = _head_args(dtype=dtype)
     ref = aspp_v3_head_reference(*args, True)
     torch.testing.assert_close(torch.ops.deeplab.aspp_v3_head(*args, True, taps), ref, **_tol(dtype))
+    assert _aspp_sum_calls(lambda: torch.ops.deeplab.aspp_v3_head(*args, True, taps)) == len(taps)
     torch.library.opcheck(torch.ops.deeplab.aspp_v3_head.default, (*args, True, taps),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
@@ -262,17 +269,23 @@ def test_aspp_v3_head_tap_branches_checked(bad):
 @pytest.mark.parametrize("forced,expect", [("ours", [1, 2, 3]), ("library", [])])
 def test_auto_head_picks_tap_branches_by_measurement(forced, expect, monkeypatch):
     from deeplab_compile.ops import aspp_v3_head_auto, dispatch
-    from deeplab_compile.ops.aspp_v3_head import tap_branches
+    from deeplab_compile.ops.aspp_v3_head import pick_tap_branches
     monkeypatch.setenv("DEEPLAB_KERNELS", forced)
     args = _head_args(dtype=torch.float32)
-    assert tap_branches(args[0], args[1], args[2], args[3]) == expect
-    torch.testing.assert_close(aspp_v3_head_auto(*args, True), aspp_v3_head_reference(*args, True),
-                               rtol=1e-4, atol=1e-4)
+    assert pick_tap_branches(*args[:4]) == expect
+    ref = aspp_v3_head_reference(*args, True)
+    if forced == "ours":            # the fused head, its 3x3 branches through aspp_sum
+        torch.testing.assert_close(aspp_v3_head_auto(*args, True), ref, rtol=1e-4, atol=1e-4)
+        assert _aspp_sum_calls(lambda: aspp_v3_head_auto(*args, True)) == 3
+    else:                           # the library graph itself
+        assert torch.equal(aspp_v3_head_auto(*args, True), ref)
     monkeypatch.delenv("DEEPLAB_KERNELS")
     dispatch.clear()
-    chosen = tap_branches(args[0], args[1], args[2], args[3])      # measured: any subset of the 3x3 branches
-    assert set(chosen) <= {1, 2, 3}
-    assert {d["key"][0] for d in dispatch.decisions()} == {"atrous"}
+    chosen = pick_tap_branches(*args[:4])
+    # Measured: exactly the branches whose one-rate aspp_sum the dispatcher chose.
+    picks = {d["key"][6]: d["choice"] for d in dispatch.decisions() if d["key"][0] == "aspp_sum"}
+    assert sorted(picks) == [(int(args[3][i]),) for i in (1, 2, 3)]
+    assert chosen == [i for i in (1, 2, 3) if picks[(int(args[3][i]),)] == "ours"]
     dispatch.clear()
 
 

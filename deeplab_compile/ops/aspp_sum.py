@@ -52,18 +52,24 @@ def aspp_sum(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[
     return aspp_sum_reference(x, weights, biases, rates)
 
 
-def aspp_sum_auto(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                  rates: Sequence[int]) -> torch.Tensor:
-    """:func:`aspp_sum` or :func:`aspp_sum_reference`, whichever measured faster for this
-    device, dtype, shape and grad mode (measured once, then cached)."""
+def aspp_sum_choice(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+                    rates: Sequence[int]) -> str:
+    """"ours" (:func:`aspp_sum`) or "library" (:func:`aspp_sum_reference`), whichever
+    measured faster for this device, dtype, shape and grad mode (measured once, then
+    cached; see :mod:`.dispatch`)."""
     rates = [int(r) for r in rates]
-    args = (x, list(weights), list(biases), rates)
     key = ("aspp_sum", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(), tuple(weights[0].shape),
            tuple(rates), bool(biases))
     ours = _ext.has_kernel("aspp_sum", dispatch.device_key(x))
-    name = dispatch.choose(key, {"ours": aspp_sum, "library": aspp_sum_reference} if ours
-                           else {"library": aspp_sum_reference}, args)
-    return aspp_sum(*args) if name == "ours" else aspp_sum_reference(*args)
+    return dispatch.choose(key, {"ours": aspp_sum, "library": aspp_sum_reference} if ours
+                           else {"library": aspp_sum_reference}, (x, list(weights), list(biases), rates))
+
+
+def aspp_sum_auto(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+                  rates: Sequence[int]) -> torch.Tensor:
+    """:func:`aspp_sum` or :func:`aspp_sum_reference`, as :func:`aspp_sum_choice` decides."""
+    fn = aspp_sum if aspp_sum_choice(x, weights, biases, rates) == "ours" else aspp_sum_reference
+    return fn(x, list(weights), list(biases), [int(r) for r in rates])
 
 
 def _check(x, weights, biases, rates) -> None:

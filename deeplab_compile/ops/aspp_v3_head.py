@@ -26,7 +26,7 @@ tensors that need gradients raises.
 The atrous kernel: a 3x3 branch in ``tap_branches`` is convolved by ``deeplab::aspp_sum``
 with its one rate instead of the library convolution.
 :func:`aspp_v3_head_auto` puts a branch there only when the dispatcher measured that
-faster for the branch's shape and rate (on CPU: rates of 12 and up).
+faster for the branch's shape and rate (benchmarks/RESULTS.md: on our 2-core CPU, rates of 12 and up).
 """
 from __future__ import annotations
 
@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from . import _ext, dispatch
+from .aspp_sum import aspp_sum_choice
 
 _ext.available()
 
 
 def aspp_v3_head_reference(x, weights, biases, rates, proj_weights, pool_weight, pool_bias, pool_proj_weight,
-                           proj_bias, relu_out: bool, tap_branches: Sequence[int] = ()) -> torch.Tensor:
-    """The library path, as the unfused graph runs it: branches, concat, projection
-    (``tap_branches`` changes only how a branch is computed, so it is ignored here)."""
+                           proj_bias, relu_out: bool) -> torch.Tensor:
+    """The library path, as the unfused graph runs it: branches, concat, projection."""
     _check(x, weights, biases, rates, proj_weights)
     n, _, h, w = x.shape
     outs = []
@@ -72,40 +72,22 @@ def aspp_v3_head(x, weights, biases, rates, proj_weights, pool_weight, pool_bias
                                   pool_proj_weight, proj_bias, relu_out)
 
 
-def _library_atrous(x, w, b, rate):
-    return F.conv2d(x, w, b, padding=rate, dilation=rate)
-
-
-def _tap_atrous(x, w, b, rate):
-    return torch.ops.deeplab.aspp_sum(x, [w], [b], [rate])
-
-
-def tap_branches(x, weights, biases, rates) -> list[int]:
-    """The 3x3 branches (rate > 1) whose convolution ran faster through ``deeplab::aspp_sum``
-    than through the library, measured once per device, dtype, shape and rate."""
-    if not _ext.has_kernel("aspp_sum", dispatch.device_key(x)):
-        return []
-    out = []
-    for i, (w, b, r) in enumerate(zip(weights, biases, rates)):
-        if w.shape[-1] != 3 or int(r) <= 1:
-            continue
-        key = ("atrous", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(), tuple(w.shape), int(r))
-        rate = int(r)
-        name = dispatch.choose(key, {"ours": lambda x_, w_, b_: _tap_atrous(x_, w_, b_, rate),
-                                     "library": lambda x_, w_, b_: _library_atrous(x_, w_, b_, rate)}, (x, w, b))
-        if name == "ours":
-            out.append(i)
-    return out
+def pick_tap_branches(x, weights, biases, rates) -> list[int]:
+    """The 3x3 branches (rate > 1) whose convolution measured faster through
+    ``deeplab::aspp_sum`` with their one rate than through the library
+    (:func:`~.aspp_sum.aspp_sum_choice`, once per device, dtype, shape and rate)."""
+    return [i for i, (w, b, r) in enumerate(zip(weights, biases, rates))
+            if w.shape[-1] == 3 and int(r) > 1 and aspp_sum_choice(x, [w], [b], [r]) == "ours"]
 
 
 def aspp_v3_head_auto(*args) -> torch.Tensor:
     """:func:`aspp_v3_head` or the reference, whichever measured faster for this device and
-    shape; the fused head convolves each 3x3 branch the faster way (:func:`tap_branches`)."""
+    shape; the fused head convolves each 3x3 branch the faster way (:func:`pick_tap_branches`)."""
     x, weights, biases, rates = args[0], args[1], args[2], args[3]
     ours = _ext.has_kernel("aspp_v3_head", dispatch.device_key(x))
     if not ours:
         return aspp_v3_head_reference(*args)
-    taps = tap_branches(x, weights, biases, rates)
+    taps = pick_tap_branches(x, weights, biases, rates)
     key = ("aspp_v3_head", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(),
            tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps))
     name = dispatch.choose(key, {"ours": lambda *a: aspp_v3_head(*a, tap_branches=taps),
