@@ -1,4 +1,6 @@
 """deeplab::aspp_sum and deeplab::aspp_v3_head against their PyTorch references."""
+import platform
+
 import pytest
 import torch
 
@@ -11,9 +13,11 @@ needs_ops = pytest.mark.skipif(not HAS_OPS, reason="deeplab_compile._C was not b
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_kernel("aspp_sum", "CUDA")),
                                 reason="needs a GPU and the CUDA kernels")
 
-# (N, C, Co, H, W, rates): odd sizes, rates beyond the map, a single rate, repeated rates.
+# (N, C, Co, H, W, rates): odd sizes, rates beyond the map, a single rate, repeated rates,
+# a map wider than one default band.
 CASES = [(2, 5, 3, 7, 9, [1, 2, 6]), (1, 4, 2, 5, 5, [6, 1]), (3, 3, 4, 11, 8, [2, 3, 4, 12]),
-         (1, 6, 21, 9, 13, [6, 12, 18, 24]), (2, 2, 1, 1, 1, [1]), (1, 3, 2, 6, 4, [2, 2])]
+         (1, 6, 21, 9, 13, [6, 12, 18, 24]), (2, 2, 1, 1, 1, [1]), (1, 3, 2, 6, 4, [2, 2]),
+         (1, 4, 3, 23, 19, [2, 7, 12])]      # 437 pixels: several default bands
 
 
 def _args(case, dtype=torch.float64, bias=True, seed=0):
@@ -29,21 +33,40 @@ def _tol(dtype):
     return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
 
 
-HAS_DIRECT = HAS_OPS and _ext.aspp_cpu_kernel() == "direct"
+
+
+def _cpu_has_avx512f() -> bool:
+    """From the hardware, not from the code under test."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+HAS_DIRECT = HAS_OPS and _cpu_has_avx512f()
 needs_direct = pytest.mark.skipif(not HAS_DIRECT, reason="the direct CPU kernel needs an x86-64 CPU with AVX-512")
 
 # How the CPU forward runs: (DEEPLAB_ASPP_CPU_KERNEL, DEEPLAB_ASPP_BAND_COLS).  The
 # direct kernel takes float32 only; float64 always runs the GEMMs.
-PATHS = {"direct": ("direct", "200"), "gemm-one-band": ("gemm", "0"), "gemm-bands": ("gemm", "7")}
+# None: unset, the default bands of about 200 pixels (the backward, and gemm forwards).
+PATHS = {"direct": ("direct", None), "gemm-default": ("gemm", None), "gemm-one-band": ("gemm", "0"),
+         "gemm-bands": ("gemm", "7")}
 
 
 @needs_ops
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype,path", [(d, p) for d in (torch.float32, torch.float64) for p in PATHS
+@pytest.mark.parametrize("dtype,path", [pytest.param(d, p, marks=[needs_direct] if p == "direct" else [])
+                                        for d in (torch.float32, torch.float64) for p in PATHS
                                         if p != "direct" or d == torch.float32])
 def test_aspp_sum_forward_backward(case, dtype, path, monkeypatch):
     monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", PATHS[path][0])
-    monkeypatch.setenv("DEEPLAB_ASPP_BAND_COLS", PATHS[path][1])
+    if PATHS[path][1] is None:
+        monkeypatch.delenv("DEEPLAB_ASPP_BAND_COLS", raising=False)
+    else:
+        monkeypatch.setenv("DEEPLAB_ASPP_BAND_COLS", PATHS[path][1])
     x, ws, bs, rates = _args(case, dtype, bias=case[0] != 3)
     ins = [x, *ws, *bs]
     for t in ins:
@@ -56,7 +79,7 @@ def test_aspp_sum_forward_backward(case, dtype, path, monkeypatch):
 
 
 @needs_ops
-@pytest.mark.parametrize("kernel", ["direct", "gemm"])
+@pytest.mark.parametrize("kernel", [pytest.param("direct", marks=needs_direct), "gemm"])
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_aspp_sum_layouts(layout, kernel, monkeypatch):
     monkeypatch.setenv("DEEPLAB_ASPP_CPU_KERNEL", kernel)
@@ -113,6 +136,7 @@ def test_aspp_sum_direct_kernel_at_deeplab_shape(monkeypatch):
     ref = aspp_sum_reference(x.double(), [w.double() for w in ws], [b.double() for b in bs], rates)
     torch.testing.assert_close(direct.double(), ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(direct, gemm, rtol=0, atol=1e-4)
+    assert not torch.equal(direct, gemm)        # two kernels ran, not one twice
 
 
 @needs_ops
