@@ -18,3 +18,11 @@ def netdef_dir():
 @pytest.fixture
 def data_dir():
     return DATA
+
+
+@pytest.fixture
+def float32_storage(monkeypatch):
+    """The CPU dense CRF's float32 iterations, for checks to float precision (by default,
+    on x86-64, lattice values are stored in half floats, which moves marginals by less
+    than 1e-2; see test_crf_ops.test_half_storage_close_to_float32)."""
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")

@@ -13,13 +13,6 @@ pydensecrf = pytest.importorskip("pydensecrf.densecrf")
 LARGEFOV = PRESETS["deeplab_largefov"]
 
 
-@pytest.fixture
-def float32_storage(monkeypatch):
-    """Float32 lattice storage in the CPU iterations, for the checks to float precision
-    (the default half-float storage moves marginals by up to ~5e-3)."""
-    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")
-
-
 def _args(p):
     return (p.bi_w, p.bi_xy_std, p.bi_rgb_std, p.pos_w, p.pos_xy_std)
 

@@ -11,13 +11,6 @@ from deeplab_compile.ops import (_ext, dense_crf, dense_crf_reference, permutohe
 compiled = pytest.mark.skipif(not _ext.has_kernel("dense_crf", "CPU"), reason="_C not built")
 
 
-@pytest.fixture
-def float32_storage(monkeypatch):
-    """The CPU kernel's float32 iterations; by default (x86) lattice values are stored
-    in half floats, which moves marginals by up to ~5e-3 (see the half-storage tests)."""
-    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")
-
-
 def _features(n, d, spread, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, d, generator=g, dtype=dtype) * spread
@@ -140,7 +133,7 @@ def test_compiled_crf_zero_weights_and_iterations():
 
 
 @compiled
-@pytest.mark.parametrize("C", [1, 4, 13, 21, 40])   # 1, 1, 2, 3 and 5 label blocks (5: the generic path)
+@pytest.mark.parametrize("C", [1, 4, 13, 21, 32, 40])   # 1, 1, 2, 3, 4 and 5 label blocks (5: generic)
 def test_half_storage_close_to_float32(C, monkeypatch):
     g = torch.Generator().manual_seed(C)
     image = (torch.rand(2, 3, 37, 41, generator=g) * 255).round()
