@@ -174,7 +174,7 @@ def v3_rows(dev, dtype, repeats, quick, sync):
         rows.append((f"v3 1x2048x{s}x{s} rates {'/'.join(map(str, rates))}, taps at {tap_rates} "
                      f"(rel. err {err:.1e})", r,
                      [r["unfused"][0] / r["fused+taps"][0], r["folded"][0] / r["fused"][0],
-                      r["folded"][0] / r["fused+taps"][0]]))
+                      r["folded"][0] / r["fused+taps"][0], r["fused"][0] / r["fused+taps"][0]]))
     return rows
 
 
@@ -228,6 +228,7 @@ def main(argv=None) -> int:
             names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
         devname = f"{names[0] if names else 'CPU'}, {a.threads} threads"
     head = (f"{datetime.date.today()}, {devname}, torch {torch.__version__}, {a.dtype}, "
+            f"CPU aspp_sum forward {_ext.aspp_cpu_kernel()}, "
             f"repeats {a.repeats}, load average at start {os.getloadavg()[0]:.1f}")
     print(head, flush=True)
     parts = []
@@ -239,13 +240,15 @@ def main(argv=None) -> int:
     print(parts[-1], "\n", flush=True)
     rows = v3_rows(dev, dtype, a.repeats, a.quick, sync)
     parts.append(table("v3 ASPP head, inference", rows, ["unfused", "folded", "fused", "fused+taps"],
-                       ["unfused/fused+taps", "folded/fused", "folded/fused+taps"]))
+                       ["unfused/fused+taps", "folded/fused", "folded/fused+taps", "fused/fused+taps"]))
     print(parts[-1], "\n", flush=True)
     rows = atrous_rows(dev, dtype, a.repeats, a.quick, sync)
     parts.append(table("atrous 3x3, forward", rows, ["library", "ours"], ["library/ours"]))
     print(parts[-1], "\n", flush=True)
-    picks = [f"{d['key'][3]} grad={d['grad']}: {d['choice']}" for d in dispatch.decisions()]
-    parts.append("dispatcher picks (aspp_sum_auto): " + "; ".join(picks))
+    picks = [f"{d['key'][0]} {d['key'][3]} rates {'/'.join(map(str, d['key'][6]))} grad={d['grad']}: {d['choice']}"
+             if d["key"][0] == "aspp_sum" else f"{d['key'][0]} {d['key'][3]}: {d['choice']}"
+             for d in dispatch.decisions()]
+    parts.append("dispatcher picks (v2 layers, and the v3 head's one-rate branches): " + "; ".join(picks))
     print(parts[-1])
     if a.write:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")

@@ -125,7 +125,8 @@ def main(argv=None):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     s = args.size
     x = torch.randn(1, 3, s, s, device=dev)
-    lines = [f"### Zoo nets, {datetime.date.today()}, {device_name(dev)}, fp32, 1x3x{s}x{s}",
+    lines = [f"### Zoo nets, {datetime.date.today()}, {device_name(dev)}, fp32, 1x3x{s}x{s}, "
+             f"{args.repeat} interleaved runs",
              "", "| net | variant | min ms | median ms | peak MB |", "|---|---|---:|---:|---:|"]
     for key in args.nets.split(","):
         name = NETS[key]
