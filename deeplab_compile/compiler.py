@@ -320,12 +320,6 @@ def _geometry(net: Net, lay: Layer, spec) -> None:
 
 # --------------------------------------------------------------------------- the whole pipeline
 
-def fuse_default(fuse: bool | None, phase: str) -> bool:
-    """Whether the passes run: ``fuse`` when given, else only for the test phase
-    (inference).  A train-phase net is never fused unless asked for."""
-    return check_phase(phase) == "test" if fuse is None else bool(fuse)
-
-
 def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
               inputs: Mapping[str, Any] | None = None, fuse: bool | None = False) -> Net:
     """Parse, expand, wire and shape a netdef: the IR exactly as the netdef writes it
@@ -338,12 +332,13 @@ def build_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars:
 
 def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any] | None = None,
                  fuse: bool | None = False, source: str | None = None) -> Net:
-    """The steps of :func:`build_net` after loading: phase filter, IR, shapes, passes
-    (``fuse``: see :func:`fuse_default`)."""
+    """The steps of :func:`build_net` after loading: phase filter, IR, shapes, passes.
+    The passes run when ``fuse`` is true, and for ``fuse=None`` in the test phase only
+    (inference): a train-phase net is never fused unless asked for."""
     phase = check_phase(phase)
     net = build_ir(_expand.filter_phase(doc, phase), phase, source=source)
     net = infer_shapes(net, inputs)
-    if fuse_default(fuse, phase):
+    if (phase == "test") if fuse is None else fuse:
         from .passes import run_passes
         net = run_passes(net)
     return net

@@ -4,7 +4,7 @@ Each pass is a pure function ``Net -> Net`` that leaves its input alone and chan
 nothing when run twice.  :func:`run_passes` applies them in order:
 
 ``fold_bn``    Convolution + BatchNorm (global stats) + Scale -> ConvolutionBN (test phase)
-``fuse_aspp``  v2 ASPP sums -> ASPPSum / ConvSum; v3 heads -> ASPPHead (test phase)
+``fuse_aspp``  v2 ASPP sums -> ASPPSum / ConvSum (both phases); v3 heads -> ASPPHead (test phase)
 
 They are inference passes: :func:`deeplab_compile.compiler.compile_net` runs them by
 default for the test phase only.  On a train-phase net ``fold_bn`` and the v3 head

@@ -25,9 +25,9 @@ from ._graph import consumers, replace, sole_consumer
 
 
 def fold_bn(net: Net) -> Net:
-    net = copy.deepcopy(net)
     if net.phase != "test":             # training: BatchNorm uses batch statistics
         return net
+    net = copy.deepcopy(net)
     cons = consumers(net)
     fused: dict[str, Layer] = {}
     removed: set[str] = set()
