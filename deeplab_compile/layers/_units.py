@@ -61,14 +61,22 @@ def mode_bns(unit: Unit, leaves: Mapping[str, Layer]) -> list[str]:
     return [bn] if bn and leaves[bn].params.get("use_global_stats") is None else []
 
 
-def check_eval(module: torch.nn.Module, mode_bn: list[str]) -> None:
-    """Raise if ``module`` is in training mode and folds a BatchNorm that would then use
-    batch statistics (see the module docstring)."""
-    if module.training and mode_bn:
-        raise RuntimeError(
-            f"{type(module).__name__} folds the running statistics of BatchNorm '{mode_bn[0]}', which uses "
-            "batch statistics in training mode; fused nets are for inference: call .eval(), or compile "
-            "with fuse=False (or phase='train') to train")
+class Folding(torch.nn.Module):
+    """A module with BatchNorms folded into it.  ``mode_bn`` names those that follow the
+    module's mode (``use_global_stats`` unset): such a module runs in eval mode only."""
+
+    def __init__(self, mode_bn: list[str] | None = None):
+        super().__init__()
+        self.mode_bn = list(mode_bn or [])
+
+    def check_eval(self) -> None:
+        """Raise in training mode if a folded BatchNorm would then use batch statistics
+        (see the module docstring)."""
+        if self.training and self.mode_bn:
+            raise RuntimeError(
+                f"{type(self).__name__} folds the running statistics of BatchNorm '{self.mode_bn[0]}', which "
+                "uses batch statistics in training mode; fused nets are for inference: call .eval(), or "
+                "compile with fuse=False (or phase='train') to train")
 
 
 def fold(meta: tuple, tensors: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

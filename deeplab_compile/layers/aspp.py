@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..graph import Layer, Shape
-from ._units import check_eval, fold, mode_bns, unit_meta, unit_refs
+from ._units import Folding, fold, mode_bns, unit_meta, unit_refs
 from .base import LayerType
 
 
@@ -66,18 +66,17 @@ class _Fused(LayerType):
 
 # ---------------------------------------------------------------------------- v2
 
-class ASPPSumModule(nn.Module):
+class ASPPSumModule(Folding):
     def __init__(self, *, rates: list[int], metas: list[tuple], mode_bn: list[str] | None = None):
-        super().__init__()
+        super().__init__(mode_bn)
         self.rates, self.metas = list(rates), list(metas)
-        self.mode_bn = list(mode_bn or [])
 
     def extra_repr(self) -> str:
         return f"rates={self.rates}"
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         from ..ops import aspp_sum_auto
-        check_eval(self, self.mode_bn)
+        self.check_eval()
         it = iter(tensors)
         wb = [fold(m, it) for m in self.metas]
         ws = [w for w, _ in wb]
@@ -103,14 +102,13 @@ class ASPPSum(_Fused):
         return 2 * max(layer.params["rates"]) + 1, 1
 
 
-class ConvSumModule(nn.Module):
+class ConvSumModule(Folding):
     def __init__(self, *, metas: list[tuple], mode_bn: list[str] | None = None):
-        super().__init__()
+        super().__init__(mode_bn)
         self.metas = list(metas)
-        self.mode_bn = list(mode_bn or [])
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        check_eval(self, self.mode_bn)
+        self.check_eval()
         xs, it = args[:len(self.metas)], iter(args[len(self.metas):])
         y = None
         bias = None
@@ -145,20 +143,19 @@ class ConvSum(_Fused):
 
 # ---------------------------------------------------------------------------- v3
 
-class ASPPHeadModule(nn.Module):
+class ASPPHeadModule(Folding):
     def __init__(self, *, kinds: list[str], rates: list[int], channels: list[int], metas: list[tuple],
                  relu_out: bool, mode_bn: list[str] | None = None):
-        super().__init__()
+        super().__init__(mode_bn)
         self.kinds, self.rates, self.channels = list(kinds), list(rates), list(channels)
         self.metas, self.relu_out = list(metas), relu_out
-        self.mode_bn = list(mode_bn or [])
 
     def extra_repr(self) -> str:
         return f"branches={self.kinds}, rates={self.rates}, relu_out={self.relu_out}"
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         from ..ops import aspp_v3_head_auto
-        check_eval(self, self.mode_bn)
+        self.check_eval()
         it = iter(tensors)
         wbs = [fold(m, it) for m in self.metas]          # branches in concat order, then the projection
         pw, pb = wbs[-1]

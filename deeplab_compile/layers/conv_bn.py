@@ -15,19 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph import Layer, Shape
-from ._units import check_eval, fold, mode_bns, unit_meta, unit_refs
+from ._units import Folding, fold, mode_bns, unit_meta, unit_refs
 from .base import LayerType
 from .conv import Convolution
 
 
-class FoldedConv2d(nn.Module):
+class FoldedConv2d(Folding):
     def __init__(self, conv: nn.Conv2d, meta: tuple, mode_bn: list[str] | None = None):
-        super().__init__()
+        super().__init__(mode_bn)
         self.weight = conv.weight
         self.bias = conv.bias
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.meta = meta
-        self.mode_bn = list(mode_bn or [])      # folded BatchNorms that follow the mode: eval only
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
@@ -35,7 +34,7 @@ class FoldedConv2d(nn.Module):
                 f"folded (bias, bn eps, scale, scale bias)={self.meta}")
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
-        check_eval(self, self.mode_bn)
+        self.check_eval()
         own = [self.weight] + ([self.bias] if self.bias is not None else [])
         w, b = fold(self.meta, iter(own + list(tensors)))
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
