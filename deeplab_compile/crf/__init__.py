@@ -8,8 +8,8 @@ pydensecrf is used only as the reference in tests and benchmarks.
 """
 from .errors import CRFError
 from .inference import SCORE_KINDS, dense_crf, dense_crf_batch, labels
-from .params import CRFParams, from_pydensecrf, resolve
-from .presets import PRESETS, get_preset
+from .params import CRFParams, from_pydensecrf
+from .presets import PRESETS, get_preset, resolve
 
 __all__ = ["CRFError", "CRFParams", "PRESETS", "SCORE_KINDS", "dense_crf", "dense_crf_batch",
            "from_pydensecrf", "get_preset", "labels", "resolve"]

@@ -14,7 +14,7 @@ import torch
 from .. import settings
 from ..ops.dense_crf import dense_crf as _dense_crf_op
 from .errors import CRFError
-from .params import resolve
+from .presets import resolve
 
 SCORE_KINDS = ("logits", "probs", "unary")
 _PROB_FLOOR = 1e-8  # probabilities are clipped here before -log, so a zero costs 18.4 not inf
@@ -64,7 +64,7 @@ def dense_crf(image, scores, params: Any = None, iterations: int = 10, *, kind: 
     scores      C x H x W float: ``kind="logits"`` (network outputs, default),
                 ``"probs"`` (softmax outputs) or ``"unary"`` (energies -log p)
     params      a preset name, CRFParams, or a mapping in DeepLab's or pydensecrf's
-                spelling (see :func:`deeplab_compile.crf.params.resolve`); default
+                spelling (see :func:`deeplab_compile.crf.presets.resolve`); default
                 ``deeplab_largefov``.  Keyword overrides (``bi_w=5``) apply last.
     iterations  mean-field steps (DeepLab: 10)
 
