@@ -25,16 +25,18 @@ from torch import nn
 from ..graph import Layer, Shape
 from ._units import Folding, fold, mode_bns, unit_meta, unit_refs
 from .base import LayerType
+from .conv import Convolution
 
 
 def _leaves(layer: Layer) -> dict[str, Layer]:
     return {l.name: l for l in layer.absorbed}
 
 
+_CONV = Convolution()
+
+
 def _unit_flops(unit: dict, leaves: dict[str, Layer]) -> int:
-    from .registry import get
-    conv = leaves[unit["conv"]]
-    return get("Convolution").flops(conv)
+    return _CONV.flops(leaves[unit["conv"]])
 
 
 class _Fused(LayerType):
