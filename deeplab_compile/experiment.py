@@ -317,7 +317,7 @@ def step_data(s: Settings, r: Runner) -> None:
         if os.path.isfile(marker):
             say(f"[data] synthetic set ready: {s.data_root}")
             return
-        r.run("data", r.py("deeplab_compile.data.synthetic", s.data_root, "--num-images", str(p["num_images"]),
+        r.run("data", r.py("deeplab_compile.cli.synthetic", s.data_root, "--num-images", str(p["num_images"]),
                            "--min-size", str(p["min_size"]), "--max-size", str(p["max_size"]),
                            "--seed", str(p["seed"])))
         return

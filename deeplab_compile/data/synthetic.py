@@ -1,8 +1,6 @@
 """A synthetic PASCAL-VOC-like dataset, written in VOC's layout.
 
-    deeplab-synthetic OUT [--num-images 200] [--val-fraction 0.2] [--min-size 96]
-                          [--max-size 128] [--seed 0] [--void-band 0] [--force]
-
+``generate(OUT, ...)`` (the command ``deeplab-synthetic OUT``, :mod:`deeplab_compile.cli.synthetic`)
 writes::
 
     OUT/JPEGImages/syn_000000.jpg ...
@@ -25,7 +23,6 @@ absent; if OUT is already complete with the same parameters nothing is done.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import os
@@ -179,36 +176,3 @@ def generate(out: str, *, num_images: int = 200, val_fraction: float = 0.2, min_
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deeplab-synthetic", description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", help="folder to write (VOC layout)")
-    ap.add_argument("--num-images", type=int, default=200)
-    ap.add_argument("--val-fraction", type=float, default=0.2)
-    ap.add_argument("--min-size", type=int, default=96)
-    ap.add_argument("--max-size", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--void-band", type=int, default=0, help="pixels of 255 around each object (VOC: ~5)")
-    ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    return ap
-
-
-def _main(argv=None) -> int:
-    from ..errors import DeepLabError
-    a = _parser().parse_args(argv)
-    if a.num_images < 1 or not (0 <= a.val_fraction < 1) or not (8 <= a.min_size <= a.max_size):
-        raise DeepLabError("need --num-images >= 1, 0 <= --val-fraction < 1 and 8 <= --min-size <= --max-size")
-    generate(a.out, num_images=a.num_images, val_fraction=a.val_fraction, min_size=a.min_size,
-             max_size=a.max_size, seed=a.seed, void_band=a.void_band, force=a.force)
-    print(f"{a.out}: {a.num_images} images, {NUM_CLASSES} classes (list/train.txt, list/val.txt)")
-    return 0
-
-
-def main(argv=None) -> int:
-    from ..cli.common import entry_point
-    return entry_point(_main)(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
