@@ -2,7 +2,7 @@
 
 Every step is a plain function of the previous value (DESIGN.md section 2)::
 
-    doc  = load_netdef(path, vars)           # parse + expand (include, templates, repeat, ${})
+    doc  = load_netdef(path, vars)           # load (suffix dispatch: YAML or prototxt) + expand
     doc  = filter_phase(doc, phase)          # drop layers of the other phase
     net  = build_ir(doc, phase)              # registry lookup, parameter schemas, blob wiring
     net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .graph import Blob, Layer, Net, ParamSpec, Shape
 from .layers import registry
 from .netdef import expand as _expand
 from .netdef import parse as _parse
+from .netdef.nodes import Map
 from .netdef.errors import (Loc, NetDefError, ParameterError, ShapeError, UnknownLayerError, WiringError,
                             did_you_mean)
 
@@ -44,13 +45,46 @@ def _as_list(value: Any) -> list:
 
 # --------------------------------------------------------------------------- loading
 
+def _loads_prototxt(text: str, filename: str) -> Map:
+    try:
+        from .caffe import prototxt  # the Caffe importer, when present
+    except ImportError as err:
+        if err.name is None or not err.name.startswith("deeplab_compile.caffe"):
+            raise
+        raise NetDefError("prototxt import is not available in this build",
+                          loc=Loc(filename), hint="convert the network to a YAML netdef") from None
+    return prototxt.loads(text, filename)
+
+
+#: Text readers by file suffix; any other suffix is read as YAML.
+LOADERS: dict[str, Callable[[str, str], Map]] = {
+    ".yaml": _parse.loads,
+    ".yml": _parse.loads,
+    ".prototxt": _loads_prototxt,
+}
+
+
+def loads(text: str, filename: str = "<string>") -> Map:
+    """Parse netdef ``text``; ``filename`` names it in error messages and picks the
+    reader by suffix (:data:`LOADERS`: YAML unless it ends in ``.prototxt``)."""
+    suffix = os.path.splitext(filename)[1].lower()
+    return LOADERS.get(suffix, _parse.loads)(text, filename)
+
+
+def load(path: str | os.PathLike) -> Map:
+    """Read and parse the netdef file at ``path``: a YAML netdef, or a Caffe prototxt
+    (new or V1 layer syntax) read into the same document."""
+    name = os.fspath(path)
+    return loads(_parse.read_text(name), name)
+
+
 def load_netdef(source: str | os.PathLike | Mapping, vars: Mapping[str, Any] | None = None) -> Any:
     """Read and expand a netdef (YAML path, prototxt path or an already parsed document)."""
     if isinstance(source, Mapping):
         doc = source
         base = None
     else:
-        doc = _parse.load(os.fspath(source))
+        doc = load(source)
         base = os.path.dirname(os.path.abspath(os.fspath(source)))
     return _expand.expand(doc, overrides=dict(vars or {}), base_dir=base)
 

@@ -3,10 +3,13 @@
 Anything a user can cause (a bad netdef, a missing file, a corrupt image) raises a
 subclass of :class:`DeepLabError`.  The command-line tools print ``str(err)`` as a
 single line and exit with status 2; no traceback is shown for these.
+:func:`did_you_mean` makes the usual hint for a misspelt name.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,13 @@ class DeepLabError(Exception):
         if self.loc is None and loc is not None:
             self.loc = loc
         return self
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """``"did you mean 'x'?"`` for the closest choice (case-insensitive), or None."""
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    if word.lower() in lower and lower[word.lower()] != word:
+        return f"did you mean '{lower[word.lower()]}'?"
+    close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
+    return f"did you mean '{lower[close[0]]}'?" if close else None

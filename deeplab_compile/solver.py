@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DeepLabError, Loc
-from .layers.base import P
+from .schema import P
 from .netdef.errors import did_you_mean
 from .netdef.parse import Map, load, loc_of
 

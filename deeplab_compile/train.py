@@ -266,7 +266,7 @@ def _declared_vars(net_path: str, given: dict) -> dict:
     passed to the expansion, so that a netdef with required (``~``) variables, such as a
     prototxt's ``${DATA_ROOT}``, can be read."""
     from .compiler import load_netdef
-    from .netdef.parse import load
+    from .compiler import load
     own = load(net_path).get("vars") or {}
     return load_netdef(net_path, vars={k: v for k, v in given.items() if k in own}).get("vars") or {}
 

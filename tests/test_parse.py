@@ -111,24 +111,10 @@ def test_missing_and_unreadable_files(tmp_path):
         load(bad)
 
 
-def test_prototxt_goes_to_its_loader(monkeypatch, tmp_path):
+def test_yaml_only_whatever_the_suffix(tmp_path):
+    """parse reads YAML; picking the Caffe importer by suffix is the compiler's loader."""
     path = tmp_path / "train.prototxt"
-    path.write_text('name: "x"\n')
-    calls = []
-    monkeypatch.setitem(parse.LOADERS, ".prototxt",
-                        lambda text, name: calls.append(name) or Map({"name": "x"}))
-    assert load(path) == {"name": "x"} and calls == [str(path)]
-
-
-def test_prototxt_without_importer_is_a_netdef_error(monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if fromlist and "prototxt" in fromlist:
-            raise ImportError("no module", name="deeplab_compile.caffe.prototxt")
-        return real_import(name, globals, locals, fromlist, level)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(NetDefError, match="prototxt import is not available"):
-        loads('name: "x"', "a.prototxt")
+    path.write_text("name: x\nlayers: []\n")
+    assert load(path) == {"name": "x", "layers": []}
+    with pytest.raises(NetDefSyntaxError, match=r"a\.prototxt:1:"):
+        loads('layer { name: "x" }', "a.prototxt")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..netdef.errors import (Loc, NetDefSyntaxError, ParameterError, UnknownLayerError,
                              did_you_mean)
-from ..netdef.parse import Map, Seq
+from ..netdef.nodes import Map, Seq
 from . import proto
 from .textformat import Field, Message, is_repeated, parse
 

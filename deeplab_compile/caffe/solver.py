@@ -98,7 +98,7 @@ def to_yaml(fields: dict, notes: list[str], source: str) -> str:
 def validate(fields: dict, locs: dict[str, Loc], filename: str) -> None:
     """Check the converted fields with the runtime's solver schema; errors point at the
     prototxt line of the field."""
-    from ..netdef.parse import Map
+    from ..netdef.nodes import Map
     from ..solver import parse_solver
     doc = Map(fields, loc=Loc(filename, 1, 1), key_locs=locs)
     names = set()

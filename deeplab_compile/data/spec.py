@@ -29,7 +29,8 @@ from typing import Any, Mapping
 from ..errors import Loc
 from ..graph import Layer, Net
 from ..layers import registry
-from ..netdef.parse import loc_of
+from ..netdef.nodes import loc_of
+from ..schema import P, did_you_mean
 from .errors import DataError
 from .labels import LABEL_MAPS
 from .transforms import TransformParams
@@ -93,8 +94,6 @@ class _Section:
 def check_section(section: Mapping, name: str = "data") -> dict[str, Any]:
     """Validate a ``data:`` section against ImageSegData's schema plus the runtime keys.
     Returns only the keys given (coerced)."""
-    from ..layers.base import P
-    from ..netdef.errors import did_you_mean
     schema = registry.get("ImageSegData").params
     extra = {"preprocess": P("enum", "caffe", choices=("caffe", "tf")),
              "label_map": P("enum", "none", choices=LABEL_MAPS),

@@ -39,90 +39,27 @@ with weight 0, e.g. SegAccuracy).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from torch import nn
 
 from ..graph import Layer, Shape
-from ..netdef.errors import ParameterError, ShapeError, did_you_mean
+from ..netdef.errors import ParameterError, ShapeError
+from ..schema import KINDS, REQUIRED, did_you_mean  # noqa: F401  (REQUIRED: re-exported for the layer modules)
+from ..schema import P as _SchemaP
+from .fillers import check_filler
 
-REQUIRED = object()
 
-_KINDS = ("int", "float", "bool", "str", "enum", "ints", "floats", "strs", "filler", "dict", "any")
+class P(_SchemaP):
+    """Schema of one layer parameter: :class:`deeplab_compile.schema.P` and the kind
+    ``filler`` (a ``{type: ..., ...}`` mapping checked by :mod:`.fillers`)."""
 
-
-class P:
-    """Schema of one layer parameter.
-
-    kind: ``int`` ``float`` ``bool`` ``str`` ``enum`` (case-insensitive, stored lower-case),
-    ``ints`` / ``floats`` / ``strs`` (a scalar or a list; stored as a list),
-    ``filler`` (a ``{type: ..., ...}`` mapping checked by :mod:`.fillers`), ``dict``, ``any``.
-    """
-
-    def __init__(self, kind: str, default: Any = REQUIRED, *, choices: Sequence[str] | None = None,
-                 min: float | None = None, max: float | None = None, aliases: Sequence[str] = (),
-                 doc: str = ""):
-        assert kind in _KINDS, kind
-        self.kind = kind
-        self.default = default
-        self.choices = tuple(c.lower() for c in choices) if choices else None
-        self.min = min
-        self.max = max
-        self.aliases = tuple(aliases)
-        self.doc = doc
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
+    KINDS = KINDS + ("filler",)
 
     def coerce(self, key: str, value: Any, layer: Layer):
-        def bad(what: str, hint: str | None = None):
-            return layer.error(f"parameter '{key}' {what}", key=key, hint=hint, cls=ParameterError)
-
-        def scalar(kind: str, v: Any):
-            if kind == "int":
-                if isinstance(v, bool) or not isinstance(v, int):
-                    if isinstance(v, float) and v.is_integer():
-                        v = int(v)
-                    else:
-                        raise bad(f"must be an integer, got {v!r}", f"write a whole number, e.g. '{key}: 1'")
-            elif kind == "float":
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise bad(f"must be a number, got {v!r}", f"write e.g. '{key}: 0.5'")
-                v = float(v)
-            elif kind == "bool":
-                if not isinstance(v, bool):
-                    raise bad(f"must be true or false, got {v!r}", f"write '{key}: true' or '{key}: false'")
-            elif kind == "str":
-                if not isinstance(v, str):
-                    raise bad(f"must be a string, got {v!r}", "quote the value")
-            if kind in ("int", "float"):
-                if self.min is not None and v < self.min:
-                    raise bad(f"must be >= {self.min:g}, got {v!r}", f"set '{key}' to {self.min:g} or more")
-                if self.max is not None and v > self.max:
-                    raise bad(f"must be <= {self.max:g}, got {v!r}", f"set '{key}' to {self.max:g} or less")
-            return v
-
-        k = self.kind
-        if k in ("int", "float", "bool", "str"):
-            return scalar(k, value)
-        if k == "enum":
-            if not isinstance(value, str) or value.lower() not in self.choices:
-                raise bad(f"must be one of {', '.join(self.choices)}, got {value!r}",
-                          f"write e.g. '{key}: {self.choices[0].upper()}' (case does not matter)")
-            return value.lower()
-        if k in ("ints", "floats", "strs"):
-            base = {"ints": "int", "floats": "float", "strs": "str"}[k]
-            items = value if isinstance(value, list) else [value]
-            return [scalar(base, v) for v in items]
-        if k == "filler":
-            from .fillers import check_filler
+        if self.kind == "filler":
             return check_filler(value, key, layer)
-        if k == "dict":
-            if not isinstance(value, dict):
-                raise bad(f"must be a mapping, got {value!r}", f"write '{key}: {{...}}'")
-            return dict(value)
-        return value
+        return super().coerce(key, value, layer)
 
 
 class LayerType:

@@ -6,10 +6,7 @@ Every one of them is a :class:`NetDefError` and prints as one line::
 """
 from __future__ import annotations
 
-import difflib
-from typing import Iterable
-
-from ..errors import DeepLabError, Loc
+from ..errors import DeepLabError, Loc, did_you_mean
 
 __all__ = [
     "Loc", "NetDefError", "NetDefSyntaxError", "IncludeError", "VariableError", "TemplateError",
@@ -51,13 +48,3 @@ class WiringError(NetDefError):
 
 class ShapeError(NetDefError):
     """A shape rule failed: mismatched inputs, or an output size that would be <= 0."""
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """``"did you mean 'x'?"`` for the closest choice (case-insensitive), or None."""
-    choices = list(choices)
-    lower = {c.lower(): c for c in choices}
-    if word.lower() in lower and lower[word.lower()] != word:
-        return f"did you mean '{lower[word.lower()]}'?"
-    close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
-    return f"did you mean '{lower[close[0]]}'?" if close else None

@@ -95,7 +95,8 @@ from typing import Any
 from .errors import (IncludeError, Loc, NetDefError, NetDefSyntaxError, ParameterError,
                      TemplateError, VariableError, did_you_mean)
 from .expr import IDENT_RE, Scope, substitute_text
-from .parse import Map, Seq, load, loc_of, value_pos
+from .nodes import Map, Seq, loc_of, value_pos
+from .parse import load
 
 __all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
            "MAX_STEPS"]

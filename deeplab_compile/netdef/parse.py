@@ -1,10 +1,9 @@
-"""Reading netdef text into plain values that remember where they came from.
+"""Reading YAML netdef text into plain values that remember where they came from.
 
-``load(path)`` and ``loads(text, filename)`` return a :class:`Map` (a ``dict``) whose
-nested mappings are :class:`Map` and whose lists are :class:`Seq`.  Each of them knows
-its own position (``.loc``) and the position of each key (``Map.key_locs``) or item
-(``Seq.item_locs``); scalars stay plain Python values.  ``loc_of(node, key)`` picks the
-most precise position for an error message.
+``load(path)`` and ``loads(text, filename)`` return a :class:`~.nodes.Map` (a ``dict``)
+whose nested mappings are :class:`~.nodes.Map` and whose lists are :class:`~.nodes.Seq`
+(:mod:`.nodes`: each knows its own position, and its keys' or items'); scalars stay
+plain Python values.  ``dump(doc)`` writes an expanded netdef back as YAML.
 
 The reader is strict where YAML is forgiving:
 
@@ -22,16 +21,16 @@ The reader is strict where YAML is forgiving:
 * a syntax error, an empty file and a top level that is not a mapping raise
   :class:`NetDefSyntaxError` as one line: ``file:line:col: what; how to fix``.
 
-Files are dispatched on their suffix through :data:`LOADERS`: ``.prototxt`` goes to the
-Caffe importer (``deeplab_compile.caffe.prototxt.loads(text, filename) -> Map``), any
-other suffix is read as YAML.
+This module reads YAML only.  Picking a reader by file suffix (``.prototxt`` to the Caffe
+importer) is the compiler's loader, :func:`deeplab_compile.compiler.load`; ``read_text``
+is the file reading (with its one-line errors) that both share.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from yaml.composer import Composer
@@ -42,65 +41,13 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from .errors import Loc, NetDefError, NetDefSyntaxError
+from .nodes import Map, Seq, loc_of, value_pos
 
-__all__ = ["Map", "Seq", "loc_of", "load", "loads", "dump", "parse_scalar", "LOADERS",
+__all__ = ["Map", "Seq", "loc_of", "value_pos", "read_text", "load", "loads", "dump", "parse_scalar",
            "MAX_DEPTH"]
 
 MAX_DEPTH = 100          # mappings/lists nested deeper than this are refused
 _MAX_INT_DIGITS = 4000   # below Python's int/str conversion limit
-
-
-class Map(dict):
-    """A mapping read from a netdef: ``loc`` is where it starts, ``key_locs[k]`` where key
-    ``k`` is written, ``value_locs[k]`` where its value is written."""
-
-    def __init__(self, *args, loc: Loc | None = None, key_locs: dict | None = None,
-                 value_locs: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.loc = loc
-        self.key_locs: dict[str, Loc] = dict(key_locs or {})
-        self.value_locs: dict[str, tuple[Loc, Loc | None]] = dict(value_locs or {})
-        self.expanded = False   # set by expand(): strings are final text, not templates
-
-
-class Seq(list):
-    """A list read from a netdef: ``loc`` is where it starts, ``item_locs[i]`` where item
-    ``i`` is written."""
-
-    def __init__(self, *args, loc: Loc | None = None, item_locs: list | None = None,
-                 value_locs: list | None = None):
-        super().__init__(*args)
-        self.loc = loc
-        self.item_locs: list[Loc] = list(item_locs or [])
-        self.value_locs: list[tuple[Loc, Loc | None]] = list(value_locs or [])
-
-
-def loc_of(node: Any, key: Any = None) -> Loc | None:
-    """The position of ``node`` (a :class:`Map` or :class:`Seq`), or of its key / item
-    ``key`` when given and known; None for plain values."""
-    if isinstance(node, Map):
-        if key is not None and key in node.key_locs:
-            return node.key_locs[key]
-        return node.loc
-    if isinstance(node, Seq):
-        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(node.item_locs):
-            return node.item_locs[key]
-        return node.loc
-    return None
-
-
-def value_pos(node: Any, key: Any) -> tuple[Loc | None, Loc | None]:
-    """``(start, content)`` of the scalar at ``node[key]``: ``start`` is where it is
-    written; ``content`` is where its first character is, when text offsets map one to
-    one onto columns (single-line, no escapes), else None."""
-    try:
-        if isinstance(node, Map) and key in node.value_locs:
-            return node.value_locs[key]
-        if isinstance(node, Seq) and 0 <= key < len(node.value_locs):
-            return node.value_locs[key]
-    except TypeError:
-        pass
-    return loc_of(node, key), None
 
 
 # ---------------------------------------------------------------- scalars (YAML 1.2 core)
@@ -367,7 +314,8 @@ def _syntax_error(err: yaml.YAMLError, filename: str, text: str) -> NetDefSyntax
     return NetDefSyntaxError(what, loc=loc, hint=hint)
 
 
-def _loads_yaml(text: str, filename: str) -> Map:
+def loads(text: str, filename: str = "<string>") -> Map:
+    """Parse YAML netdef ``text``; ``filename`` names it in error messages."""
     try:
         loader = _Loader(text, filename)
     except yaml.YAMLError as err:
@@ -389,34 +337,9 @@ def _loads_yaml(text: str, filename: str) -> Map:
         loader.dispose()
 
 
-def _loads_prototxt(text: str, filename: str) -> Map:
-    try:
-        from ..caffe import prototxt  # the Caffe importer, when present
-    except ImportError as err:
-        if err.name is None or not err.name.startswith("deeplab_compile.caffe"):
-            raise
-        raise NetDefError("prototxt import is not available in this build",
-                          loc=Loc(filename), hint="convert the network to a YAML netdef") from None
-    return prototxt.loads(text, filename)
-
-
-#: Text readers by file suffix; any other suffix is read as YAML.
-LOADERS: dict[str, Callable[[str, str], Map]] = {
-    ".yaml": _loads_yaml,
-    ".yml": _loads_yaml,
-    ".prototxt": _loads_prototxt,
-}
-
-
-def loads(text: str, filename: str = "<string>") -> Map:
-    """Parse netdef ``text``; ``filename`` names it in error messages and picks the
-    reader by suffix (YAML unless it ends in ``.prototxt``)."""
-    suffix = os.path.splitext(filename)[1].lower()
-    return LOADERS.get(suffix, _loads_yaml)(text, filename)
-
-
-def load(path: str | os.PathLike) -> Map:
-    """Read and parse the netdef file at ``path``."""
+def read_text(path: str | os.PathLike) -> str:
+    """The text of the netdef file at ``path`` (UTF-8, a BOM allowed); a missing,
+    unreadable or undecodable file is a one-line :class:`NetDefError`."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -431,14 +354,19 @@ def load(path: str | os.PathLike) -> Map:
         raise NetDefError(f"cannot read netdef file '{name}': {err.strerror or err}",
                           loc=Loc(name), hint="check the path and its permissions") from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         before = raw[:err.start]
         line = before.count(b"\n") + 1
         col = err.start - (before.rfind(b"\n") + 1) + 1
         raise NetDefSyntaxError("the file is not UTF-8 text", loc=Loc(name, line, col),
                                 hint="save it as UTF-8") from None
-    return loads(text, name)
+
+
+def load(path: str | os.PathLike) -> Map:
+    """Read and parse the YAML netdef file at ``path``."""
+    name = os.fspath(path)
+    return loads(read_text(name), name)
 
 
 # ---------------------------------------------------------------- writing
