@@ -1,16 +1,21 @@
-"""The compiler driver: netdef text -> expanded NetDef -> IR -> shapes -> torch.fx.
+"""The compiler driver: netdef text -> expanded NetDef -> validated NetDef -> IR -> shapes -> torch.fx.
 
 Every step is a plain function of the previous value (DESIGN.md section 2)::
 
     doc  = load_netdef(path, vars)           # load (suffix dispatch: YAML or prototxt) + expand
     doc  = filter_phase(doc, phase)          # drop layers of the other phase
-    net  = build_ir(doc, phase)              # registry lookup, parameter schemas, blob wiring
-    net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field
+    doc  = validate(doc)                     # layer types, parameter schemas, counts, loss weights
+    net  = wire(doc, phase)                  # the IR: blobs wired in SSA form, outputs
+    net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field (a new Net)
     net  = run_passes(net)                   # fold_bn, fuse_aspp (test phase by default; fuse=False skips them)
     gm   = generate(net)                     # torch.fx GraphModule (codegen.py)
+
+``build_ir`` is ``validate`` then ``wire``; ``build_net`` runs the steps up to the
+passes, ``compile_net`` all of them.
 """
 from __future__ import annotations
 
+import copy
 import os
 from fractions import Fraction
 from typing import Any, Callable, Mapping
@@ -19,28 +24,11 @@ from .graph import Blob, Layer, Net, ParamSpec, Shape
 from .layers import registry
 from .netdef import expand as _expand
 from .netdef import parse as _parse
-from .netdef.nodes import Map
-from .netdef.errors import (Loc, NetDefError, ParameterError, ShapeError, UnknownLayerError, WiringError,
-                            did_you_mean)
+from .netdef.errors import Loc, NetDefError, ShapeError, WiringError, did_you_mean
+from .netdef.nodes import Map, loc_of
+from .validation import RESERVED_KEYS, as_list, validate
 
-# Keys of a layer entry that belong to the layer, not to its type's parameter schema.
-RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight")
-PARAM_SPEC_KEYS = ("lr_mult", "decay_mult", "name")
 PHASES = ("train", "test")
-
-
-def _loc(node: Any, key: str | None = None) -> Loc | None:
-    if key is not None:
-        kl = getattr(node, "key_locs", None)
-        if kl and key in kl:
-            return kl[key]
-    return getattr(node, "loc", None)
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # --------------------------------------------------------------------------- loading
@@ -98,38 +86,10 @@ def check_phase(phase: str) -> str:
 
 # --------------------------------------------------------------------------- IR
 
-def _param_specs(node: Any, layer: Layer) -> list[ParamSpec]:
-    specs = []
-    for i, entry in enumerate(_as_list(node.get("param"))):
-        loc = _loc(node, "param")
-        if not isinstance(entry, Mapping):
-            raise NetDefError(f"param entry {i} must be a mapping like {{lr_mult: 1, decay_mult: 1}}, got {entry!r}",
-                              loc=loc, layer=layer.name, type=layer.type)
-        for k in entry:
-            if k not in PARAM_SPEC_KEYS:
-                raise ParameterError(f"unknown key '{k}' in param entry {i}", loc=_loc(entry, k) or loc,
-                                     layer=layer.name, type=layer.type,
-                                     hint=did_you_mean(str(k), PARAM_SPEC_KEYS) or "use lr_mult, decay_mult, name")
-        spec = ParamSpec()
-        for k in ("lr_mult", "decay_mult"):
-            if k in entry:
-                v = entry[k]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise ParameterError(f"param entry {i}: '{k}' must be a number >= 0, got {v!r}",
-                                         loc=_loc(entry, k) or loc, layer=layer.name, type=layer.type)
-                setattr(spec, k, float(v))
-        if "name" in entry:
-            if not isinstance(entry["name"], str) or not entry["name"]:
-                raise ParameterError(f"param entry {i}: 'name' must be a non-empty string",
-                                     loc=_loc(entry, "name") or loc, layer=layer.name, type=layer.type)
-            spec.name = entry["name"]
-        specs.append(spec)
-    return specs
-
-
-def build_ir(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
-    """Turn an expanded, phase-filtered document into a :class:`Net`: look up each
-    layer type, check its parameters against the schema, and wire blobs in SSA form."""
+def wire(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
+    """Turn a validated document (:func:`validate`) into a :class:`Net`: one Layer per
+    entry, blobs wired in SSA form (an in-place top gets a new blob id), outputs
+    picked.  A bottom nobody produced, or a top produced twice, is a WiringError."""
     phase = check_phase(phase)
     net = Net(name=str(doc.get("name") or "net"), phase=phase, inputs={}, layers=[],
               vars=dict(doc.get("vars") or {}), source=source)
@@ -148,57 +108,20 @@ def build_ir(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
         return bid
 
     inputs = doc.get("inputs") or {}
-    if not isinstance(inputs, Mapping):
-        raise NetDefError("'inputs' must map blob names to [C, H, W]", loc=_loc(doc, "inputs"))
     for name, dims in inputs.items():
-        dims = _as_list(dims)
-        if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-            raise NetDefError(f"input '{name}' must be a list of positive integers [C, H, W], got {dims!r}",
-                              loc=_loc(inputs, name), hint="write e.g. data: [3, 321, 321]")
-        net.inputs[name] = (1, *dims)
+        net.inputs[name] = (1, *as_list(dims))
         net.input_ids[name] = new_blob(name, None)
-        producer_loc[name] = ("inputs", _loc(inputs, name))
+        producer_loc[name] = ("inputs", loc_of(inputs, name))
 
-    seen_names: dict[str, Loc | None] = {}
-    for node in _as_list(doc.get("layers")):
-        name, type_name = node.get("name"), node.get("type")
-        lay = Layer(name=name, type=type_name, bottoms=[str(b) for b in _as_list(node.get("bottom"))],
-                    tops=[str(t) for t in _as_list(node.get("top", [name]))], params={},
-                    phase=phase, loc=_loc(node), key_locs=dict(getattr(node, "key_locs", {}) or {}))
-        if name in seen_names:
-            first = seen_names[name]
-            raise lay.error(f"duplicate layer name (first defined at {first})" if first else "duplicate layer name",
-                            hint="give every layer a unique name", cls=WiringError)
-        seen_names[name] = lay.loc
-        spec = registry.get(type_name)
-        if spec is None:
-            hint = did_you_mean(str(type_name), registry.known_types())
-            raise lay.error(f"unknown layer type '{type_name}'", key="type",
-                            hint=(hint + " " if hint else "") + "known types: " + ", ".join(registry.known_types()),
-                            cls=UnknownLayerError)
-        if spec.tops == (0, 0) and lay.tops == [name]:
-            lay.tops = []       # the default top (the layer's name) of a type that has none
-        lay.param_specs = _param_specs(node, lay)
-        if len(lay.param_specs) > len(spec.blobs):
-            raise lay.error(f"{len(lay.param_specs)} param entries given but {type_name} has "
-                            f"{len(spec.blobs)} learnable blob(s) ({', '.join(spec.blobs) or 'none'})",
-                            key="param", hint="remove the extra param entries", cls=ParameterError)
-        raw = {k: v for k, v in node.items() if k not in RESERVED_KEYS}
-        spec.validate(lay, raw)
-        _check_count(lay, "bottom", len(lay.bottoms), spec.bottoms)
-        _check_count(lay, "top", len(lay.tops), spec.tops)
-
-        default_lw = 1.0 if spec.is_loss else 0.0
-        lw = node.get("loss_weight")
-        if lw is None:
-            lay.loss_weight = [default_lw] * len(lay.tops)
-        else:
-            lws = _as_list(lw)
-            if len(lws) != len(lay.tops) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in lws):
-                raise lay.error(f"loss_weight must be one number per top ({len(lay.tops)}), got {lw!r}",
-                                key="loss_weight", cls=ParameterError)
-            lay.loss_weight = [float(w) for w in lws]
-
+    for node in as_list(doc.get("layers")):
+        name = node["name"]
+        spec = registry.get(node["type"])
+        lay = Layer(name=name, type=node["type"], bottoms=list(node["bottom"]), tops=list(node["top"]),
+                    params=copy.deepcopy({k: v for k, v in node.items() if k not in RESERVED_KEYS}),
+                    param_specs=[ParamSpec(**{k: (float(v) if k != "name" else v) for k, v in e.items()})
+                                 for e in as_list(node.get("param"))],
+                    phase=phase, loc=loc_of(node), key_locs=dict(getattr(node, "key_locs", {}) or {}),
+                    loss_weight=list(node["loss_weight"]))
         for i, b in enumerate(lay.bottoms):
             if b not in current:
                 hint = did_you_mean(b, list(current))
@@ -231,12 +154,10 @@ def build_ir(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
     return net
 
 
-def _check_count(lay: Layer, what: str, n: int, bounds: tuple[int, int | None]) -> None:
-    lo, hi = bounds
-    if n < lo or (hi is not None and n > hi):
-        want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
-        raise lay.error(f"takes {want} {what}(s), got {n}", key=what,
-                        hint=f"fix the '{what}' list", cls=WiringError)
+def build_ir(doc: Mapping, phase: str, *, source: str | None = None) -> Net:
+    """An expanded, phase-filtered document -> :class:`Net`: :func:`validate`, then
+    :func:`wire`."""
+    return wire(validate(doc), phase, source=source)
 
 
 def _outputs(net: Net, doc: Mapping, consumed: set[str], current: dict[str, str]) -> list[str]:
@@ -252,10 +173,10 @@ def _outputs(net: Net, doc: Mapping, consumed: set[str], current: dict[str, str]
             outs += lay.top_ids
     explicit = doc.get("outputs")
     if explicit is not None:
-        for name in _as_list(explicit):
+        for name in as_list(explicit):
             if name not in current:
                 raise NetDefError(f"output '{name}' is not a blob of this net in the {net.phase} phase",
-                                  loc=_loc(doc, "outputs"), hint=did_you_mean(str(name), list(current)))
+                                  loc=loc_of(doc, "outputs"), hint=did_you_mean(str(name), list(current)))
             if current[name] not in outs:
                 outs.append(current[name])
         return outs
@@ -287,8 +208,11 @@ def parse_input_overrides(items: Mapping[str, Any] | None) -> dict[str, Shape]:
 
 
 def infer_shapes(net: Net, inputs: Mapping[str, Any] | None = None) -> Net:
-    """Run every layer's shape rule in order; fill blob shapes, stride and receptive field."""
+    """Run every layer's shape rule in order: a new Net with the blob shapes, the layers'
+    in/out shapes, stride and receptive field filled in (``net`` itself is not changed).
+    ``inputs`` overrides input sizes (:func:`parse_input_overrides`)."""
     overrides = parse_input_overrides(inputs)
+    net = copy.deepcopy(net)
     data_tops = {}
     for lay in net.layers:
         spec = registry.get(lay.type)
@@ -370,7 +294,7 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
     The passes run when ``fuse`` is true, and for ``fuse=None`` in the test phase only
     (inference): a train-phase net is never fused unless asked for."""
     phase = check_phase(phase)
-    net = build_ir(_expand.filter_phase(doc, phase), phase, source=source)
+    net = wire(validate(_expand.filter_phase(doc, phase)), phase, source=source)
     net = infer_shapes(net, inputs)
     if (phase == "test") if fuse is None else fuse:
         from .passes import run_passes

@@ -27,6 +27,7 @@ class Map(dict):
         self.key_locs: dict[str, Loc] = dict(key_locs or {})
         self.value_locs: dict[str, tuple[Loc, Loc | None]] = dict(value_locs or {})
         self.expanded = False   # set by expand(): strings are final text, not templates
+        self.validated = False  # set on layer entries by the compiler's validate(): parameters complete
 
 
 class Seq(list):
