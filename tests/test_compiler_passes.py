@@ -128,7 +128,7 @@ def test_validate_keeps_positions():
         wire(out, "test")
 
 
-def test_validate_reports_schema_errors_before_wiring():
+def test_validate_error_names_the_line_and_the_fix():
     doc = _doc("""\
         name: n
         inputs: {data: [3, 9, 9]}
