@@ -131,7 +131,8 @@ def validate(doc: Mapping) -> Map:
     The result is the same document with every layer written out in full: ``bottom``,
     ``top`` (the default ``[name]`` filled in), ``param`` and ``loss_weight`` as lists, parameter
     aliases resolved (``hole`` -> ``dilation``), enums lower-cased and defaults filled
-    in.  Validating it again changes nothing.  Blob wiring is :func:`wire`'s."""
+    in.  Validating it again changes nothing.  Blob wiring is
+    :func:`deeplab_compile.compiler.wire`'s."""
     _check_inputs(doc)
     seen_names: dict[str, Loc | None] = {}
     layers = doc.get("layers")
