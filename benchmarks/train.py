@@ -39,7 +39,7 @@ def step_bench(variant: str, iters: int, batch: int, size: int, device: str) -> 
     import torch.nn.functional as F
 
     import deeplab_compile
-    from deeplab_compile.solver import CaffeSGD
+    from deeplab_compile.training.optim import CaffeSGD
     torch.manual_seed(0)
     dev = torch.device(device)
     net = deeplab_compile.compile(os.path.join(ROOT, "netdef", "deeplab_largefov.yaml"), phase="train",

@@ -347,7 +347,7 @@ def _init_weights(s: Settings) -> str | None:
 
 def solver_of(s: Settings, stage: int):
     """(solver path, its -D values, the checked solver) of a training stage."""
-    from .solver import load_solver
+    from .training.solver import load_solver
     path = os.path.join(s.config_dir, "solver.yaml" if stage == 1 else "solver2.yaml")
     values = {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "LIST_DIR": s.list_dir,
               "TRAIN_SET": s.train_set if stage == 1 else s.train_set2, "CONFIG_DIR": s.config_dir,

@@ -80,7 +80,7 @@ class TestResult:
 
 
 def _device(gpu) -> torch.device:
-    from .train import pick_device
+    from .training.distributed import pick_device
     return pick_device(gpu)
 
 

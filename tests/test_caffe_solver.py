@@ -1,10 +1,16 @@
 """Solver import: Caffe's solver.prototxt -> the runtime's solver YAML."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from deeplab_compile.cli import convert
 from deeplab_compile.netdef.parse import load
+
+from conftest import ROOT
 
 SOLVER = '''# DeepLab's exper/voc12/config/DeepLab-LargeFOV/solver.prototxt
 net: "${EXP}/config/${NET_ID}/train_${TRAIN_SET}.prototxt"
@@ -38,10 +44,24 @@ def test_solver_converts_and_validates(tmp_path):
     assert doc["net"] == "${EXP}/config/${NET_ID}/train_${TRAIN_SET}.prototxt"
     text = out.read_text()
     assert "dropped test_initialization" in text and "EXP, NET_ID, TRAIN_SET" in text
-    from deeplab_compile.solver import load_solver
+    from deeplab_compile.training.solver import load_solver
     s = load_solver(str(out), {"EXP": "voc12", "NET_ID": "lfov", "TRAIN_SET": "train"})
     assert s.net == "voc12/config/lfov/train_train.prototxt" and s.lr(2000) == pytest.approx(1e-4)
 
+
+
+def test_caffe_side_maps_fields_without_the_training_code(tmp_path):
+    """caffe/ sits below training/: its conversion yields plain fields and positions, and
+    the solver schema is applied by the training package's loader."""
+    code = ("import sys\n"
+            "from deeplab_compile.caffe.solver import convert\n"
+            "fields, notes, locs = convert(sys.stdin.read(), 'solver.prototxt')\n"
+            "assert not [m for m in sys.modules if m.startswith('deeplab_compile.training')]\n"
+            "print(type(fields).__name__, fields['iter_size'], fields['solver_mode'], locs['stepsize'].line)\n")
+    r = subprocess.run([sys.executable, "-c", code], input=SOLVER, capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["dict", "2", "gpu", "5"]
 
 @pytest.mark.parametrize("text,expect", [
     ('base_lr: 0.1\nmax_iter: 10\nnet: "n.prototxt"\nlr_policy: "step"\ngamma: 0.1\n', "needs 'stepsize'"),
@@ -60,7 +80,6 @@ def test_bad_solvers_exit_2_without_output(tmp_path, capsys, text, expect):
 
 
 def test_net_prototxt_converts_to_a_netdef(tmp_path):
-    import os
     import deeplab_compile as dc
     src = os.path.join(os.path.dirname(__file__), "data", "caffe", "resnet_msc.prototxt")
     out = tmp_path / "msc.yaml"

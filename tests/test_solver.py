@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 import deeplab_compile
 from deeplab_compile.netdef.parse import loads
-from deeplab_compile.solver import (CaffeSGD, SolverError, TopKSoftmaxLoss, hard_pixel_ratio, learning_rate,
-                                    load_solver, parse_solver)
+from deeplab_compile.training.lr_policy import learning_rate
+from deeplab_compile.training.mining import TopKSoftmaxLoss, hard_pixel_ratio
+from deeplab_compile.training.optim import CaffeSGD
+from deeplab_compile.training.solver import SolverError, load_solver, parse_solver
 
 from conftest import NETDEF
 

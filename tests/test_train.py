@@ -11,8 +11,8 @@ import torch
 
 from deeplab_compile.data.synthetic import generate
 from deeplab_compile.io.checkpoint import CheckpointError, load_snapshot, load_weights_into
-from deeplab_compile.solver import load_solver
-from deeplab_compile.train import TrainingDiverged, TrainingInterrupted, train
+from deeplab_compile.training.loop import TrainingDiverged, TrainingInterrupted, train
+from deeplab_compile.training.solver import load_solver
 
 from conftest import NETDEF, ROOT
 

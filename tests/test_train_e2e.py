@@ -6,9 +6,9 @@ import pytest
 
 from deeplab_compile.data.synthetic import generate
 from deeplab_compile.evaluate import evaluate
-from deeplab_compile.solver import load_solver
 from deeplab_compile.test import run_test
-from deeplab_compile.train import train
+from deeplab_compile.training.loop import train
+from deeplab_compile.training.solver import load_solver
 
 from conftest import NETDEF
 

@@ -1,17 +1,17 @@
 """Caffe ``solver.prototxt`` -> this project's solver YAML.
 
-``convert(text, filename) -> (fields, notes)`` reads a SolverParameter (text format,
-checked against ``caffe.proto``) and maps it onto the solver fields of
-:mod:`deeplab_compile.solver`; ``to_yaml`` writes them, and :func:`validate` checks
-them through :func:`deeplab_compile.solver.parse_solver`, so a converted file is one the
-runtime accepts.  Fields that have no meaning here (``test_initialization``,
+``convert(text, filename) -> (fields, notes, locs)`` reads a SolverParameter (text
+format, checked against ``caffe.proto``) and maps it onto the plain fields of the
+solver file (:mod:`deeplab_compile.training.solver`, whose ``convert_caffe`` calls this
+and checks the result, so a converted file is one the runtime accepts); ``to_yaml``
+writes them.  Nothing here imports the training code: this module only knows Caffe's
+field names and ours.  Fields that have no meaning here (``test_initialization``,
 ``snapshot_format``, ...) are dropped and listed in the notes, which become comments at
 the top of the YAML.  ``${VAR}`` placeholders are kept; give them with ``-D`` when the
 solver runs.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
@@ -20,7 +20,7 @@ from ..netdef.errors import Loc, NetDefSyntaxError
 from . import proto
 from .textformat import parse
 
-__all__ = ["convert", "to_yaml", "validate", "FIELDS", "DROPPED"]
+__all__ = ["convert", "to_yaml", "FIELDS", "DROPPED"]
 
 #: Caffe field -> our field (same name unless given).
 FIELDS = {
@@ -94,16 +94,3 @@ def to_yaml(fields: dict, notes: list[str], source: str) -> str:
     body = yaml.safe_dump(fields, sort_keys=False, default_flow_style=False, width=100)
     return "\n".join(head) + "\n" + body
 
-
-def validate(fields: dict, locs: dict[str, Loc], filename: str) -> None:
-    """Check the converted fields with the runtime's solver schema; errors point at the
-    prototxt line of the field."""
-    from ..netdef.nodes import Map
-    from ..solver import parse_solver
-    doc = Map(fields, loc=Loc(filename, 1, 1), key_locs=locs)
-    names = set()
-    for v in fields.values():
-        if isinstance(v, str):
-            names.update(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", v))
-    # placeholders stand for themselves while checking
-    parse_solver(doc, filename, overrides={n: "${" + n + "}" for n in names})

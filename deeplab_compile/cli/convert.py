@@ -109,11 +109,11 @@ def from_prototxt(args) -> str:
         with atomic_write(out, "w") as f:
             f.write(f"# Converted from the Caffe net {os.path.basename(path)}.\n" + dump(doc))
         return f"wrote netdef: {out}"
-    from ..caffe import solver
-    fields, notes, locs = solver.convert(text, path)
-    solver.validate(fields, locs, path)
+    from ..caffe.solver import to_yaml
+    from ..training.solver import convert_caffe
+    fields, notes = convert_caffe(text, path)
     with atomic_write(out, "w") as f:
-        f.write(solver.to_yaml(fields, notes, os.path.basename(path)))
+        f.write(to_yaml(fields, notes, os.path.basename(path)))
     return f"wrote solver: {out}"
 
 

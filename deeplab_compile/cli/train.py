@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     from ..errors import DeepLabError
-    from ..solver import load_solver
-    from ..train import TrainingInterrupted, train
+    from ..training.loop import TrainingInterrupted, train
+    from ..training.solver import load_solver
     from .compile import parse_defines
     args = build_parser().parse_args(argv)
     if args.weights and args.resume:

@@ -1,12 +1,11 @@
-"""The solver: Caffe's ``SolverParameter`` as YAML, its learning-rate policies and its
-SGD update, plus TF DeepLab's hard-pixel mining and warm-up.
+"""The solver file: Caffe's ``SolverParameter`` as YAML, its schema and its loading.
 
 A solver file (paths relative to the working directory, as in Caffe, else to the file)::
 
     net: ../../netdef/deeplab_largefov.yaml     # the netdef (train and test phases)
     vars: {num_classes: 21, crop: 321}          # passed to the netdef
     weights: model/init.pt                      # initial weights (.pt / .caffemodel); --weights wins
-    data:                                       # the data layer: ImageSegData's keys (spec.py)
+    data:                                       # the data layer: ImageSegData's keys (data/spec.py)
       source: list/train_aug.txt
       root_folder: /data/VOC2012
       batch_size: 10
@@ -27,57 +26,26 @@ A solver file (paths relative to the working directory, as in Caffe, else to the
     snapshot_prefix: model/train
     random_seed: 1
 
-Learning rate at iteration ``it`` (0-based, Caffe's ``SGDSolver::GetLearningRate``):
+What the fields drive lives beside this module: the rates in :mod:`.lr_policy` (warm-up
+included), the update in :mod:`.optim`, hard-pixel mining (``top_k_percent_pixels``,
+``hard_example_mining_step``) in :mod:`.mining`, ``sync_bn`` in :mod:`.distributed`.
 
-=========  ===========================================================
-fixed      ``base_lr``
-step       ``base_lr * gamma ^ floor(it / stepsize)``
-multistep  ``base_lr * gamma ^ (number of stepvalue <= it)``
-exp        ``base_lr * gamma ^ it``
-inv        ``base_lr * (1 + gamma * it) ^ (-power)``
-poly       ``base_lr * (1 - it / max_iter) ^ power``
-sigmoid    ``base_lr / (1 + exp(-gamma * (it - stepsize)))``
-=========  ===========================================================
-
-TF DeepLab's options beside them:
-
-``warmup_iter`` / ``warmup_lr`` / ``warmup_method``
-    for ``it < warmup_iter`` the rate is ``warmup_lr`` (``constant``, TF's
-    ``slow_start_step`` / ``slow_start_learning_rate``) or goes linearly from ``warmup_lr``
-    to the policy's rate (``linear``).  The policy itself keeps counting from 0.
-``top_k_percent_pixels`` / ``hard_example_mining_step``
-    the loss keeps only the hardest ``k`` fraction of the pixels (TF's
-    ``add_softmax_cross_entropy_loss_for_each_scale``); the fraction anneals linearly from
-    1 to ``k`` over ``hard_example_mining_step`` iterations.
-
-The update is Caffe's, not ``torch.optim.SGD``'s: with ``lr = rate * lr_mult`` and
-``decay = weight_decay * decay_mult``, per parameter
-
-    g = grad / iter_size;  g += decay * w (L2) or decay * sign(w) (L1)
-    v = momentum * v + lr * g;   w -= v
-
-PyTorch's SGD keeps ``v = momentum * v + g`` and steps ``w -= lr * v``; the two agree only
-while the rate is constant.  ``clip_gradients`` (> 0) rescales all gradients together
-when their L2 norm exceeds it, before the division by ``iter_size``, as Caffe does.
+:func:`load_solver` reads a YAML file; :func:`convert_caffe` checks a Caffe
+``solver.prototxt`` that :mod:`deeplab_compile.caffe.solver` has mapped onto these fields,
+so a converted file is one this loader accepts.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from .errors import DeepLabError, Loc
-from .schema import P
-from .netdef.errors import did_you_mean
-from .netdef.parse import Map, load, loc_of
-
-POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
+from ..errors import DeepLabError, Loc
+from ..schema import P
+from ..netdef.errors import did_you_mean
+from ..netdef.parse import Map, load, loc_of
+from .lr_policy import POLICIES, learning_rate
 
 
 class SolverError(DeepLabError):
@@ -302,7 +270,7 @@ def _check(s: Solver, sec: _Section) -> None:
         raise sec.error("top_k_percent_pixels must be in (0, 1]", key="top_k_percent_pixels")
     for key in ("data", "test_data"):
         if getattr(s, key):
-            from .data.spec import check_section
+            from ..data.spec import check_section
             check_section(getattr(s, key), key)
 
 
@@ -326,141 +294,18 @@ def resolve_path(s: Solver, rel: str, *, must_exist: bool = True) -> str:
     return alt if os.path.exists(alt) else rel
 
 
-# --------------------------------------------------------------------------- rates
-
-def policy_rate(s: Solver, it: int) -> float:
-    """Caffe's rate for iteration ``it`` (no warm-up)."""
-    b, p = s.base_lr, s.lr_policy
-    if p == "fixed":
-        return b
-    if p == "step":
-        return b * math.pow(s.gamma, it // s.stepsize)
-    if p == "multistep":
-        return b * math.pow(s.gamma, sum(1 for v in s.stepvalue if it >= v))
-    if p == "exp":
-        return b * math.pow(s.gamma, it)
-    if p == "inv":
-        return b * math.pow(1.0 + s.gamma * it, -s.power)
-    if p == "poly":
-        return b * math.pow(max(1.0 - it / s.max_iter, 0.0), s.power)
-    if p == "sigmoid":
-        return b * (1.0 / (1.0 + math.exp(-s.gamma * (it - s.stepsize))))
-    raise ValueError(p)
-
-
-def learning_rate(s: Solver, it: int) -> float:
-    """The rate for iteration ``it``, warm-up included."""
-    rate = policy_rate(s, it)
-    if it < s.warmup_iter:
-        if s.warmup_method == "constant":
-            return s.warmup_lr
-        return s.warmup_lr + (rate - s.warmup_lr) * it / s.warmup_iter
-    return rate
-
-
-def hard_pixel_ratio(s: Solver, it: int) -> float:
-    """TF DeepLab's kept fraction of pixels at iteration ``it``."""
-    k = s.top_k_percent_pixels
-    if k >= 1.0:
-        return 1.0
-    if not s.hard_example_mining_step:
-        return k
-    r = min(1.0, it / s.hard_example_mining_step)
-    return r * k + (1.0 - r)
-
-
-# --------------------------------------------------------------------------- SGD
-
-class CaffeSGD(torch.optim.Optimizer):
-    """Caffe's SGD update (see the module docstring).  Each group's ``lr`` and
-    ``weight_decay`` are the local rate and decay (``base * mult``); set them through
-    :meth:`set_rate`.  ``iter_size`` divides the gradients; ``clip_gradients`` > 0 clips
-    their global L2 norm first."""
-
-    def __init__(self, params, *, lr: float = 0.0, momentum: float = 0.0, weight_decay: float = 0.0,
-                 regularization: str = "l2", iter_size: int = 1, clip_gradients: float = -1.0):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, lr_mult=1.0, decay_mult=1.0)
-        super().__init__(params, defaults)
-        self.regularization, self.iter_size, self.clip_gradients = regularization, iter_size, clip_gradients
-
-    def set_rate(self, rate: float, weight_decay: float) -> None:
-        for g in self.param_groups:
-            g["lr"] = rate * g["lr_mult"]
-            g["weight_decay"] = weight_decay * g["decay_mult"]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if self.clip_gradients > 0 and params:
-            norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
-            if norm > self.clip_gradients:
-                scale = (self.clip_gradients / norm).to(params[0].grad.dtype)
-                for p in params:
-                    p.grad.mul_(scale)
-        for g in self.param_groups:
-            lr, m, decay = g["lr"], g["momentum"], g["weight_decay"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if self.iter_size > 1:
-                    d = d * (1.0 / self.iter_size)
-                if decay:
-                    d = d + decay * (p.sign() if self.regularization == "l1" else p)
-                state = self.state[p]
-                v = state.get("history")
-                if v is None:
-                    v = state["history"] = torch.zeros_like(p)
-                v.mul_(m).add_(d, alpha=lr)
-                p.sub_(v)
-        return loss
-
-
-# --------------------------------------------------------------------------- hard pixels
-
-class TopKSoftmaxLoss(nn.Module):
-    """SoftmaxWithLoss keeping the hardest ``ratio`` of the pixels (TF DeepLab): the sum of
-    the ``int(ratio * N)`` largest per-pixel losses (ignored pixels count 0) divided by how
-    many of those are non-zero.  With ``ratio == 1`` it is the wrapped layer itself."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.ratio = 1.0
-
-    def forward(self, score: torch.Tensor, label: torch.Tensor):
-        if self.ratio >= 1.0:
-            return self.inner(score, label)
-        a = self.inner.axis
-        logp = F.log_softmax(score, dim=a)
-        lab = label.reshape(score.shape[:a] + (1,) + score.shape[a + 1:]).long()
-        valid = torch.ones_like(lab, dtype=torch.bool)
-        if self.inner.ignore_label is not None:
-            valid = lab != self.inner.ignore_label
-        nll = -logp.gather(a, torch.where(valid, lab, torch.zeros_like(lab))) * valid.to(score.dtype)
-        flat = nll.reshape(-1)
-        k = max(int(self.ratio * flat.numel()), 1)
-        top = torch.topk(flat, k, sorted=False).values
-        present = (top != 0).sum().to(top.dtype)
-        loss = torch.where(present > 0, top.sum() / present.clamp_min(1), top.sum() * 0)
-        if getattr(self.inner, "with_prob", False):
-            return loss, logp.exp()
-        return loss
-
-
-def install_hard_mining(net: nn.Module) -> list[TopKSoftmaxLoss]:
-    """Wrap every SoftmaxWithLoss module of a compiled net in :class:`TopKSoftmaxLoss`
-    (the graph calls submodules by name, so swapping them rewires the net)."""
-    from .codegen import module_name
-    out = []
-    for lay in net.net.layers:
-        if lay.type == "SoftmaxWithLoss":
-            name = module_name(lay.name)
-            wrapped = TopKSoftmaxLoss(getattr(net, name))
-            setattr(net, name, wrapped)
-            out.append(wrapped)
-    return out
+def convert_caffe(text: str, filename: str) -> tuple[dict, list[str]]:
+    """A Caffe ``solver.prototxt`` as solver fields: :func:`deeplab_compile.caffe.solver.convert`
+    maps the SolverParameter, and the fields are checked here as a solver file would be,
+    errors pointing at the prototxt line of the field.  ``${VAR}`` placeholders stand
+    for themselves while checking.  Returns ``(fields, notes)`` for
+    :func:`deeplab_compile.caffe.solver.to_yaml`."""
+    from ..caffe.solver import convert
+    fields, notes, locs = convert(text, filename)
+    doc = Map(fields, loc=Loc(filename, 1, 1), key_locs=locs)
+    names = set()
+    for v in fields.values():
+        if isinstance(v, str):
+            names.update(_VAR.findall(v))
+    parse_solver(doc, filename, overrides={n: "${" + n + "}" for n in names})
+    return fields, notes

@@ -1,0 +1,441 @@
+"""The training loop: ``caffe train --solver=... --weights=...`` for compiled nets.
+
+``train(solver)`` runs Caffe's loop (``Solver::Step``) on the TRAIN phase of the solver's
+net (:func:`.net.build_train_net`): for each iteration, ``iter_size`` forward/backward
+passes accumulate gradients, the learning rate of the policy (:mod:`.lr_policy`) is set,
+and :class:`.optim.CaffeSGD` applies Caffe's update.  The steps, in this file's order:
+
+* setting up (:func:`train`): device and processes (:mod:`.distributed`), the seed, the
+  net, the run log (:mod:`.runlog`);
+* starting (:func:`_start`, :func:`_prepare`): resume from a snapshot or load the
+  initial weights, SyncBN, hard-pixel mining (:mod:`.mining`), DDP, the optimizer;
+  the data is the net's data layer through :func:`deeplab_compile.data.pipeline_for`
+  (DataLoader workers; the batches depend only on the seed and the iteration);
+* one iteration (:func:`_iteration`, :func:`_check_loss`): forward/backward passes; a
+  NaN or infinite loss stops before the update with :class:`TrainingDiverged`, naming
+  the iteration and the last good snapshot; nothing is written;
+* the report (:class:`_Report`): every ``display`` iterations the loss smoothed over
+  ``average_loss`` iterations as Caffe prints it, the rate, and every net output
+  (SegAccuracy's accuracy / mean recall / mean IoU); a tqdm bar shows loss and rate;
+* snapshots (:func:`_snapshot`): ``<snapshot_prefix>_iter_<N>.pt`` every ``snapshot``
+  iterations and at the end, written atomically, with model, optimizer, iteration and
+  RNG states; ``resume=`` continues a run exactly (N straight iterations give the same
+  weights as N/2, a resume, and N/2 more);
+* the end (:func:`_finish`): the last snapshot and the loss curve.  Ctrl-C abandons the
+  current iteration, writes a snapshot of the last finished one and raises
+  :class:`TrainingInterrupted` (exit 130 from the command).
+
+Under ``torchrun --nproc_per_node=N`` each process reads its DistributedSampler share of
+the data, and the processes agree on stopping and on divergence.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import DeepLabError
+from ..io.checkpoint import (CheckpointError, load_snapshot, load_weights_into, rng_state, save_snapshot,
+                             set_rng_state)
+from .distributed import convert_sync_bn, init_distributed, pick_device
+from .mining import hard_pixel_ratio, install_hard_mining
+from .net import build_train_net
+from .optim import CaffeSGD
+from .runlog import RunLog, plot_losses
+from .solver import Solver, resolve_path
+
+
+class TrainingDiverged(DeepLabError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(DeepLabError):
+    """Ctrl-C: a snapshot of the last finished iteration was written."""
+
+
+@dataclass
+class TrainResult:
+    iter: int
+    loss: float
+    snapshot: str | None
+    log_dir: str | None
+    history: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+
+
+def snapshot_path(prefix: str, it: int) -> str:
+    return f"{prefix}_iter_{it}.pt"
+
+
+def default_prefix(solver: Solver) -> str:
+    if solver.snapshot_prefix:
+        return solver.snapshot_prefix
+    return os.path.splitext(solver.path)[0]
+
+
+class _StopFlag:
+    """SIGINT sets a flag checked between iterations; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:          # not the main thread
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share."""
+
+    solver: Solver
+    net: nn.Module
+    spec: Any
+    device: torch.device
+    rank: int
+    world: int
+    seed: int
+    prefix: str
+    log: RunLog
+    resume: str | None
+    history: dict = field(default_factory=lambda: {"iter": [], "loss": [], "lr": []})
+    model: nn.Module | None = None          # the net, or its DistributedDataParallel wrapper
+    opt: CaffeSGD | None = None
+    miners: list = field(default_factory=list)
+    last_snapshot: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------- setting up
+
+def train(solver: Solver, *, weights: str | None = None, resume: str | None = None,
+          gpu: str | int | None = None, log_dir: str | None = None, progress: bool = True,
+          num_workers: int | None = None, max_iter: int | None = None, echo=None) -> TrainResult:
+    """Run the solver.  ``max_iter`` stops early (for tests; the schedule still uses the
+    solver's).  ``echo`` receives display lines (default: ``tqdm.write``/print on
+    process 0)."""
+    device = pick_device(gpu, solver)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rank, world = init_distributed(device)
+    main_proc = rank == 0
+
+    snap = load_snapshot(resume) if resume else None
+    seed = _seed(solver, snap, resume, world)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    net, spec = build_train_net(solver, seed=seed)
+    # dropout and other module randomness: a distinct stream per process
+    torch.manual_seed(seed + 1000003 * rank)
+
+    prefix = default_prefix(solver)
+    log_dir = log_dir or solver.log_dir or os.path.join(os.path.dirname(prefix) or ".", "log")
+    log = RunLog(log_dir, enabled=main_proc, echo=(echo or _echo) if main_proc else None, resume=snap is not None)
+    run = _Run(solver, net, spec, device=device, rank=rank, world=world, seed=seed, prefix=prefix, log=log,
+               resume=resume)
+    try:
+        return _run(run, snap, weights=weights, progress=progress and main_proc, num_workers=num_workers,
+                    stop_at=max_iter)
+    finally:
+        log.close()
+
+
+def _seed(solver: Solver, snap: dict | None, resume: str | None, world: int) -> int:
+    """The run's seed: the snapshot's on resume, else the solver's, else a random one
+    (process 0's, under torchrun)."""
+    if snap is not None:
+        if snap.get("world_size", 1) != world:
+            raise CheckpointError(f"'{resume}' was written by {snap.get('world_size', 1)} process(es), "
+                                  f"this run has {world}", hint="resume with the same number of processes")
+        return int(snap["seed"])
+    if solver.random_seed >= 0:
+        return solver.random_seed
+    seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    if world > 1:
+        t = torch.tensor([seed])
+        dist.broadcast(t, 0)
+        seed = int(t)
+    return seed
+
+
+def _echo(text: str) -> None:
+    try:
+        from tqdm import tqdm
+        tqdm.write(text, file=sys.stderr)
+    except ImportError:
+        print(text, file=sys.stderr)
+
+
+def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_at) -> TrainResult:
+    from ..data import pipeline_for
+    solver, spec = run.solver, run.spec
+    start = _start(run, snap, weights)
+    _prepare(run, snap)
+    per_iter = spec.batch_size * solver.iter_size
+    pipe = pipeline_for(run.net, "train", spec, seed=run.seed, rank=run.rank, world_size=run.world,
+                        start=start * per_iter, num_workers=num_workers)
+    end = solver.max_iter if stop_at is None else min(stop_at, solver.max_iter)
+    if run.main and start == 0:
+        n_params = sum(p.numel() for p in run.net.parameters())
+        run.log.line(f"Net {run.net.net.name} from {solver.net}: {n_params:,} parameters; "
+                     f"data {spec.source} ({len(pipe.dataset)} images, batch {spec.batch_size} x {run.world} "
+                     f"process(es), crop {spec.crop_height}x{spec.crop_width}); seed {run.seed}; "
+                     f"device {run.device}")
+    it, loss_value, outputs, interrupted = _loop(run, pipe, start, end, progress)
+    return _finish(run, it, loss_value, outputs, interrupted)
+
+
+# --------------------------------------------------------------------------- starting
+
+def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
+    """Resume from the snapshot, or load the initial weights; returns the first iteration."""
+    log = run.log
+    for note in log.notes:
+        log.line(note)
+    if snap is None:
+        init = weights or (resolve_path(run.solver, run.solver.weights) if run.solver.weights else None)
+        if init:
+            info = load_weights_into(run.net, init)
+            log.line(f"Initialised from {init}: {len(info.get('loaded', []))} tensors loaded, "
+                     f"{len(info.get('missing', []))} kept their fillers, "
+                     f"{len(info.get('skipped', []))} in the file not used")
+        return 0
+    try:
+        run.net.load_state_dict(snap["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"'{run.resume}' does not fit the net: {str(e).splitlines()[0]}",
+                              hint="resume with the solver (and vars) that wrote it") from None
+    start = int(snap["iter"])
+    run.history = {k: list(v) for k, v in snap.get("history", run.history).items()}
+    log.line(f"Resuming from {run.resume} at iteration {start}")
+    return start
+
+
+def _prepare(run: _Run, snap: dict | None) -> None:
+    """SyncBN, hard-pixel mining, the device, DDP and the optimizer (with the snapshot's
+    optimizer and RNG states on resume)."""
+    solver, net, world = run.solver, run.net, run.world
+    if solver.sync_bn and world > 1:
+        n = convert_sync_bn(net)
+        run.log.line(f"SyncBatchNorm: {n} layer(s) synchronized across {world} processes")
+    run.miners = install_hard_mining(net) if solver.top_k_percent_pixels < 1.0 else []
+    net.to(run.device)
+    run.model = net
+    if world > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    run.opt = CaffeSGD(net.param_groups(), momentum=solver.momentum, regularization=solver.regularization_type,
+                       iter_size=solver.iter_size, clip_gradients=solver.clip_gradients)
+    if snap is not None:
+        run.opt.load_state_dict(snap["optimizer"])
+        states = snap.get("rng") or []
+        if run.rank < len(states):
+            set_rng_state(states[run.rank])
+
+
+# --------------------------------------------------------------------------- iterations
+
+def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, float, dict, bool]:
+    """Iterations ``start`` .. ``end``; returns (iterations done, last loss, last outputs,
+    whether Ctrl-C stopped it)."""
+    solver = run.solver
+    stream = iter(pipe)
+    report = _Report(run, start, end, progress)
+    it, loss_value, outputs = start, float("nan"), {}
+    interrupted = False
+    try:
+        with _StopFlag() as stop:
+            while it < end:
+                rate = solver.lr(it)
+                run.opt.set_rate(rate, solver.weight_decay)
+                for m in run.miners:
+                    m.ratio = hard_pixel_ratio(solver, it)
+                run.opt.zero_grad(set_to_none=True)
+                done = _iteration(run, pipe, stream, stop)
+                if done is None:
+                    break
+                loss_value, outs = done
+                stop_all = _check_loss(run, it, loss_value, stop)
+                run.opt.step()
+                it += 1
+                outputs = dict(outs)
+                report.iteration(it, rate, loss_value, outputs)
+                if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
+                    _snapshot(run, it)
+                if stop_all or (run.world == 1 and stop.set):
+                    break
+            interrupted = stop.set
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        report.close()
+        del stream
+    return it, loss_value, outputs, interrupted
+
+
+def _iteration(run: _Run, pipe, stream, stop: _StopFlag) -> tuple[float, dict] | None:
+    """``iter_size`` forward/backward passes (gradients accumulate; DDP synchronizes on
+    the last); returns (mean loss, mean of each net output), or None when Ctrl-C also
+    stopped a data worker."""
+    iter_size = run.solver.iter_size
+    total, outs = 0.0, collections.defaultdict(float)
+    try:
+        for k in range(iter_size):
+            batch = next(stream)
+            feeds = pipe.feeds(batch, run.device)
+            sync = run.world == 1 or k == iter_size - 1
+            with run.model.no_sync() if not sync else contextlib.nullcontext():
+                out = run.model(*feeds)
+                loss = run.net.total_loss(out)
+                loss.backward()
+            total += float(loss.detach())
+            for name, v in out.items():
+                v = v.detach().reshape(-1)
+                for j, x in enumerate(v.tolist()):
+                    outs[f"{name}" if v.numel() == 1 else f"{name}/{j}"] += x / iter_size
+    except (RuntimeError, StopIteration):
+        if stop.set:             # a worker died of the same Ctrl-C
+            return None
+        raise
+    return total / iter_size, outs
+
+
+def _check_loss(run: _Run, it: int, loss_value: float, stop: _StopFlag) -> bool:
+    """Raise :class:`TrainingDiverged` when the loss of any process is not finite;
+    returns whether any process was asked to stop."""
+    flags = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, 1.0 if stop.set else 0.0])
+    if run.world > 1:
+        dist.all_reduce(flags)
+    if flags[0] > 0:
+        keep = run.last_snapshot or (run.resume if run.resume else None)
+        raise TrainingDiverged(
+            f"loss is {loss_value} at iteration {it}" + (f" (on {int(flags[0])} process(es))"
+                                                          if run.world > 1 else ""),
+            hint=(f"the last good snapshot is {keep}; " if keep else "no snapshot was written; ")
+            + "lower base_lr, or check the data and the weights")
+    return bool(flags[1] > 0)
+
+
+class _Report:
+    """The history of every process; on process 0 the TensorBoard scalars, the tqdm bar
+    and Caffe's display lines, the loss smoothed over ``average_loss`` iterations."""
+
+    def __init__(self, run: _Run, start: int, end: int, progress: bool):
+        self.run, self.solver, self.log = run, run.solver, run.log
+        history = run.history
+        self.smoothed: collections.deque = collections.deque(
+            history["loss"][-self.solver.average_loss:], maxlen=self.solver.average_loss)
+        self.bar = None
+        if progress:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=end, initial=start, desc="train", unit="it", dynamic_ncols=True,
+                                file=sys.stderr)
+            except ImportError:
+                self.bar = None
+        self.restart_clock(start)
+
+    def restart_clock(self, it: int) -> None:
+        self.t0, self.it0 = time.perf_counter(), it
+
+    def iteration(self, it: int, rate: float, loss_value: float, outputs: dict) -> None:
+        history = self.run.history
+        self.smoothed.append(loss_value)
+        history["iter"].append(it)
+        history["loss"].append(loss_value)
+        history["lr"].append(rate)
+        if not self.run.main:
+            return
+        self.log.scalars(it, {"train/loss": loss_value, "train/lr": rate,
+                              **{f"train/{k}": v for k, v in outputs.items()}})
+        mean = sum(self.smoothed) / len(self.smoothed)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{rate:.3g}")
+        if self.solver.display and it % self.solver.display == 0:
+            dt = time.perf_counter() - self.t0
+            speed = (it - self.it0) / dt if dt > 0 else 0.0
+            self.restart_clock(it)
+            self.log.line(f"Iteration {it} ({speed:.3g} iter/s), loss = {mean:.6g}, lr = {rate:.6g}",
+                          echo=self.bar is None)
+            for k, v in outputs.items():
+                self.log.line(f"    Train net output: {k} = {v:.6g}", echo=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- snapshots and the end
+
+def _snapshot(run: _Run, at: int) -> str | None:
+    """Write ``<prefix>_iter_<at>.pt`` (process 0; every process's RNG state in it)."""
+    states = [rng_state()]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, states[0])
+        states = gathered
+    if not run.main:
+        return None
+    solver = run.solver
+    path = snapshot_path(run.prefix, at)
+    save_snapshot(path, {"iter": at, "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
+                         "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
+                         "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars)})
+    run.log.line(f"Snapshotting to {path}")
+    run.last_snapshot = path
+    return path
+
+
+def _finish(run: _Run, it: int, loss_value: float, outputs: dict, interrupted: bool) -> TrainResult:
+    """The last snapshot and the loss curve; :class:`TrainingInterrupted` after Ctrl-C."""
+    solver, log, history = run.solver, run.log, run.history
+    if interrupted:
+        path = _snapshot(run, it)
+        if run.main:
+            log.line(f"Interrupted at iteration {it}")
+            if log.enabled:
+                plot_losses(history, os.path.join(log.dir, "loss.png"), solver.average_loss)
+        raise TrainingInterrupted(f"interrupted at iteration {it}; snapshot {path or run.last_snapshot}",
+                                  hint=f"continue with --resume {path or run.last_snapshot}")
+    if it >= solver.max_iter and solver.snapshot_after_train and (
+            run.last_snapshot is None or not run.last_snapshot.endswith(f"_iter_{it}.pt")):
+        _snapshot(run, it)
+    if run.main:
+        log.line(f"Optimization done at iteration {it}, loss = {loss_value:.6g}")
+        if log.enabled and history["iter"]:
+            p = plot_losses(history, os.path.join(log.dir, "loss.png"), solver.average_loss)
+            log.line(f"Loss curve: {p}", echo=False)
+    if run.world > 1:
+        dist.barrier()
+    return TrainResult(iter=it, loss=loss_value, snapshot=run.last_snapshot,
+                       log_dir=log.dir if log.enabled else None, history=history, outputs=outputs)
