@@ -7,7 +7,9 @@
 For each image it writes ``out/<stem>.png`` (the labels as a palette PNG), ``out/<stem>_overlay.png``
 (the colours over the image) and with ``--probs`` ``out/<stem>_probs.npy`` (C x H x W float16).
 Scores from every scale (and the mirrored image with ``--flip``) are resized to the image, turned
-into probabilities and averaged; ``--crf PRESET`` then runs the dense CRF on them.
+into probabilities and averaged by :mod:`deeplab_compile.inference`, as in ``deeplab-test``;
+``--crf PRESET`` then runs the dense CRF on them.  The netdef is compiled once; each new
+image size is a reshape of that IR.
 Input normalisation: ``caffe`` (BGR minus DeepLab's mean, 0..255; the default for v1/v2
 nets), ``imagenet`` (RGB, torchvision's mean/std; the default otherwise), ``tf`` (x / 127.5 - 1).
 """
