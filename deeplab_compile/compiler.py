@@ -8,6 +8,7 @@ Every step is a plain function of the previous value (DESIGN.md section 2)::
     net  = wire(doc, phase)                  # the IR: blobs wired in SSA form, outputs
     net  = infer_shapes(net, inputs)         # shape rules, FLOPs, stride and receptive field (a new Net)
     net  = run_passes(net)                   # fold_bn, fuse_aspp (test phase by default; fuse=False skips them)
+    net2 = reshape(net, {"data": ...})       # a copy at other input sizes (before the passes)
     gm   = generate(net)                     # torch.fx GraphModule (codegen.py)
 
 ``build_ir`` is ``validate`` then ``wire``; ``build_net`` runs the steps up to the
@@ -257,6 +258,21 @@ def infer_shapes(net: Net, inputs: Mapping[str, Any] | None = None) -> Net:
             net.blobs[tid].shape = s
         _geometry(net, lay, spec)
     return net
+
+
+def reshape(net: Net, inputs: Mapping[str, Any]) -> Net:
+    """A copy of a shaped IR with new input sizes (``{"data": (1, 3, 65, 81)}``, the
+    forms of :func:`parse_input_overrides`) and every shape, stride and receptive field
+    inferred again; ``net`` is left as it was.  This is how an entry point that has
+    compiled a netdef once gets it at another size, without reading the text again.
+
+    Reshape the IR before the passes and run them on the result: a fused layer keeps
+    the shapes of the layers it replaced, so a net that went through the passes is
+    refused (``ValueError``)."""
+    fused = [lay.name for lay in net.layers if lay.fused_from]
+    if fused:
+        raise ValueError(f"reshape the net before the passes: layer '{fused[0]}' is fused")
+    return infer_shapes(copy.deepcopy(net), inputs)
 
 
 def _geometry(net: Net, lay: Layer, spec) -> None:

@@ -15,10 +15,15 @@ DeepLab's test prototxts with ``crop_size: 513``) and, for every image:
 * ``png_dir``: the arg-max of the score blob, cropped to the image size, as a VOC
   palette PNG ``<png_dir>/<id>.png``.
 
+The score blob is picked by :func:`deeplab_compile.inference.score_reader` (``blob``,
+else the first MatWrite's bottom, else the first output).
+
 With ``scales`` other than ``[1]`` or ``flip``, each image is run whole (no crop) at
-every scale (bilinear resize, OpenCV rules) and, with ``flip``, mirrored too; the scores
-are resized to the image size (bilinear, corners aligned), turned into probabilities
-and averaged, as TF DeepLab's ``eval_scales`` / ``add_flipped_images``.  The features
+every scale and, with ``flip``, mirrored too, by
+:func:`deeplab_compile.inference.multi_scale_probs` (the normalised image resized
+bilinearly with corners aligned; the net reshaped to each size from the IR compiled
+once); the scores are resized to the image size, turned into probabilities and
+averaged, as TF DeepLab's ``eval_scales`` / ``add_flipped_images``.  The features
 written are then ``log`` of the mean probability at the image size, so a softmax of
 them (what the dense CRF does with scores) gives back the mean probability.
 """
@@ -31,8 +36,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .errors import DeepLabError
 
@@ -41,25 +44,12 @@ class TestError(DeepLabError):
     """A test run that cannot go on: no score blob, weights that leave the net unset."""
 
 
-class _Capture(nn.Module):
-    """Stands in for a MatWrite module: keeps the bottoms of the last call."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-        self.last: tuple = ()
-
-    def forward(self, *xs):
-        self.last = tuple(x.detach() for x in xs)
-        return ()
-
-
 @dataclass
 class _Writer:
     prefix: str
     ids: list[str] | None
     period: int
-    capture: _Capture
+    capture: Any
     calls: int = 0
     written: int = 0
     cursor: int = 0
@@ -89,16 +79,17 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
              scales: Sequence[float] = (1.0,), flip: bool = False, features_dir: str | None = None,
              blob: str | None = None, png_dir: str | None = None, num_workers: int | None = None,
              progress: bool = True, allow_missing: bool = False) -> TestResult:
-    from .codegen import module_name
-    from .compiler import build_net, compile_net
+    from .compiler import load_netdef, net_from_doc
     from .data import pipeline_for
     from .data.listfile import read_ids
     from .data.spec import CAFFE_MEAN_BGR, find_data_layer, resolve_spec
+    from .inference import ScoreError, SizedNets, compile_at, install_capture, multi_scale_probs, score_reader
     from .io.checkpoint import load_weights_into
     from .io.features import feature_path, write_blob
 
     device = _device(gpu)
-    ir = build_net(net_path, phase="test", vars=vars)
+    # read once: the data spec comes from this IR, and every input size is a reshape of it
+    ir = net_from_doc(load_netdef(net_path, vars), phase="test", source=net_path)
     overrides: dict[str, Any] = dict(data or {})
     if list_path:
         overrides["source"] = list_path
@@ -117,7 +108,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     inputs = None
     if not has_layer:
         inputs = {spec.tops[0]: (spec.batch_size, ir.inputs[spec.tops[0]][1], spec.crop_height, spec.crop_width)}
-    net = compile_net(net_path, phase="test", vars=vars, inputs=inputs)
+    net = compile_at(ir, inputs)
     if weights:
         info = load_weights_into(net, weights)
         params = {n for n, _ in net.named_parameters()}
@@ -130,27 +121,14 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     writers: list[_Writer] = []
     for lay in net.net.layers:
         if lay.type == "MatWrite":
-            cap = _Capture(lay)
-            setattr(net, module_name(lay.name), cap)
+            cap = install_capture(net, lay)
             p = lay.params
             ids = read_ids(p["source"], p["strip"]) if p["source"] else None
             writers.append(_Writer(prefix=p["prefix"], ids=ids, period=p["period"], capture=cap))
-    outputs = list(net.output_names)
-    if blob is None:
-        if writers:
-            score_of = lambda out: writers[0].capture.last[0]          # noqa: E731
-            blob_name = net.net.layer(writers[0].capture.layer.name).bottoms[0]
-        elif outputs:
-            blob_name = outputs[0]
-            score_of = lambda out: out[blob_name]                      # noqa: E731
-        else:
-            raise TestError("the net has no output to predict from", hint="name one with --blob")
-    else:
-        if blob not in outputs:
-            raise TestError(f"--blob '{blob}' is not an output of the net in the test phase",
-                            hint="outputs: " + (", ".join(outputs) or "none") + "; list it under 'outputs:'")
-        blob_name = blob
-        score_of = lambda out: out[blob]                               # noqa: E731
+    try:
+        blob_name, score_of = score_reader(net, blob)
+    except ScoreError as err:
+        raise TestError(err.message, hint=err.hint) from None
 
     pipe = pipeline_for(net, "test", spec, num_workers=0 if (len(scales) > 1 or flip or scales[0] != 1) else
                         num_workers)
@@ -190,9 +168,17 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
             ds = pipe.dataset
             tp = spec.transform_params(False)
             mean = np.zeros(3) if not tp.mean else np.asarray(tp.mean if len(tp.mean) == 3 else tp.mean * 3)
+            nets = SizedNets(ir, net, data=spec.tops[0], device=device)
+
+            def run(x: torch.Tensor) -> torch.Tensor:
+                sized = nets.get(*x.shape[-2:])
+                return score_reader(sized, blob)[1](sized(x.to(device)))
+
             for i in range(len(ds)):
                 img, _, entry = ds.load(i)
-                probs = _multi_scale(net, img, scales, flip, mean, tp.scale, score_of, device)
+                x = torch.from_numpy(((img.astype(np.float64) - mean) * tp.scale).astype(np.float32)
+                                     .transpose(2, 0, 1).copy())[None]
+                probs = multi_scale_probs(run, x, scales, flip)
                 feats = torch.log(probs.clamp_min(1e-12))
                 for w in writers[:1]:
                     name = _next_id(w, entry.id)
@@ -225,24 +211,3 @@ def _next_id(w: _Writer, fallback: str) -> str:
     name = w.ids[w.cursor]
     w.cursor += 1
     return name
-
-
-def _multi_scale(net, img: np.ndarray, scales, flip: bool, mean: np.ndarray, scale: float, score_of,
-                 device) -> torch.Tensor:
-    from .data.transforms import resize_linear
-    h, w = img.shape[:2]
-    total = None
-    count = 0
-    for s in scales:
-        im = img if float(s) == 1.0 else resize_linear(img, float(s))
-        x = torch.from_numpy(((im.astype(np.float64) - mean) * scale).astype(np.float32).transpose(2, 0, 1))[None]
-        for mirrored in ((False, True) if flip else (False,)):
-            xi = torch.flip(x, dims=[3]) if mirrored else x
-            logits = score_of(net(xi.to(device)))
-            if mirrored:
-                logits = torch.flip(logits, dims=[3])
-            logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=True)
-            p = torch.softmax(logits, dim=1)
-            total = p if total is None else total + p
-            count += 1
-    return total / count

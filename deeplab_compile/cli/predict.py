@@ -7,7 +7,9 @@
 For each image it writes ``out/<stem>.png`` (the labels as a palette PNG), ``out/<stem>_overlay.png``
 (the colours over the image) and with ``--probs`` ``out/<stem>_probs.npy`` (C x H x W float16).
 Scores from every scale (and the mirrored image with ``--flip``) are resized to the image, turned
-into probabilities and averaged; ``--crf PRESET`` then runs the dense CRF on them.
+into probabilities and averaged by :mod:`deeplab_compile.inference`, as in ``deeplab-test``;
+``--crf PRESET`` then runs the dense CRF on them.  The netdef is compiled once; each new
+image size is a reshape of that IR.
 Input normalisation: ``caffe`` (BGR minus DeepLab's mean, 0..255; the default for v1/v2
 nets), ``imagenet`` (RGB, torchvision's mean/std; the default otherwise), ``tf`` (x / 127.5 - 1).
 """
@@ -19,7 +21,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import DeepLabError
 from .common import atomic_path, entry_point, parse_scales
@@ -73,42 +74,35 @@ def normalise(rgb: np.ndarray, how: str) -> torch.Tensor:
 
 
 class Predictor:
-    """Compiles the net once per input size and averages probabilities over scales/flips."""
+    """Reads and compiles the netdef once; each new input size is a reshape of that IR
+    (:class:`deeplab_compile.inference.SizedNets`), and the scales and flips are averaged
+    by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
     def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str):
-        self.netdef, self.state, self.vars, self.preprocess = netdef, state_dict, vars, preprocess
-        self._nets: dict[tuple[int, int], torch.nn.Module] = {}
+        from ..compiler import load_netdef, net_from_doc
+        from ..inference import SizedNets, compile_at
+        self.netdef, self.preprocess = netdef, preprocess
+        ir = net_from_doc(load_netdef(netdef, vars), phase="test", source=netdef)
+        first = compile_at(ir)
+        if state_dict is not None:
+            try:
+                first.load_state_dict(state_dict)
+            except RuntimeError as exc:
+                raise DeepLabError(f"the weights do not fit {netdef}: {str(exc).splitlines()[0]}") from None
+        self.nets = SizedNets(ir, first)
 
     def net(self, h: int, w: int):
-        from ..compiler import compile_net
-        if (h, w) not in self._nets:
-            net = compile_net(self.netdef, vars=self.vars, inputs={"data": f"1x3x{h}x{w}"})
-            if self.state is not None:
-                try:
-                    net.load_state_dict(self.state)
-                except RuntimeError as exc:
-                    raise DeepLabError(f"the weights do not fit {self.netdef}: {str(exc).splitlines()[0]}") from None
-            self._nets[(h, w)] = net.eval()
-        return self._nets[(h, w)]
+        return self.nets.get(h, w)
 
     @torch.no_grad()
     def probs(self, rgb: np.ndarray, scales: list[float], flip: bool) -> torch.Tensor:
-        h, w = rgb.shape[:2]
-        x = normalise(rgb, self.preprocess)
-        total, n = None, 0
-        for s in scales:
-            hs, ws = max(1, round(h * s)), max(1, round(w * s))
-            xs = x if (hs, ws) == (h, w) else F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=True)
-            for flipped in ((False, True) if flip else (False,)):
-                inp = xs.flip(-1) if flipped else xs
-                out = self.net(hs, ws)(inp)
-                scores = next(iter(out.values()))
-                scores = scores.flip(-1) if flipped else scores
-                scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=True)
-                p = scores.softmax(1)[0]
-                total = p if total is None else total + p
-                n += 1
-        return total / n
+        from ..inference import multi_scale_probs, score_reader
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            net = self.net(*x.shape[-2:])
+            return score_reader(net)[1](net(x))
+
+        return multi_scale_probs(run, normalise(rgb, self.preprocess), scales, flip)[0]
 
 
 def _load_weights(path: str | None) -> tuple[dict | None, dict]:

@@ -75,20 +75,20 @@ def aspp_v3_head(x, weights, biases, rates, proj_weights, pool_weight, pool_bias
 def pick_tap_branches(x, weights, biases, rates) -> list[int]:
     """The 3x3 branches (rate > 1) whose convolution measured faster through
     ``deeplab::aspp_sum`` with their one rate than through the library
-    (:func:`~.aspp_sum.aspp_sum_choice`, once per device, dtype, shape and rate)."""
+    (:func:`~.aspp_sum.aspp_sum_choice`, once per device, dtype, shape bucket and rate)."""
     return [i for i, (w, b, r) in enumerate(zip(weights, biases, rates))
             if w.shape[-1] == 3 and int(r) > 1 and aspp_sum_choice(x, [w], [b], [r]) == "ours"]
 
 
 def aspp_v3_head_auto(*args) -> torch.Tensor:
     """:func:`aspp_v3_head` or the reference, whichever measured faster for this device and
-    shape; the fused head convolves each 3x3 branch the faster way (:func:`pick_tap_branches`)."""
+    shape bucket; the fused head convolves each 3x3 branch the faster way (:func:`pick_tap_branches`)."""
     x, weights, biases, rates = args[0], args[1], args[2], args[3]
     ours = _ext.has_kernel("aspp_v3_head", dispatch.device_key(x))
     if not ours:
         return aspp_v3_head_reference(*args)
     taps = pick_tap_branches(x, weights, biases, rates)
-    key = ("aspp_v3_head", x.device.type, x.dtype, tuple(x.shape), x.is_contiguous(),
+    key = ("aspp_v3_head", x.device.type, x.dtype, dispatch.shape_bucket(x.shape), x.is_contiguous(),
            tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps))
     name = dispatch.choose(key, {"ours": lambda *a: aspp_v3_head(*a, tap_branches=taps),
                                  "library": aspp_v3_head_reference}, args)

@@ -1,10 +1,17 @@
 """Measure once, then use the faster path.
 
 A fused op replaces a library call only where it is faster.  :func:`choose` times each
-candidate on the real arguments the first time a key (op, device, dtype, shapes, grad
-mode) is seen, interleaving the candidates and keeping each one's minimum, and caches
-the winner for the rest of the process.  When gradients are on, the time includes the
-backward.
+candidate on the real arguments the first time a key (op, device, dtype, shape bucket,
+grad mode) is seen, interleaving the candidates and keeping each one's minimum, and
+caches the winner for the rest of the process.  When gradients are on, the time
+includes the backward.
+
+Keys hold :func:`shape_bucket` of the input, not its exact shape: the batch and channel
+sizes as they are, and the height and width each rounded up to a power of two (33..64
+-> 64).  Which path is faster changes with the order of magnitude of the map, not with
+a few pixels, and every image size of ``deeplab-predict`` or of a multi-scale test
+would otherwise cost a measurement round of its own; within a bucket the first shape
+seen is the one measured.
 
 ``DEEPLAB_KERNELS=ours`` or ``=library`` skips the measurement and forces one path
 (``ours`` falls back to the library where no kernel exists); inside ``torch.compile``
@@ -30,6 +37,13 @@ REPEATS = 3
 def device_key(t: torch.Tensor) -> str:
     """The dispatch key of a tensor's device ("CPU", "CUDA"), or "" for others."""
     return {"cpu": "CPU", "cuda": "CUDA"}.get(t.device.type, "")
+
+
+def shape_bucket(shape) -> tuple[int, ...]:
+    """The shape a measurement stands for: N and C as they are, every later axis (H, W)
+    rounded up to a power of two (1, 2, 4, ..., 32, 64, ...)."""
+    dims = [int(d) for d in shape]
+    return (*dims[:2], *(1 << max(d - 1, 0).bit_length() for d in dims[2:]))
 
 
 def _sync(args) -> None:

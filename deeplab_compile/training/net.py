@@ -11,25 +11,24 @@ import torch
 from .solver import Solver, resolve_path
 
 
-def _declared_vars(net_path: str, given: dict) -> dict:
-    """The netdef's variables, its includes' too.  Its own values among ``given`` are
-    passed to the expansion, so that a netdef with required (``~``) variables, such as a
-    prototxt's ``${DATA_ROOT}``, can be read."""
-    from ..compiler import load, load_netdef
-    own = load(net_path).get("vars") or {}
-    return load_netdef(net_path, vars={k: v for k, v in given.items() if k in own}).get("vars") or {}
-
-
 def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None):
     """Compile the solver's net in the TRAIN phase with inputs sized by its data layer.
-    Returns ``(net, data_spec)``."""
-    from ..compiler import build_net, compile_net, load_netdef
+    Returns ``(net, data_spec)``.  The netdef is read once: the data spec is resolved
+    from its IR, and the sized net is a reshape of that IR."""
+    from ..codegen import generate
+    from ..compiler import load, load_netdef, net_from_doc, reshape
     from ..data.spec import resolve_spec
     net_path = resolve_path(solver, solver.net)
     if not os.path.exists(net_path):
         raise solver.error(f"net '{solver.net}' does not exist", "net", "give the netdef path")
-    net_vars = solver.net_vars(_declared_vars(net_path, solver.vars))
-    ir = build_net(net_path, phase="train", vars=net_vars)
+    text = load(net_path)
+    # expanded with the netdef's own variables first, to learn those of its includes too
+    own = {k: v for k, v in solver.vars.items() if k in (text.get("vars") or {})}
+    doc = load_netdef(text, vars=own)
+    net_vars = solver.net_vars(doc.get("vars") or {})
+    if net_vars != own:
+        doc = load_netdef(text, vars=net_vars)
+    ir = net_from_doc(doc, phase="train", source=net_path)
     spec = resolve_spec(ir, "train", solver.data or None)
     if batch_size:
         spec.batch_size = batch_size
@@ -42,7 +41,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
     # never fused: the passes are for inference, and training walks the netdef's layers
-    net = compile_net(net_path, phase="train", vars=net_vars, inputs=inputs or None, fuse=False)
+    net = generate(reshape(ir, inputs) if inputs else ir)
     if spec.num_classes is None:
         from ..data.spec import net_num_classes
         spec.num_classes = net_num_classes(net.net)
