@@ -29,20 +29,16 @@ benchmarks/RESULTS.md with the date and device.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
-import platform
-import statistics
 import sys
-import time
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from timing import append_results, device_line, interleaved, load_average, min_median
 
 from deeplab_compile.ops import _ext, dispatch  # noqa: E402
 from deeplab_compile.ops.aspp_sum import aspp_sum_auto, aspp_sum_reference  # noqa: E402
@@ -64,18 +60,7 @@ def cpu_kernel(name):
 
 
 def bench(cands: dict, repeats: int, sync) -> dict:
-    times = {k: [] for k in cands}
-    for f in cands.values():        # warm-up
-        f()
-        sync()
-    for _ in range(repeats):
-        for k, f in cands.items():
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+    return {k: min_median(v) for k, v in interleaved(cands, repeats, sync=sync).items()}
 
 
 def fmt(t):
@@ -222,14 +207,9 @@ def main(argv=None) -> int:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    devname = torch.cuda.get_device_name() if dev.type == "cuda" else (platform.processor() or "cpu")
-    if dev.type == "cpu":
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        devname = f"{names[0] if names else 'CPU'}, {a.threads} threads"
-    head = (f"{datetime.date.today()}, {devname}, torch {torch.__version__}, {a.dtype}, "
+    head = (f"{datetime.date.today()}, {device_line(dev.type, a.threads)}, {a.dtype}, "
             f"CPU aspp_sum forward {_ext.aspp_cpu_kernel()}, "
-            f"repeats {a.repeats}, load average at start {os.getloadavg()[0]:.1f}")
+            f"repeats {a.repeats}, load average at start {load_average():.1f}")
     print(head, flush=True)
     parts = []
     rows = v2_rows(dev, dtype, a.repeats, a.quick, sync)
@@ -251,9 +231,7 @@ def main(argv=None) -> int:
     parts.append("dispatcher picks (v2 layers, and the v3 head's one-rate branches): " + "; ".join(picks))
     print(parts[-1])
     if a.write:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-        with open(path, "a") as f:
-            f.write("\n## benchmarks/aspp.py\n\n" + head + "\n\n" + "\n\n".join(parts) + "\n")
+        path = append_results("## benchmarks/aspp.py\n\n" + head + "\n\n" + "\n\n".join(parts) + "\n")
         print(f"appended to {path}")
     return 0
 

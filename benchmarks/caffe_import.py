@@ -16,14 +16,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from timing import append_results, device_line
 
 
 def resnet101_prototxt() -> str:
@@ -107,15 +105,6 @@ def child(model: str, net_path: str) -> None:
                       "tensor_mib": nbytes / 2 ** 20, "tensors": len(state)}))
 
 
-def device() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} CPUs"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
@@ -166,10 +155,9 @@ def main() -> int:
     print(table)
     if args.write:
         stamp = datetime.date.today().isoformat()
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write(f"\n## benchmarks/caffe_import.py\n\n{stamp}, {device()}, torch {torch.__version__}. "
-                    "Synthetic DeepLab-v2 ResNet-101 caffemodel -> state_dict "
-                    "(caffe_state_dict), in a fresh process.\n\n" + table + "\n")
+        append_results(f"## benchmarks/caffe_import.py\n\n{stamp}, {device_line()}. "
+                       "Synthetic DeepLab-v2 ResNet-101 caffemodel -> state_dict "
+                       "(caffe_state_dict), in a fresh process.\n\n" + table + "\n")
     return 0
 
 

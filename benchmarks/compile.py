@@ -13,34 +13,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from timing import ROOT, append_results, device_line, interleaved, min_median, timeit
 
 import deeplab_compile  # noqa: E402
 from deeplab_compile.compiler import build_net  # noqa: E402
 
 NETS = ["deeplab_largefov", "deeplab_v2_vgg16_aspp_l"]
-
-
-def timeit(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 class Upsample(nn.Module):
@@ -88,7 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = f"CPU ({platform.processor() or platform.machine()}), {args.threads} threads, torch {torch.__version__}"
+    device = device_line("cpu", args.threads)
     out = []
 
     out.append(f"### Compile time ({datetime.date.today()}, {device})\n")
@@ -110,14 +94,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         torch.testing.assert_close(gm(x)["fc8_interp"], ref(x), rtol=1e-4, atol=1e-4)
         # interleave the two so drift in machine load hits both equally
-        tc, th = [], []
-        for _ in range(2):
-            gm(x), ref(x)
-        for _ in range(args.repeat):
-            t0 = time.perf_counter(); gm(x); tc.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); ref(x); th.append(time.perf_counter() - t0)
-    c, h = statistics.median(tc), statistics.median(th)
-    cm, hm = min(tc), min(th)
+        t = interleaved({"compiled": lambda: gm(x), "hand": lambda: ref(x)}, args.repeat, warmup=2)
+    (cm, c), (hm, h) = min_median(t["compiled"]), min_median(t["hand"])
     out.append("")
     out.append(f"### LargeFOV forward, 1x3x{s}x{s}, eval, {args.repeat} interleaved runs "
                f"({datetime.date.today()}, {device})\n")
@@ -128,8 +106,7 @@ def main(argv=None) -> int:
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write("\n" + text)
+        append_results(text)
     return 0
 
 

@@ -22,8 +22,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import platform
-import re
 import sys
 import time
 
@@ -31,8 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from timing import ROOT, device_line, interleaved, load_average, replace_section
 
 from deeplab_compile.crf import PRESETS  # noqa: E402
 from deeplab_compile.ops import backends  # noqa: E402
@@ -106,31 +103,14 @@ def bench_interleaved(cands: dict, repeats: int) -> dict:
     candidate is ``(run, images)`` with ``run(iterations)``; every repeat runs all of
     them in turn (0 and 10 iterations), so a change in machine speed hits all rows
     alike, and each keeps its best."""
-    best0 = {k: float("inf") for k in cands}
-    best10 = dict(best0)
-    for run, _ in cands.values():                        # warm-up
-        run(ITERS)
-    for _ in range(repeats):
-        for k, (run, images) in cands.items():
-            t = time.perf_counter()
-            run(0)
-            best0[k] = min(best0[k], (time.perf_counter() - t) / images)
-            t = time.perf_counter()
-            run(ITERS)
-            best10[k] = min(best10[k], (time.perf_counter() - t) / images)
+    calls = {}
+    for k, (run, _) in cands.items():
+        calls[k, 0] = lambda run=run: run(0)
+        calls[k, ITERS] = lambda run=run: run(ITERS)
+    times = interleaved(calls, repeats)
+    best0 = {k: min(times[k, 0]) / images for k, (_, images) in cands.items()}
+    best10 = {k: min(times[k, ITERS]) / images for k, (_, images) in cands.items()}
     return {k: (best0[k], (best10[k] - best0[k]) / ITERS, best10[k]) for k in cands}
-
-
-def device_line() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, torch {torch.__version__}"
 
 
 def main(argv=None) -> int:
@@ -142,8 +122,9 @@ def main(argv=None) -> int:
     if "dense_crf" not in info["cpu"]:
         print("warning: the compiled CPU kernel is missing; timing the PyTorch reference", file=sys.stderr)
     img, unary = make_inputs()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    head = (f"{datetime.date.today().isoformat()}, {device_line()}. {W}x{H} image, {C} labels, "
+    load = load_average()
+    gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
+    head = (f"{datetime.date.today().isoformat()}, {gpu}{device_line()}. {W}x{H} image, {C} labels, "
             f"{ITERS} iterations, best of {a.repeats}; 1-minute load average {load:.1f} at the start"
             + (" (other jobs were running: every row is slowed, the threaded ones most)."
                if load > os.cpu_count() * 0.75 else "."))
@@ -174,15 +155,8 @@ def main(argv=None) -> int:
         print("\n" + parts[-1], flush=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if a.write:
-        path = os.path.join(ROOT, "benchmarks", "RESULTS.md")
-        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-        section = "## benchmarks/crf.py\n\n" + head + "\n\n" + "\n\n".join(parts) + "\n"
-        pattern = re.compile(r"## benchmarks/crf\.py\n.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(lambda _: section.rstrip("\n"), text) if pattern.search(text) else \
-            text.rstrip("\n") + "\n\n" + section
-        from deeplab_compile.io.atomic import atomic_write
-        with atomic_write(path, "w") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
+        path = replace_section("benchmarks/crf.py", "## benchmarks/crf.py\n\n" + head + "\n\n"
+                               + "\n\n".join(parts) + "\n")
         print(f"\nwrote {path}")
     return 0
 

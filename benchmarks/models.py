@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from timing import ROOT, append_results, device_line, interleaved
+
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "zoo"))
 
 import deeplab_compile  # noqa: E402
@@ -32,12 +31,6 @@ from deeplab_compile.zoo.convert import convert_state_dict  # noqa: E402
 NETS = {"v3": "deeplab_v3_resnet101", "v3plus_xception": "deeplab_v3plus_xception65",
         "v3plus_mnv2": "deeplab_v3plus_mobilenetv2", "v3_mnv2": "deeplab_v3_mobilenetv2"}
 TV_VARS = {"output_stride": 8, "d4_first": 1, "d5_1": 2, "d5_2": 4, "d5_3": 4}
-
-
-def device_name(dev: str) -> str:
-    if dev == "cuda":
-        return torch.cuda.get_device_name()
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def _rss_bytes() -> int:
@@ -80,22 +73,6 @@ def peak_mb(fn, dev) -> float:
     return (peak[0] - base) / 2**20
 
 
-def interleaved(fns: dict, repeat: int, dev: str) -> dict[str, list[float]]:
-    times = {k: [] for k in fns}
-    for f in fns.values():
-        f()                    # warm-up
-    for _ in range(repeat):
-        for k, f in fns.items():
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            f()
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
 def reference_v3(net_state, size):
     try:
         import torchvision
@@ -125,7 +102,7 @@ def main(argv=None):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     s = args.size
     x = torch.randn(1, 3, s, s, device=dev)
-    lines = [f"### Zoo nets, {datetime.date.today()}, {device_name(dev)}, fp32, 1x3x{s}x{s}, "
+    lines = [f"### Zoo nets, {datetime.date.today()}, {device_line(dev, torch.get_num_threads())}, fp32, 1x3x{s}x{s}, "
              f"{args.repeat} interleaved runs",
              "", "| net | variant | min ms | median ms | peak MB |", "|---|---|---:|---:|---:|"]
     for key in args.nets.split(","):
@@ -146,7 +123,7 @@ def main(argv=None):
         net_f.load_state_dict(net.state_dict())
         fns["compiled, fold_bn + fuse_aspp"] = lambda: net_f(x)
         with torch.no_grad():
-            times = interleaved(fns, args.repeat, dev)
+            times = interleaved(fns, args.repeat, sync=torch.cuda.synchronize if dev == "cuda" else None)
             for k, f in fns.items():
                 mb = peak_mb(f, dev)
                 ts = times[k]
@@ -181,8 +158,7 @@ def main(argv=None):
 
 def _write(args, lines) -> int:
     if args.write:
-        with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+        append_results("\n".join(lines) + "\n")
     return 0
 
 

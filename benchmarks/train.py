@@ -21,17 +21,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+from timing import ROOT, append_results, device_line
 
 
 def step_bench(variant: str, iters: int, batch: int, size: int, device: str) -> dict:
@@ -129,10 +125,9 @@ def main(argv=None) -> int:
                               str(a.batch), "--size", str(a.size), "--threads", str(a.threads), "--device", a.device],
                              capture_output=True, text=True, check=True)
         res[v] = json.loads(out.stdout.strip().splitlines()[-1])
-    dev = (torch.cuda.get_device_name(0) if a.device.startswith("cuda")
-           else f"CPU {platform.processor() or platform.machine()}, {a.threads} threads")
+    dev = device_line(a.device, a.threads)
     c, p = res["compiled"], res["plain"]
-    lines = [f"### Training step, {datetime.date.today()} ({dev}, torch {torch.__version__})", "",
+    lines = [f"### Training step, {datetime.date.today()} ({dev})", "",
              f"DeepLab-LargeFOV, batch {a.batch} x 3 x {a.size} x {a.size}, median of {a.iters} iterations "
              f"after one warm-up.", "",
              "| | s / iteration | iterations / s | peak memory |", "|---|---:|---:|---:|",
@@ -147,8 +142,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if a.write:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write("\n" + text)
+        append_results(text)
     return 0
 
 

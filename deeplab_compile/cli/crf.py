@@ -17,20 +17,18 @@ import argparse
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
 from ..crf import PRESETS, dense_crf, resolve
 from ..crf.errors import CRFError
+from ..crf.folder import crf_folder, load_pair, map_jobs, progress, report, set_threads
 from ..crf.grid import confusion, expand_grid, mean_iou, write_table
 from ..crf.params import DEEPLAB_KEYS, NORMALIZATIONS
 from ..errors import DeepLabError
-from ..io.mat import FEATURE_SUFFIX, read_scores, write_blob
-from ..io.palette import PALETTES, read_label_png, write_label_png
+from ..io.mat import FEATURE_SUFFIX
+from ..io.palette import PALETTES, read_label_png
 from .common import entry_point
-
-IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPEG", ".JPG", ".PNG", ".bmp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,106 +81,10 @@ def read_ids(list_file: str | None, features: str, suffix: str) -> list[str]:
     return ids
 
 
-def find_image(images: str, image_id: str) -> str | None:
-    for ext in IMAGE_EXTS:
-        path = os.path.join(images, image_id + ext)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def load_pair(args, image_id: str):
-    """(RGB uint8 image, C x H x W scores cropped to it) for one id."""
-    from PIL import Image
-
-    feat = os.path.join(args.features, image_id + args.feature_suffix)
-    if not os.path.isfile(feat):
-        raise CRFError(f"{image_id}: no feature file {feat}")
-    img_path = find_image(args.images, image_id)
-    if img_path is None:
-        raise CRFError(f"{image_id}: missing image for feature file {feat}",
-                       hint=f"looked for {image_id}{{{','.join(IMAGE_EXTS[:3])},...}} in {args.images}")
-    try:
-        with Image.open(img_path) as im:
-            img = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as err:
-        raise CRFError(f"{img_path}: cannot read image ({err})") from None
-    scores = read_scores(feat, img.shape[0], img.shape[1])
-    return img, scores
-
-
-def _outputs(args, out: str, image_id: str) -> list[str]:
-    paths = [os.path.join(out, image_id + ".png")]
-    if args.save_probs:
-        paths.append(os.path.join(out, "probs", image_id + FEATURE_SUFFIX))
-    return paths
-
-
-def _complete(paths: list[str]) -> bool:
-    # Writes are atomic (temporary file + rename), so an existing file is a whole one.
-    return all(os.path.isfile(p) and os.path.getsize(p) > 0 for p in paths)
-
-
-def _progress(total: int, quiet: bool, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, disable=quiet, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-
-def _set_threads(jobs: int) -> None:
-    import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-
-
-def _map(jobs: int, fn, items, bar):
-    """Yield (item, result or exception) as items finish, ``jobs`` at a time."""
-    if jobs <= 1:
-        for it in items:
-            try:
-                yield it, fn(it)
-            except Exception as err:  # reported per file by the caller
-                yield it, err
-            bar.update(1)
-        return
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futs = {pool.submit(fn, it): it for it in items}
-        for fut in as_completed(futs):
-            err = fut.exception()
-            yield futs[fut], (err if err is not None else fut.result())
-            bar.update(1)
-
-
-def _report(bar, image_id: str, err: BaseException) -> str:
-    msg = str(err) if isinstance(err, DeepLabError) else f"{image_id}: {type(err).__name__}: {err}"
-    if image_id not in msg:
-        msg = f"{image_id}: {msg}"
-    bar.write(f"deeplab-crf: skipped {msg}", file=sys.stderr)
-    return msg
-
-
 def run_crf(args, params, ids: list[str]) -> int:
-    out = args.out or os.path.join(args.features, params.dirname())
-    todo = [i for i in ids if args.overwrite or not _complete(_outputs(args, out, i))]
-    done_before = len(ids) - len(todo)
-    os.makedirs(out, exist_ok=True)
-
-    def work(image_id: str) -> None:
-        img, scores = load_pair(args, image_id)
-        q = dense_crf(img, scores, params, args.iterations, kind=args.scores)
-        paths = _outputs(args, out, image_id)
-        if args.save_probs:
-            write_blob(paths[1], q[None])
-        write_label_png(paths[0], q.argmax(0).astype(np.uint8), args.palette)
-
-    failed = []
-    with _progress(len(todo), args.quiet, "dense CRF") as bar:
-        for image_id, res in _map(args.jobs, work, todo, bar):
-            if isinstance(res, BaseException):
-                if isinstance(res, KeyboardInterrupt):
-                    raise res
-                failed.append(_report(bar, image_id, res))
-    print(f"deeplab-crf: {len(todo) - len(failed)} written, {done_before} already complete, "
-          f"{len(failed)} failed -> {out}", file=sys.stderr)
-    return 1 if failed else 0
+    return crf_folder(args.features, args.images, ids, params, out=args.out, iterations=args.iterations,
+                      scores=args.scores, palette=args.palette, jobs=args.jobs, save_probs=args.save_probs,
+                      overwrite=args.overwrite, suffix=args.feature_suffix, quiet=args.quiet)
 
 
 def run_grid(args, base, ids: list[str]) -> int:
@@ -195,7 +97,7 @@ def run_grid(args, base, ids: list[str]) -> int:
 
     def work(image_id: str) -> None:
         nonlocal num_classes
-        img, scores = load_pair(args, image_id)
+        img, scores = load_pair(args.features, args.images, image_id, args.feature_suffix)
         lab_path = os.path.join(args.labels, image_id + ".png")
         if not os.path.isfile(lab_path):
             raise CRFError(f"{image_id}: no ground-truth label {lab_path}")
@@ -216,12 +118,12 @@ def run_grid(args, base, ids: list[str]) -> int:
                 confs[k] = c if confs[k] is None else confs[k] + c
 
     failed, ok = [], 0
-    with _progress(len(ids), args.quiet, f"CRF grid ({len(settings)} settings)") as bar:
-        for image_id, res in _map(args.jobs, work, ids, bar):
+    with progress(len(ids), args.quiet, f"CRF grid ({len(settings)} settings)") as bar:
+        for image_id, res in map_jobs(args.jobs, work, ids, bar):
             if isinstance(res, BaseException):
                 if isinstance(res, KeyboardInterrupt):
                     raise res
-                failed.append(_report(bar, image_id, res))
+                failed.append(report(bar, image_id, res))
             else:
                 ok += 1
     if ok == 0:
@@ -266,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = ids[: args.subset]
     if not ids:
         raise DeepLabError("no image ids: the list is empty and no feature files were found")
-    _set_threads(args.jobs)
+    set_threads(args.jobs)
     if args.grid:
         return run_grid(args, params, ids)
     return run_crf(args, params, ids)

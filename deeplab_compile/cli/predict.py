@@ -27,7 +27,7 @@ from .common import atomic_path, entry_point, parse_scales
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)          # DeepLab's prototxts
+from ..data.spec import CAFFE_MEAN_BGR  # noqa: E402  (DeepLab's prototxts; defined once, in data/spec.py)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -1,0 +1,51 @@
+"""The experiment driver behind ``experiments/<dataset>/run_experiment.sh``.
+
+DeepLab's ``run_pascal.sh`` as steps that check their own outputs.  The shell script
+names its dataset (``DATASET``) and calls ``python -m deeplab_compile.experiment``;
+everything is read from the environment, with the defaults of the dataset's entry in
+:mod:`deeplab_compile.data.datasets`:
+
+==================  ==============================================================
+``DATASET``         ``voc12``, ``cityscapes`` or ``ade20k`` (set by the script)
+``EXP``             the experiment folder (``experiments/voc12``); configs are read from
+                    ``${EXP}/config/<NET_ID>``, else from ``EXPERIMENT_HOME`` (the
+                    script's folder), else from ``experiments/common/config``
+``NET_ID``          ``config/<NET_ID>/{solver,solver2,train,test,crf}.yaml``
+``NUM_LABELS``      classes (the dataset's: 21, 19, 150)
+``DATA_ROOT``       the dataset; empty (VOC only): the synthetic set, made once in
+                    ``${CACHE_DIR}`` (``${EXP}/cache``)
+``DEV_ID``          GPU id, or ``cpu`` (default ``cpu`` on the synthetic set, else 0)
+``TRAIN_SET_SUFFIX`` VOC ``_aug``: stage 1 trains on ``train${SUFFIX}``, stage 2 on
+                    ``trainval${SUFFIX}`` (as DeepLab)
+``RUN_TRAIN`` ...   ``RUN_TRAIN``, ``RUN_TEST``, ``RUN_CRF``, ``RUN_EVAL`` (default 1),
+                    ``RUN_TRAIN2``, ``RUN_TEST2`` (default 0): 1 runs the step
+==================  ==============================================================
+
+and the folders, each overridable: ``CONFIG_DIR``, ``LIST_DIR`` (``${EXP}/list``),
+``MODEL_DIR``, ``LOG_DIR``, ``FEATURE_DIR``, ``FEATURE2_DIR``, ``RES_DIR``
+(``${EXP}/<folder>/<NET_ID>``).  ``TEST_SET`` (val) and ``TEST_SET2`` (test) name the
+lists tested; ``MAX_ITER``, ``MAX_ITER2``, ``SEED``, ``TEST_CROP`` are passed to the
+configs with ``-D`` when set; ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
+synthetic set; ``LABEL_MAP`` and ``PALETTE`` override the dataset's label mapping and
+colours; ``CRF_JOBS`` the images the CRF runs at once; ``SBD_ROOT`` (VOC) SBD's lists.
+
+Each step skips itself when its outputs are complete, and otherwise does only what is
+missing:
+
+* train: ``<MODEL_DIR>/train_iter_<max_iter>.pt`` exists (``max_iter`` read from the
+  solver with the same ``-D`` values); else it resumes from the snapshot with the largest
+  iteration number in its name, never from the newest file;
+* test: every id of the list has a readable, whole feature file newer than the model;
+  else only the missing ids are tested;
+* crf: every feature has a CRF PNG newer than it;
+* eval: the JSON result is newer than every prediction it reads.
+
+A step that fails stops the run with its name and its log file (exit status 1).
+
+The modules: :mod:`.settings` (the variables and configs), :mod:`.runner` (a step's
+log and errors), :mod:`.steps` (data, train, test, CRF, evaluation), :mod:`.report`
+(the table and the picture), :mod:`.driver` (the order of the steps, exit codes).
+"""
+from .driver import main
+
+__all__ = ["main"]
