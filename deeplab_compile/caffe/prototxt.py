@@ -278,7 +278,7 @@ class _Builder:
                 ltype: str) -> None:
         fields = dict(msg.fields)
         desc = msg.descriptor
-        if desc.name == "V1ConvolutionParameter":
+        if desc.name in ("V1ConvolutionParameter", "ConvolutionParameter"):
             self.holes(fields, out, flat_from, err_ctx)
         if block == "softmaxloss_param":
             if "weight_source" in fields:
