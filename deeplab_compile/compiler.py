@@ -23,7 +23,8 @@ from .netdef.errors import (Loc, NetDefError, ParameterError, ShapeError, Unknow
                             did_you_mean)
 
 # Keys of a layer entry that belong to the layer, not to its type's parameter schema.
-RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight")
+RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight",
+                 "caffe")     # caffe: a prototxt layer's fields with no effect here, kept as written
 PARAM_SPEC_KEYS = ("lr_mult", "decay_mult", "name")
 PHASES = ("train", "test")
 

@@ -61,3 +61,30 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
         return f"did you mean '{lower[word.lower()]}'?"
     close = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
     return f"did you mean '{lower[close[0]]}'?" if close else None
+
+
+def near_miss(word: str, choices: Iterable[str]) -> str | None:
+    """A choice ``word`` is a typo of, or None: the same name in another case, or one
+    edit away (two for names of 8 characters or more).  Tighter than :func:`did_you_mean`,
+    so that DeepLab's sibling variables (TRAIN_SET, TEST_SET) are not each other's typos."""
+    for c in choices:
+        if c.lower() == word.lower():
+            return c
+    for c in choices:
+        limit = 2 if min(len(c), len(word)) >= 8 else 1
+        if abs(len(c) - len(word)) <= limit and _edits(word.lower(), c.lower(), limit) <= limit:
+            return c
+    return None
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of ``a`` and ``b`` (stops early past ``limit``)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        if min(cur) > limit:
+            return limit + 1
+        prev = cur
+    return prev[-1]
