@@ -196,6 +196,8 @@ def test_scale_factors_and_has_label_reach_the_data_pipeline():
     # DeepLab v1's has_label: false is a list of images only; the label top stays
     assert spec.label_type == "none" and spec.tops == ["data", "label"]
     assert tuple(test.net.blobs["label"].shape) == (1, 1, 513, 513)
+    # the same from a solver's data section
+    assert resolve_spec(train.net, "train", {"has_label": False}).label_type == "none"
 
 
 def test_image_only_list_fills_the_label_with_ignore_label(tmp_path):

@@ -164,6 +164,8 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
         if v and k == "mean_file":
             raise DataError("mean_file (binaryproto) is not supported", hint="give mean_value: [B, G, R]")
     params.update(given)
+    if given.get("has_label") is False:        # DeepLab v1's image-only list
+        params["label_type"] = "none"
     if "source" not in params or not params["source"]:
         raise DataError("no list file: the data layer or the solver's data section needs 'source'",
                         loc=loc_of(overrides) if overrides else None,
