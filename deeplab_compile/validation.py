@@ -19,7 +19,8 @@ from .netdef.nodes import Map, Seq, loc_of
 __all__ = ["validate", "RESERVED_KEYS", "PARAM_SPEC_KEYS", "as_list"]
 
 # Keys of a layer entry that belong to the layer, not to its type's parameter schema.
-RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight")
+RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight",
+                 "caffe")     # caffe: a prototxt layer's fields with no effect here, kept as written
 PARAM_SPEC_KEYS = ("lr_mult", "decay_mult", "name")
 
 

@@ -148,17 +148,16 @@ def test_layer_field_errors():
     assert "both 'include' and 'exclude'" in str(e)
 
 
-def test_unknown_parameter_inside_a_block_is_reported_by_the_compiler():
-    # a field the schema knows but our layer type does not take: the compiler's error,
-    # located at the field inside the prototxt block
+def test_a_bad_value_inside_a_block_is_reported_by_the_compiler():
+    # the compiler's schema error, located at the field inside the prototxt block
     text = ('name: "n" input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
             'layer { name: "s" type: "Softmax" bottom: "data" top: "s"\n'
-            '  softmax_param { axis: 1 } }\n'
-            'layer { name: "l" type: "SoftmaxWithLoss" bottom: "s" bottom: "data"\n'
-            '  loss_param { normalization: FULL } softmax_param { engine: CAFFE } }\n')
+            '  softmax_param { axis: 1 engine: CUDNN } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "s" top: "c"\n'
+            '  convolution_param { kernel_size: 1 num_output: 0 } }\n')
     with pytest.raises(ParameterError) as info:
         dc.compile(expand(prototxt.loads(text, "u.prototxt")))
-    assert str(info.value).startswith("u.prototxt:5:54: layer 'l' (SoftmaxWithLoss): unknown parameter 'engine'")
+    assert str(info.value).startswith("u.prototxt:5:38: layer 'c' (Convolution): parameter 'num_output' must be >= 1")
 
 
 def test_cli_compiles_a_prototxt_and_reports_errors(tmp_path, capsys):

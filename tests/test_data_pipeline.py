@@ -190,4 +190,11 @@ def test_image_seg_data_layer_with_data_dim_and_image_labels(tmp_path, syn):
     img_list = tmp_path / "cls.txt"
     img_list.write_text(f"/JPEGImages/syn_000000.jpg 7\n")
     pipe = pipeline_for(net, "train", {"source": str(img_list), "label_type": "image", "num_workers": 0})
-    assert batches(pipe, 1)[0]["label"].flatten().tolist() == [7.0, 7.0]
+    b = batches(pipe, 1)[0]
+    # DeepLab's label_type image: the class id fills the image's pixels of the label map
+    assert b["label"].shape[1:] == (1, 64, 64)
+    labels = set(b["label"].unique().tolist())
+    assert 7.0 in labels and labels <= {7.0, 255.0}
+    pipe = pipeline_for(net, "test", {"source": str(img_list), "label_type": "none", "num_workers": 0})
+    b = batches(pipe, 1)[0]
+    assert b["label"].shape[1:] == (1, 64, 64) and (b["label"] == 255).all()   # no label: ignore_label

@@ -9,13 +9,13 @@ from deeplab_compile.data import transforms as T
 
 
 def ref_resize_linear(img, f):
-    """OpenCV INTER_LINEAR (cv::resize with fx = fy = f), one pixel at a time."""
+    """OpenCV INTER_LINEAR (cv::resize to DeepLab's int(H f) x int(W f)), one pixel at a time."""
     h, w, c = img.shape
-    oh, ow = int(round(h * f)), int(round(w * f))
+    oh, ow = int(np.float32(h) * np.float32(f)), int(np.float32(w) * np.float32(f))
     out = np.zeros((oh, ow, c), np.uint8)
-    scale = 1.0 / f
 
-    def coord(d, n):
+    def coord(d, n, o):
+        scale = n / o
         x = np.float32((d + 0.5) * scale - 0.5)
         s = math.floor(x)
         fr = np.float32(x - np.float32(s))
@@ -26,9 +26,9 @@ def ref_resize_linear(img, f):
         return s, min(s + 1, n - 1), fr
 
     for y in range(oh):
-        y0, y1, fy = coord(y, h)
+        y0, y1, fy = coord(y, h, oh)
         for x in range(ow):
-            x0, x1, fx = coord(x, w)
+            x0, x1, fx = coord(x, w, ow)
             for ch in range(c):
                 a = np.float32(img[y0, x0, ch]) * (1 - fx) + np.float32(img[y0, x1, ch]) * fx
                 b = np.float32(img[y1, x0, ch]) * (1 - fx) + np.float32(img[y1, x1, ch]) * fx
@@ -39,11 +39,11 @@ def ref_resize_linear(img, f):
 
 def ref_resize_nearest(seg, f):
     h, w = seg.shape
-    oh, ow = int(round(h * f)), int(round(w * f))
+    oh, ow = int(np.float32(h) * np.float32(f)), int(np.float32(w) * np.float32(f))
     out = np.zeros((oh, ow), seg.dtype)
     for y in range(oh):
         for x in range(ow):
-            out[y, x] = seg[min(math.floor(y * (1.0 / f)), h - 1), min(math.floor(x * (1.0 / f)), w - 1)]
+            out[y, x] = seg[min(math.floor(y * (h / oh)), h - 1), min(math.floor(x * (w / ow)), w - 1)]
     return out
 
 
@@ -142,9 +142,11 @@ def test_resizes_match_opencv_rules(f):
     np.testing.assert_array_equal(T.resize_nearest(seg, f), ref_resize_nearest(seg, f))
 
 
-def test_resize_size_rounds_half_to_even_like_saturate_cast():
-    assert T.resize_size(5, 7, 0.5) == (2, 4)      # 2.5 -> 2, 3.5 -> 4
-    assert T.resize_size(321, 321, 0.75) == (241, 241)
+def test_resize_size_truncates_like_deeplabs_int_times_float():
+    # DeepLab: img_height *= scale (int *= float) truncates toward zero
+    assert T.resize_size(5, 7, 0.5) == (2, 3)      # 2.5 -> 2, 3.5 -> 3
+    assert T.resize_size(321, 321, 0.75) == (240, 240)     # 240.75 -> 240
+    assert T.resize_size(500, 375, 1.25) == (625, 468)     # 468.75 -> 468
 
 
 def test_data_dim_is_image_size_clipped_to_crop():

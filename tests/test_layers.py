@@ -88,8 +88,11 @@ DATA_CASES = {
     "ImageSegData": [
         ({"source": "train.txt", "crop_size": 321, "batch_size": 10, "mean_value": [104.008, 116.669, 122.675]},
          {"tops": ["data", "label"]}, [(10, 3, 321, 321), (10, 1, 321, 321)]),
+        # DeepLab's tops are positional: the label top exists with label_type none
         ({"source": "val.txt", "crop_height": 513, "crop_width": 400, "label_type": "none"},
-         {"tops": ["data", "data_dim"]}, [(1, 3, 513, 400), (1, 1, 1, 2)]),
+         {"tops": ["data", "label", "data_dim"]}, [(1, 3, 513, 400), (1, 1, 513, 400), (1, 1, 1, 2)]),
+        ({"source": "val.txt", "crop_size": 321, "label_type": "image", "has_label": False},
+         {"tops": ["data", "label"]}, [(1, 3, 321, 321), (1, 1, 321, 321)]),
         ({"source": "val.txt", "crop_size": 513}, {"tops": ["data", "label", "data_dim"]},
          [(1, 3, 513, 513), (1, 1, 513, 513), (1, 1, 1, 2)]),
     ],

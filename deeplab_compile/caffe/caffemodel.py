@@ -212,6 +212,8 @@ def _layer(buf, start: int, end: int, v1: bool, index: int, offset: int) -> Caff
             params.append(pname)
         elif v1 and number == 1001 and wt == 2:
             params.append(_text(buf, value))
+    if v1 and ltype == "IMAGE_SEG_DATA" and blobs:
+        ltype = "DECONVOLUTION"     # V1 type 39 in DeepLab v2's schema; a data layer has no blobs
     return CaffeLayer(name, ltype, blobs, params, index, offset)
 
 

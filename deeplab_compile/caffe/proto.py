@@ -1,7 +1,7 @@
 """Caffe's message classes, built at import time from ``caffe.proto`` (no protoc step).
 
 ``caffe.proto`` beside this file is the one schema.  :func:`_file_descriptor` reads the
-small proto2 subset it uses (``message``, nested ``enum``/``message``, ``optional`` /
+small proto2 subset it uses (``message``, nested ``enum``/``message``, ``option allow_alias``, ``optional`` /
 ``repeated`` / ``required`` fields with ``[default = ...]`` and ``[packed = true]``) into a
 ``FileDescriptorProto``; the descriptors live in a private pool, so another ``caffe``
 package in the process cannot clash with them.
@@ -76,6 +76,15 @@ def _enum(r: _Reader) -> descriptor_pb2.EnumDescriptorProto:
     e = descriptor_pb2.EnumDescriptorProto(name=r.take())
     r.take("{")
     while r.peek() != "}":
+        if r.peek() == "option":        # option allow_alias = true;
+            r.take()
+            opt = r.take()
+            r.take("=")
+            flag = r.take()
+            r.take(";")
+            if opt == "allow_alias":
+                e.options.allow_alias = flag == "true"
+            continue
         value = e.value.add(name=r.take())
         r.take("=")
         value.number = int(r.take())

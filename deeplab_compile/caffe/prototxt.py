@@ -14,7 +14,11 @@ returns an unexpanded netdef whose every node carries its prototxt line:col:
   ``weight_decay`` -> ``param: [...]``;
 * DeepLab's ``${VAR}`` placeholders stay in the values and are declared as required
   variables (``vars: {DATA_ROOT: ~}``), so ``-D DATA_ROOT=...`` fills them and a missing
-  one is an error naming it.
+  one is an error naming it.  As with DeepLab's ``sed``, a ``-D`` for a variable the file
+  does not use is ignored with a note (a near miss of one it uses is an error); a
+  placeholder inside a ``#`` comment is not a use;
+* fields with no effect here (``strict_dim``, ``blob_share_mode``, ParamSpec
+  ``share_mode``) are kept under the layer's ``caffe:`` key, which the compiler ignores.
 
 A layer type this project does not implement is an :class:`UnknownLayerError` naming
 the layer and its type; a parameter block that does not belong to the layer's type is a
@@ -49,7 +53,16 @@ V1_TYPES = {
     "SILENCE": "Silence", "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss",
     "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
+    # DeepLab v1's later types, and DeepLab v2's V1 DECONVOLUTION
+    "UNIQUE_LABEL": "UniqueLabel", "CENSOR_LABEL": "CensorLabel",
+    "ADAPTIVE_BIAS_CHANNEL": "AdaptiveBiasChannel", "CHANNEL_AGGREGATOR": "ChannelAggregator",
+    "IGNORE_OVERLAY": "IgnoreOverlay", "HISTOGRAM": "Histogram", "RELATIVE_ERROR": "RelativeError",
+    "GAIN_CHANNEL": "GainChannel", "ONEHOT": "OneHot", "DECONVOLUTION": "Deconvolution",
 }
+
+#: Layer fields of Caffe's schemas that change nothing here; they are kept, as written,
+#: under the layer's ``caffe:`` key (which the compiler ignores), so ``--emit yaml`` shows them.
+NO_OP_FIELDS = ("strict_dim", "blob_share_mode")
 
 #: The parameter blocks each supported type reads, in the order they are flattened.
 BLOCKS: dict[str, tuple[str, ...]] = {
@@ -88,7 +101,7 @@ SUPPORTED_TYPES = frozenset(BLOCKS)
 # Keys of a layer that are not parameter blocks.
 _LAYER_KEYS = {"name", "type", "bottom", "top", "phase", "loss_weight", "param", "blobs",
                "propagate_down", "include", "exclude", "blob_share_mode", "blobs_lr",
-               "weight_decay", "strict_dim"}
+               "weight_decay", "strict_dim", "layer"}
 
 
 def _is_list(fd) -> bool:
@@ -184,6 +197,13 @@ class _Builder:
             out["param"] = params
             out.key_locs["param"] = params.loc
         put_plain("loss_weight")
+        noop = self.no_ops(msg)
+        if noop is not None:
+            out["caffe"] = noop
+            out.key_locs["caffe"] = noop.loc
+        if v1 and msg.first("layer") is not None:
+            raise ParameterError("a V0 layer ('layer' inside 'layers') is not read", loc=msg.first("layer").loc,
+                                 hint="upgrade the file with Caffe's upgrade_net_proto_text", **err_ctx)
 
         for key in ("blobs", "propagate_down", "phase"):
             f = msg.first(key)
@@ -207,6 +227,23 @@ class _Builder:
                 raise ParameterError(f"'{block}' does not apply to {ltype} layers", loc=f.loc,
                                      hint=f"remove it; {ltype} reads {reads}", **err_ctx)
             self.flatten(out, block, f.value, flat_from, err_ctx, ltype)
+        return out
+
+    def no_ops(self, msg: Message) -> Map | None:
+        """``strict_dim``, ``blob_share_mode`` and ParamSpec ``share_mode``, as written."""
+        out = Map(loc=msg.loc)
+        for key in NO_OP_FIELDS:
+            items = msg.fields.get(key)
+            if items:
+                fd = msg.descriptor.fields_by_name[key]
+                self.put(out, key, items, fd)
+        modes = [f.value.first("share_mode") for f in msg.fields.get("param", []) if f.is_message]
+        if any(m is not None for m in modes):
+            out["share_mode"] = Seq([m.value if m is not None else None for m in modes], loc=msg.loc)
+            out.key_locs["share_mode"] = next(m for m in modes if m is not None).loc
+        if not out:
+            return None
+        out.loc = next(iter(out.key_locs.values()))
         return out
 
     def phase(self, msg: Message, name: str, ltype: str) -> str | None:
@@ -278,7 +315,7 @@ class _Builder:
                 ltype: str) -> None:
         fields = dict(msg.fields)
         desc = msg.descriptor
-        if desc.name == "V1ConvolutionParameter":
+        if desc.name in ("V1ConvolutionParameter", "ConvolutionParameter"):
             self.holes(fields, out, flat_from, err_ctx)
         if block == "softmaxloss_param":
             if "weight_source" in fields:
@@ -376,6 +413,7 @@ def loads(text: str, filename: str = "<string>.prototxt") -> Map:
     net, placeholders = parse(text, filename, proto.descriptor("NetParameter"))
     b = _Builder(filename)
     doc = Map(loc=Loc(filename, 1, 1))
+    doc.sed_vars = True     # -D as DeepLab's sed: names the file does not use are ignored
     name = net.first("name")
     if name is not None:
         doc["name"] = name.value

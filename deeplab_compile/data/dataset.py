@@ -130,15 +130,9 @@ class ImageSegDataset(Dataset):
         rng = np.random.default_rng((self.seed, epoch, i))
         data, label, _ = transform(self.params, img, seg, rng)
         out: dict[str, Any] = {"id": e.id, "index": i, "size": np.array(img.shape[:2])}
-        tops = self.spec.tops
-        out[tops[0]] = data
-        k = 1
-        if self.spec.label_type != "none" and len(tops) > 1:
-            out[tops[1]] = label if self.spec.label_type == "pixel" else \
-                np.full((1, 1, 1), float(e.label), np.float32)
-            k = 2
-        if len(tops) > k:
-            out[tops[k]] = data_dim(self.params, *img.shape[:2])
+        made = {"data": data, "label": label}      # label: the map, the class id or ignore_label
+        for top, role in zip(self.spec.tops, self.spec.roles):
+            out[top] = made[role] if role != "data_dim" else data_dim(self.params, *img.shape[:2])
         return out
 
 

@@ -37,6 +37,8 @@ from .transforms import TransformParams
 
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)   # DeepLab's train/test prototxts (ImageNet VGG16)
 
+ROLES = ("data", "label", "data_dim")         # ImageSegData's tops, in order
+
 EXTRA_KEYS = ("preprocess", "label_map", "num_classes", "num_workers")
 
 
@@ -63,6 +65,7 @@ class DataSpec:
     num_classes: int | None = None
     num_workers: int = 2
     tops: list[str] = field(default_factory=lambda: ["data", "label"])   # names of the produced blobs
+    roles: list[str] = field(default_factory=lambda: ["data", "label"])  # what each top holds: data, label, data_dim
     where: str = ""                   # where the spec came from, for messages
 
     @property
@@ -137,6 +140,9 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
         params["crop_height"] = lay.params["crop_height"] or lay.params["crop_size"]
         params["crop_width"] = lay.params["crop_width"] or lay.params["crop_size"]
         tops = list(lay.tops)
+        roles = list(ROLES[:len(tops)])          # by position, as DeepLab's three tops
+        if not lay.params.get("has_label", True):
+            params["label_type"] = "none"
         where = where or (str(lay.loc) if lay.loc else f"layer '{lay.name}'")
     else:
         if "data" not in net.inputs:
@@ -145,6 +151,7 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
         _, _, h, w = net.inputs["data"]
         params["crop_height"], params["crop_width"] = h, w
         tops = ["data"] + [t for t in ("label", "data_dim") if t in net.inputs]
+        roles = list(tops)
     if "crop_size" in given:
         params["crop_height"] = params["crop_width"] = given.pop("crop_size")
     for k in ("crop_height", "crop_width"):
@@ -156,14 +163,14 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
         if v and k == "mean_file":
             raise DataError("mean_file (binaryproto) is not supported", hint="give mean_value: [B, G, R]")
     params.update(given)
+    if given.get("has_label") is False:        # DeepLab v1's image-only list
+        params["label_type"] = "none"
     if "source" not in params or not params["source"]:
         raise DataError("no list file: the data layer or the solver's data section needs 'source'",
                         loc=loc_of(overrides) if overrides else None,
                         hint="add 'source: list/train.txt' (lines of 'image label')")
-    if params.get("label_type", "pixel") == "none":
-        tops = [t for t in tops if t != "label"]
     spec = DataSpec(**{k: v for k, v in params.items() if k in DataSpec.__dataclass_fields__})
-    spec.tops = tops
+    spec.tops, spec.roles = tops, roles
     spec.where = where
     if not spec.crop_height or not spec.crop_width:
         raise DataError("no crop size", hint="give crop_size (or crop_height and crop_width)")

@@ -6,8 +6,10 @@ Caffe nets) and its label map ``seg`` (H x W):
 
 1. ``scale_factors`` (when given): one factor ``f`` is drawn uniformly from the list; the
    image is resized with OpenCV's ``INTER_LINEAR`` and the label with ``INTER_NEAREST``,
-   both to ``round(H f) x round(W f)`` with the source coordinate ``(x + 0.5) / f - 0.5``
-   (linear) or ``floor(x / f)`` (nearest).  The image stays 8-bit, as in OpenCV.
+   both to ``int(H f) x int(W f)`` (DeepLab multiplies the int size by the float factor,
+   which truncates: 321 x 0.75 -> 240), with the source coordinate ``(x + 0.5) s - 0.5``
+   (linear) or ``floor(x s)`` (nearest), ``s`` = source size / new size per axis, as
+   ``cv::resize`` to an explicit size computes it.  The image stays 8-bit, as in OpenCV.
 2. ``mirror``: flip left-right with probability 1/2 (Caffe draws this in both phases).
 3. Pad at the bottom and right up to the crop size: the image with the mean value (so it
    reads 0 after the mean is subtracted), the label with ``ignore_label``.
@@ -31,9 +33,10 @@ import numpy as np
 
 
 def resize_size(h: int, w: int, f: float) -> tuple[int, int]:
-    """OpenCV's ``cv::resize(src, dst, Size(), f, f)`` output size: ``saturate_cast<int>``
-    rounds half to even, as Python's ``round``."""
-    return max(int(round(h * f)), 1), max(int(round(w * f)), 1)
+    """The size DeepLab resizes to: ``img_height *= scale`` on an int with a float factor,
+    a float32 product truncated to int."""
+    f32 = np.float32(f)
+    return max(int(np.float32(h) * f32), 1), max(int(np.float32(w) * f32), 1)
 
 
 def _linear_coords(n_in: int, n_out: int, f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,30 +56,14 @@ def _linear_coords(n_in: int, n_out: int, f: float) -> tuple[np.ndarray, np.ndar
 
 def resize_linear(img: np.ndarray, f: float) -> np.ndarray:
     """Bilinear resize of an 8-bit H x W (x C) image by factor ``f`` (OpenCV INTER_LINEAR)."""
-    h, w = img.shape[:2]
-    oh, ow = resize_size(h, w, f)
-    y0, y1, fy = _linear_coords(h, oh, f)
-    x0, x1, fx = _linear_coords(w, ow, f)
-    src = img.astype(np.float32)
-    if src.ndim == 2:
-        src = src[:, :, None]
-    fx = fx[None, :, None]
-    fy = fy[:, None, None]
-    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx
-    bot = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
-    out = top * (1 - fy) + bot * fy
-    out = np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-    return out if img.ndim == 3 else out[:, :, 0]
+    oh, ow = resize_size(img.shape[0], img.shape[1], f)
+    return resize_to(img, oh, ow, nearest=False)
 
 
 def resize_nearest(seg: np.ndarray, f: float) -> np.ndarray:
     """Nearest-neighbour resize by factor ``f`` (OpenCV INTER_NEAREST: ``floor(x / f)``)."""
-    h, w = seg.shape[:2]
-    oh, ow = resize_size(h, w, f)
-    scale = 1.0 / f
-    ys = np.minimum(np.floor(np.arange(oh) * scale).astype(np.int64), h - 1)
-    xs = np.minimum(np.floor(np.arange(ow) * scale).astype(np.int64), w - 1)
-    return seg[ys][:, xs]
+    oh, ow = resize_size(seg.shape[0], seg.shape[1], f)
+    return resize_to(seg, oh, ow, nearest=True)
 
 
 def resize_to(img: np.ndarray, height: int, width: int, *, nearest: bool) -> np.ndarray:

@@ -6,6 +6,8 @@ Which statistics are used
     phase), ``eval()`` uses the running estimates (Caffe's TEST phase).  ``true`` always
     uses the running estimates (DeepLab v2's ResNets); ``false`` always uses the batch
     statistics (the running estimates are then updated in training mode only).
+    DeepLab v2's ``update_global_stats: true`` with ``use_global_stats: true`` normalizes
+    with the running estimates and still updates them from each batch in training mode.
 
 Running estimates, exactly as Caffe keeps them
     Caffe stores three blobs: ``mean_sum``, ``var_sum`` and a scalar ``weight``; each step
@@ -38,9 +40,11 @@ from .base import LayerType, P
 
 class CaffeBatchNorm(nn.Module):
     def __init__(self, *, channels: int, use_global_stats: bool | None = None,
-                 moving_average_fraction: float = 0.999, eps: float = 1e-5):
+                 moving_average_fraction: float = 0.999, eps: float = 1e-5,
+                 update_global_stats: bool = False):
         super().__init__()
         self.channels, self.use_global_stats = channels, use_global_stats
+        self.update_global_stats = update_global_stats
         self.moving_average_fraction, self.eps = moving_average_fraction, eps
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
@@ -53,7 +57,10 @@ class CaffeBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
         if use_global:
-            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+            y = F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+            if self.update_global_stats and self.training:
+                self._update(x.detach())
+            return y
         y = F.batch_norm(x, None, None, training=True, eps=self.eps)
         if self.training:
             self._update(x.detach())
@@ -81,6 +88,8 @@ class BatchNorm(LayerType):
         "use_global_stats": P("bool", None, doc="unset: follow train()/eval(), as Caffe's phases"),
         "moving_average_fraction": P("float", 0.999, min=0.0, max=1.0),
         "eps": P("float", 1e-5, min=0.0),
+        "update_global_stats": P("bool", False, doc="DeepLab v2: normalize with the running estimates "
+                                 "and still update them from each training batch"),
         "engine": P("enum", "default", choices=("default", "caffe", "cudnn"), doc="accepted, ignored"),
     }
     # Caffe's three blobs, in order, so that prototxts with three ``param`` entries (DeepLab
@@ -102,4 +111,5 @@ class BatchNorm(LayerType):
     def build(self, layer: Layer) -> nn.Module:
         p = layer.params
         return CaffeBatchNorm(channels=layer.in_shapes[0][1], use_global_stats=p["use_global_stats"],
-                              moving_average_fraction=p["moving_average_fraction"], eps=p["eps"])
+                              moving_average_fraction=p["moving_average_fraction"], eps=p["eps"],
+                              update_global_stats=p["update_global_stats"])

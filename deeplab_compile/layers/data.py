@@ -63,9 +63,12 @@ class Input(LayerType):
 class ImageSegData(LayerType):
     """DeepLab's ImageSegData: images and label maps read from a list file.
 
-    Tops: ``data`` (N,3,h,w), then ``label`` (N,1,h,w) for ``label_type: pixel``
-    ((N,1,1,1) for ``image``; no label top for ``none``), then optionally ``data_dim``
-    (N,1,1,2): the image's height and width before cropping.  ``h, w`` are ``crop_height`` /
+    Its tops are, by position as in DeepLab (three tops; fewer may be named, the rest are
+    made and dropped): ``data`` (N,C,h,w), ``label`` (N,1,h,w) and ``data_dim`` (N,1,1,2),
+    the image's height and width clipped to the crop.  The label top exists for every
+    ``label_type``: the label map (``pixel``), the list's class id in every pixel
+    (``image``), or ``ignore_label`` everywhere (``none``, and DeepLab v1's ``has_label:
+    false``), each padded with ``ignore_label``.  ``h, w`` are ``crop_height`` /
     ``crop_width``, else ``crop_size``; a crop size is required because the graph needs a
     fixed input size.  The parameters are the flat union of DeepLab's ``image_data_param``
     and ``transform_param``.
@@ -84,6 +87,8 @@ class ImageSegData(LayerType):
         "is_color": P("bool", True),
         "label_type": P("enum", "pixel", choices=("pixel", "image", "none")),
         "ignore_label": P("int", 255, doc="label value the crop padding gets"),
+        "has_label": P("bool", True, doc="DeepLab v1: false reads a list of images only (as label_type: none)"),
+        "max_labels": P("int", 1, doc="DeepLab v1's image-label count: accepted, no effect on segmentation"),
         # transform_param
         "crop_size": P("int", 0, min=0),
         "crop_height": P("int", 0, min=0),
@@ -120,21 +125,20 @@ class ImageSegData(LayerType):
         if any(f <= 0 for f in p["scale_factors"]):
             raise layer.error("'scale_factors' must all be > 0", key="scale_factors",
                               hint="e.g. scale_factors: [0.5, 0.75, 1, 1.25, 1.5]", cls=ParameterError)
-        n = len(layer.tops)
-        max_tops = 2 if p["label_type"] == "none" else 3
-        if n > max_tops:
-            raise layer.error(f"{n} tops with label_type '{p['label_type']}' (at most {max_tops})",
-                              hint="tops are data[, label][, data_dim]; label_type none has no label top",
-                              cls=ParameterError)
+        if p["crop_size"] and (p["crop_height"] or p["crop_width"]):
+            raise layer.error("both 'crop_size' and 'crop_height'/'crop_width' given", key="crop_size",
+                              hint="give crop_size, or both crop_height and crop_width", cls=ParameterError)
+        if bool(p["crop_height"]) != bool(p["crop_width"]):
+            raise layer.error("only one of 'crop_height' and 'crop_width' given",
+                              key="crop_height" if p["crop_height"] else "crop_width",
+                              hint="give both, as DeepLab requires", cls=ParameterError)
 
     def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         p = layer.params
         b = p["batch_size"]
         h, w = self.crop(layer)
-        out: list[Shape] = [(b, 1 if p["force_gray"] or not p["is_color"] else 3, h, w)]
-        if p["label_type"] != "none":
-            out.append((b, 1, h, w) if p["label_type"] == "pixel" else (b, 1, 1, 1))
-        out.append((b, 1, 1, 2))
+        out: list[Shape] = [(b, 1 if p["force_gray"] or not p["is_color"] else 3, h, w),
+                            (b, 1, h, w), (b, 1, 1, 2)]
         return [positive_size(layer, s) for s in out[:len(layer.tops)]]
 
     def build(self, layer: Layer) -> None:

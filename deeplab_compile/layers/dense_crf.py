@@ -7,7 +7,8 @@ Bottoms, as in DeepLab's ``densecrf_layer``:
                 ImageSegData; the CRF runs on the top-left min(H, height) x min(W, width)
   ``data``      (N, 3, H, W) the image blob (optional; without it only the positional
                 kernel runs)
-Top: (N, C, H, W) marginals, zero outside each image's effective area.
+Top: (N, C, H, W) marginals, zero outside each image's effective area (with DeepLab v2's
+``output_probability: false``, their log, the smallest float's log outside).
 
 The ``data`` bottom is the transformed net input: BGR, mean-subtracted, scale 1.
 DeepLab's layer used that blob unchanged as the colour feature (divided by
@@ -41,7 +42,7 @@ class DenseCRFModule(nn.Module):
     def __init__(self, *, max_iter: int = 10, pos_w: float = _LARGEFOV.pos_w,
                  pos_xy_std: float = _LARGEFOV.pos_xy_std, bi_w: float = _LARGEFOV.bi_w,
                  bi_xy_std: float = _LARGEFOV.bi_xy_std, bi_rgb_std: float = _LARGEFOV.bi_rgb_std,
-                 normalization: str = "symmetric"):
+                 normalization: str = "symmetric", output_probability: bool = True):
         super().__init__()
         if max_iter < 0:
             raise ValueError(f"DenseCRF: max_iter must be >= 0, got {max_iter}")
@@ -57,6 +58,7 @@ class DenseCRFModule(nn.Module):
         self.pos_w, self.pos_xy_std = float(pos_w), float(pos_xy_std)
         self.bi_w, self.bi_xy_std, self.bi_rgb_std = float(bi_w), float(bi_xy_std), float(bi_rgb_std)
         self.normalization = normalization
+        self.output_probability = bool(output_probability)
 
     def extra_repr(self) -> str:
         return (f"max_iter={self.max_iter}, pos_w={self.pos_w:g}, pos_xy_std={self.pos_xy_std:g}, "
@@ -87,6 +89,8 @@ class DenseCRFModule(nn.Module):
             q = _dense_crf_op(img, u, self.pos_w, self.pos_xy_std, bi_w, self.bi_xy_std, self.bi_rgb_std,
                               self.max_iter, self.normalization)
             out[idx, :, :h, :w] = q
+        if not self.output_probability:     # DeepLab v2's score output: log(prob)
+            out = out.clamp_min(torch.finfo(out.dtype).tiny).log()
         return out
 
 
@@ -103,6 +107,7 @@ class DenseCRF(LayerType):
         "bi_rgb_std": P("float", _LARGEFOV.bi_rgb_std, doc="its colour std in intensity levels (> 0)"),
         "normalization": P("enum", "symmetric", choices=("symmetric", "after"),
                            doc="symmetric (pydensecrf) or after (DeepLab's densecrf)"),
+        "output_probability": P("bool", True, doc="false: log(marginals), DeepLab v2's score output"),
     }
     bottoms = (2, 3)
     tops = (1, 1)
@@ -136,4 +141,4 @@ class DenseCRF(LayerType):
         p = layer.params
         return DenseCRFModule(max_iter=p["max_iter"], pos_w=p["pos_w"], pos_xy_std=p["pos_xy_std"],
                               bi_w=p["bi_w"], bi_xy_std=p["bi_xy_std"], bi_rgb_std=p["bi_rgb_std"],
-                              normalization=p["normalization"])
+                              normalization=p["normalization"], output_probability=p["output_probability"])

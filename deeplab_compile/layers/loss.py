@@ -70,6 +70,7 @@ class SoftmaxWithLoss(LayerType):
         "ignore_label": P("int", None),
         "normalization": P("enum", "valid", choices=("full", "valid", "batch_size", "none")),
         "normalize": P("bool", None, doc="legacy: true = VALID, false = BATCH_SIZE"),
+        "engine": P("enum", "default", choices=("default", "caffe", "cudnn"), doc="accepted, ignored"),
     }
     bottoms = (2, 2)
     tops = (1, 2)

@@ -74,7 +74,11 @@ class CaffeSegAccuracy(nn.Module):
 class SegAccuracy(LayerType):
     type_name = "SegAccuracy"
     params = {"ignore_label": P("ints", [], doc="labels to skip, e.g. [255]"),
-              "reset": P("bool", True, doc="false: accumulate the confusion matrix over calls")}
+              "reset": P("bool", True, doc="false: accumulate the confusion matrix over calls"),
+              # DeepLab (v1 and v2) reads it and reports all three values anyway: its
+              # switch on the metric is commented out.  Accepted, no effect.
+              "metric": P("enum", "pixelaccuracy", choices=("pixelaccuracy", "classaccuracy", "pixeliou"),
+                          doc="accepted, no effect: all three are output, as in DeepLab")}
     bottoms = (2, 2)
     is_metric = True
 

@@ -90,10 +90,11 @@ escaped, so reading and expanding that text gives the same document.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from .errors import (IncludeError, Loc, NetDefError, NetDefSyntaxError, ParameterError,
-                     TemplateError, VariableError, did_you_mean)
+                     TemplateError, VariableError, did_you_mean, near_miss)
 from .expr import IDENT_RE, Scope, substitute_text
 from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
@@ -620,8 +621,18 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
     ex.root_dir = base_dir
     ex.collect(doc, base_dir, chain)
 
+    unused = []
     for name, value in (overrides or {}).items():
         where = Loc(f"-D {name}")
+        if name not in ex.vars and getattr(doc, "sed_vars", False):
+            # a Caffe prototxt takes DeepLab's one variable set, as sed does: a name the
+            # file does not use is ignored, a near miss of one it uses is a typo
+            typo = near_miss(str(name), list(ex.vars))
+            if typo is None:
+                unused.append(str(name))
+                continue
+            raise VariableError(f"the prototxt has no variable '{name}'", loc=where,
+                                hint=f"did you mean '{typo}'?")
         if name not in ex.vars:
             hint = did_you_mean(str(name), list(ex.vars)) or (
                 f"its variables are: {', '.join(ex.vars)}" if ex.vars else "it defines no variables")
@@ -631,6 +642,10 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
             raise VariableError(f"the value for '{name}' must be a number, boolean or text, "
                                 f"not {value!r}"[:200], loc=where, hint=f"write -D {name}=VALUE")
         ex.vars.define(name, value, None, name)
+    if unused:
+        print(f"note: {loc.file if loc is not None else 'the prototxt'} uses no "
+              + ", ".join("${%s}" % n for n in unused) + "; -D ignored for it (as sed would)",
+              file=sys.stderr)
 
     out = Map(loc=loc)
     name = ex.subst(doc["name"], ex.globals, doc, "name") if "name" in doc else _default_name(doc)

@@ -37,7 +37,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
     for name, shape in ir.inputs.items():
         if name == spec.tops[0]:
             inputs[name] = (b, shape[1], h, w)
-        elif len(spec.tops) > 1 and name == spec.tops[1] and spec.label_type == "pixel":
+        elif len(spec.tops) > 1 and name == spec.tops[1] and spec.roles[1] == "label":
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
     # never fused: the passes are for inference, and training walks the netdef's layers
