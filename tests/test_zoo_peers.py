@@ -145,37 +145,131 @@ def test_torchvision_resnet101_refuses_a_strided_1x1(tv_resnet101, tmp_path, cap
 
 # ---------------------------------------------------------------- timm backbones
 
+TIMM_CASES = {  # id: (timm model, source, our net, input seed)
+    "xception65": ("xception65", "timm:xception65", "deeplab_v3plus_xception65", 3),
+    "mobilenetv2": ("mobilenetv2_100", "timm:mobilenetv2_100", "deeplab_v3plus_mobilenetv2", 4),
+}
 
-def _timm(name, os_):
+
+def _timm_features(model, x):
+    """Where our backbones end: Xception's exit flow (timm's forward_features); MobileNetV2's
+    ir17 projection, the output of timm's last block (we have no conv_head)."""
+    if hasattr(model, "conv_stem"):
+        return model.blocks(model.bn1(model.conv_stem(x)))
+    return model.forward_features(x)
+
+
+@pytest.fixture(scope="module", params=[(k, os_) for k in TIMM_CASES for os_ in (16, 8)],
+                ids=lambda p: f"{p[0]}-os{p[1]}")
+def timm_case(request, tmp_path_factory):
+    key, os_ = request.param
+    name, source, net, seed = TIMM_CASES[key]
     timm = peers.timm()
     torch.manual_seed(0)
-    return peers.randomize_bn(timm.create_model(name, pretrained=False, output_stride=os_))
+    model = peers.randomize_bn(timm.create_model(name, pretrained=False, output_stride=os_))
+    x = image(seed=seed)
+    with torch.no_grad():
+        ref = _timm_features(model, x)
+    ck = convert(tmp_path_factory.mktemp(key), model, source, net, output_stride=os_)
+    return key, net, os_, x, ref, ck
 
 
 @FUSE
-@pytest.mark.parametrize("os_", [16, 8])
-def test_timm_xception65_into_v3plus(tmp_path, os_, fuse):
-    """timm's xception65 (aligned Xception, BN eps 1e-3) into v3+ Xception-65: the exit
-    flow's output is timm's forward_features, at output stride 16 and 8."""
-    model = _timm("xception65", os_)
-    x = image(seed=3)
-    with torch.no_grad():
-        ref = model.forward_features(x)
-    ck = convert(tmp_path, model, "timm:xception65", "deeplab_v3plus_xception65", output_stride=os_)
-    _, seen = run(compiled("deeplab_v3plus_xception65", ck, fuse, output_stride=os_), x, "exit2_sep3_pw_relu")
-    close(seen["exit2_sep3_pw_relu"], ref)
-
-
-@FUSE
-@pytest.mark.parametrize("os_", [16, 8])
-def test_timm_mobilenetv2_into_v3plus(tmp_path, os_, fuse):
-    """timm's mobilenetv2_100 into v3+ MobileNetV2: ir17's projection is the output of
-    timm's last block (before its conv_head, which we do not have)."""
-    model = _timm("mobilenetv2_100", os_)
-    x = image(seed=4)
-    with torch.no_grad():
-        ref = model.blocks(model.bn1(model.conv_stem(x)))
-    ck = convert(tmp_path, model, "timm:mobilenetv2_100", "deeplab_v3plus_mobilenetv2", output_stride=os_)
-    node = "ir17_project" if fuse else "ir17_project_scale"
-    _, seen = run(compiled("deeplab_v3plus_mobilenetv2", ck, fuse, output_stride=os_), x, node)
+def test_timm_backbones_into_v3plus(timm_case, fuse):
+    """timm's xception65 (aligned Xception, BN eps 1e-3) and mobilenetv2_100 into the v3+
+    nets, at output stride 16 and 8: our backbone's last blob is timm's feature map."""
+    key, net, os_, x, ref, ck = timm_case
+    node = {"xception65": "exit2_sep3_pw_relu", "mobilenetv2": "ir17_project" if fuse else "ir17_project_scale"}[key]
+    _, seen = run(compiled(net, ck, fuse, output_stride=os_), x, node)
     close(seen[node], ref)
+
+
+# ---------------------------------------------------------------- torchvision vgg16
+
+
+@pytest.fixture(scope="module")
+def tv_vgg16(tmp_path_factory):
+    """torchvision's vgg16 (ImageNet layout, random weights) and its conversion for
+    DeepLab-LargeFOV and v2 VGG16 ASPP-L."""
+    tv = peers.torchvision()
+    torch.manual_seed(0)
+    model = tv.models.vgg16(weights=None).eval()
+    tmp = tmp_path_factory.mktemp("vgg")
+    src = tmp / "peer.pth"
+    torch.save(model.state_dict(), src)
+    cks = {}
+    for net in ("deeplab_largefov", "deeplab_v2_vgg16_aspp_l"):
+        cks[net] = tmp / f"{net}.pt"
+        assert convert_main([str(src), "--from", "torchvision:vgg16", "--netdef", netdef(net),
+                             "-o", str(cks[net]), "-q"]) == 0
+    return model, cks
+
+
+def _deeplab_and_torchvision_inputs(size=SIZE, seed=5):
+    """One RGB image in [0, 255] as DeepLab's nets read it (B G R less mean_value) and as
+    torchvision's VGG16 reads it (RGB / 255, ImageNet mean and std)."""
+    from deeplab_compile.zoo.vgg16 import DEEPLAB_MEAN_BGR, TORCHVISION_MEAN, TORCHVISION_STD
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(1, 3, size, size, generator=g, dtype=torch.float64) * 255
+    caffe = rgb.flip(1) - torch.tensor(DEEPLAB_MEAN_BGR, dtype=torch.float64).view(1, 3, 1, 1)
+    tvin = (rgb / 255 - torch.tensor(TORCHVISION_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) \
+        / torch.tensor(TORCHVISION_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return caffe.float(), tvin.float()
+
+
+@FUSE
+@pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_vgg16_aspp_l"])
+def test_vgg16_conv_trunk_reads_deeplab_input(tv_vgg16, net, fuse):
+    """conv1_1 is rewritten for DeepLab's input: conv1_2 on DeepLab's B G R minus mean gives
+    torchvision's conv1_2 on torchvision's normalised RGB, away from the zero-padded border;
+    conv2_1 .. conv5_3 are torchvision's tensors."""
+    model, cks = tv_vgg16
+    caffe, tvin = _deeplab_and_torchvision_inputs()
+    gm = compiled(net, cks[net], fuse)
+    _, seen = run(gm, caffe, "conv1_2")
+    with torch.no_grad():
+        ref = model.features[:3](tvin)
+    close(seen["conv1_2"][..., 2:-2, 2:-2], ref[..., 2:-2, 2:-2])
+    sd = gm.state_dict()
+    for i, cid in ((2, "1_2"), (5, "2_1"), (28, "5_3")):
+        assert torch.equal(sd[f"conv{cid}.weight"], model.features[i].weight.detach())
+
+
+@pytest.mark.parametrize("net,layer,rate", [("deeplab_largefov", "fc6", 12),
+                                            ("deeplab_v2_vgg16_aspp_l", "fc6_1", 6),
+                                            ("deeplab_v2_vgg16_aspp_l", "fc6_4", 24)])
+def test_vgg16_fc6_is_the_decimated_fully_connected_layer(tv_vgg16, net, layer, rate):
+    """fc6 as a 3x3 atrous conv is torchvision's fc6 (a 4096 x 512 x 7 x 7 window on pool5)
+    seen through rows/columns 0, 3, 6 and every 4th output: put a pool5 window that is zero
+    off those taps through the Linear, and the same taps `rate` apart through our conv."""
+    model, cks = tv_vgg16
+    gm = compiled(net, cks[net], True)
+    g = torch.Generator().manual_seed(6)
+    window = torch.zeros(512, 7, 7)
+    window[:, ::3, ::3] = torch.randn(512, 3, 3, generator=g)
+    size = 2 * rate + 1
+    fmap = torch.zeros(1, 512, size, size)
+    fmap[0, :, ::rate, ::rate] = window[:, ::3, ::3]
+    with torch.no_grad():
+        ref = model.classifier[0](window.reshape(1, -1))[0, ::4]
+        ours = gm.get_submodule(layer)(fmap)[0, :, rate, rate]
+    close(ours, ref)
+
+
+def test_vgg16_fc7_and_the_report(tv_vgg16, tmp_path, capsys):
+    """fc7 is torchvision's fc7 between every 4th unit; fc8 (the 1000 ImageNet classes)
+    is dropped and the task's fc8 stays at its filler."""
+    model, cks = tv_vgg16
+    gm = compiled("deeplab_largefov", cks["deeplab_largefov"], True)
+    h = torch.randn(1024, generator=torch.Generator().manual_seed(7))
+    full = torch.zeros(4096)
+    full[::4] = h
+    with torch.no_grad():
+        ref = model.classifier[3](full[None])[0, ::4]
+        ours = gm.get_submodule("fc7")(h.view(1, 1024, 1, 1))[0, :, 0, 0]
+    close(ours, ref)
+    src = cks["deeplab_largefov"].parent / "peer.pth"
+    assert convert_main([str(src), "--from", "torchvision:vgg16", "--netdef", netdef("deeplab_largefov"),
+                         "-o", str(tmp_path / "init.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "fc8.weight" in err and "left at their initial values" in err

@@ -143,6 +143,15 @@ def check_layout(source: str, netdef: str | os.PathLike, vars: Mapping[str, Any]
     return need
 
 
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ZooError(f"{path}: reading .safetensors needs the safetensors package",
+                       hint="pip install safetensors, or give the .pth/.bin file") from None
+    return load_file(path, device="cpu")
+
+
 def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.PathLike, out_path: str | os.PathLike,
                  *, vars: Mapping[str, Any] | None = None) -> Report:
     """``deeplab-convert SRC --from SOURCE --netdef N -o OUT``: write ``{"state_dict": ...,
@@ -151,7 +160,12 @@ def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.Path
     from ..io.atomic import atomic_path
     check_layout(source, netdef, vars)
     try:
-        obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
+        if os.fspath(src_path).endswith(".safetensors"):   # timm's files on the Hugging Face hub
+            obj = _load_safetensors(os.fspath(src_path))
+        else:
+            obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
+    except ZooError:
+        raise
     except FileNotFoundError:
         raise ZooError(f"{src_path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
