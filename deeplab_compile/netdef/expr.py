@@ -246,7 +246,7 @@ def _what(node) -> str:
         return node[1]
     if node[0] == "index":
         return f"{_what(node[1])}[{_what(node[2])}]"
-    return "..." if node[0] != "int" else str(node[1])
+    return str(node[1]) if node[0] == "int" else "the key"
 
 
 def _value(parser: _Site, node, scope: Scope) -> Any:
@@ -264,6 +264,8 @@ def _value(parser: _Site, node, scope: Scope) -> Any:
                                "to look a key up in", node[3],
                                "define it as a mapping, e.g. {deeplab: 16, torchvision: 8}")
         key = _value(parser, node[2], scope)
+        if type(key) is int and key not in table and str(key) in table:   # YAML keys may stay text
+            key = str(key)
         if not isinstance(key, (str, int)) or isinstance(key, bool) or key not in table:
             keys = ", ".join(str(k) for k in table)
             raise parser.error(f"'{_what(node[2])}' is {_short(key)}, which '{_what(node[1])}' has no "
