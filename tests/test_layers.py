@@ -35,6 +35,7 @@ CASES: dict[str, list[tuple[dict, list[tuple], dict]]] = {
         ({"zoom_factor": 4, "pad_beg": -1, "pad_end": -1}, [(1, 1, 9, 7)], {}),
         ({"height": 13, "width": 5}, [(2, 1, 7, 7)], {}),
         ({}, [(1, 2, 5, 5), (1, 7, 12, 9)], {}),
+        ({"zoom_factor": 3, "align_corners": False}, [(1, 2, 5, 4)], {}),
     ],
     "InnerProduct": [
         ({"num_output": 7}, [(2, 3, 4, 5)], {}),

@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--from", dest="source", metavar="SOURCE",
                    help="import a pretrained PyTorch state dict by name table: "
-                        "torchvision:resnet101, torchvision:deeplabv3_resnet101, timm:xception65, "
-                        "timm:mobilenetv2_100 (deeplab_compile.zoo.mappings)")
+                        "torchvision:resnet101, torchvision:deeplabv3_resnet101, torchvision:vgg16, "
+                        "timm:xception65, timm:mobilenetv2_100 (deeplab_compile.zoo.mappings); "
+                        "torchvision:deeplabv3_resnet101 needs -D layout=torchvision")
     return p
 
 
@@ -122,9 +123,12 @@ def from_pretrained(args) -> str:
     from ..zoo.convert import convert_file
     if not args.netdef:
         raise DeepLabError("--from needs --netdef (the zoo net the weights are for)", loc=None)
+    from ..zoo.mappings import LAYOUTS
     out = _output(args, ".pt")
     rep = convert_file(args.input, args.source, args.netdef, out, vars=parse_defines(args.defines))
-    return f"{rep.summary()}; wrote {out}"
+    need = LAYOUTS.get(args.source)
+    note = f" (weights of layout '{need}': compile with -D layout={need})" if need else ""
+    return f"{rep.summary()}; wrote {out}{note}"
 
 
 #: Input suffix -> converter(args) -> message.

@@ -1,4 +1,4 @@
-"""DeepLab's Interp: bilinear resizing with corners aligned.
+"""DeepLab's Interp: bilinear resizing, with corners aligned by default.
 
 Output size (DeepLab v2 ``interp_layer.cpp``), with ``H_eff = H + pad_beg + pad_end``
 (pads are <= 0: they crop), tried in this order:
@@ -13,6 +13,12 @@ Output size (DeepLab v2 ``interp_layer.cpp``), with ``H_eff = H + pad_beg + pad_
 The values are bilinear with corners aligned over the cropped input
 ``x[..., -pad_beg : H + pad_end, -pad_beg : W + pad_end]``: output pixel i samples input
 ``-pad_beg + i (H_eff - 1)/(H_out - 1)``.
+
+``align_corners: false`` resizes as torchvision's segmentation models and today's
+``F.interpolate`` default do (half-pixel centres: output pixel i samples input
+``(i + 0.5) H_eff / H_out - 0.5``, clamped at the border); the output size is the same.
+It is how torchvision's ``deeplabv3_resnet101`` brings its logits to the input size
+(``torchvision/models/segmentation/_utils.py``, ``F.interpolate(..., align_corners=False)``).
 
 ``geometry``: zoom z gives stride ``Fraction(1, z)``, shrink s stride ``s``, both
 ``Fraction(s, z)``; an explicit or borrowed size gives ``Fraction(H_eff - 1, H_out - 1)``.
@@ -53,16 +59,19 @@ def interp_size(h: int, w: int, *, zoom_factor: int | None = None, shrink_factor
 
 class CaffeInterp(nn.Module):
     def __init__(self, *, zoom_factor: int | None = None, shrink_factor: int | None = None,
-                 height: int | None = None, width: int | None = None, pad_beg: int = 0, pad_end: int = 0):
+                 height: int | None = None, width: int | None = None, pad_beg: int = 0, pad_end: int = 0,
+                 align_corners: bool = True):
         super().__init__()
         if pad_beg > 0 or pad_end > 0:
             raise ValueError("pad_beg and pad_end must be <= 0 (they crop)")
         self.zoom_factor, self.shrink_factor = zoom_factor, shrink_factor
         self.height, self.width, self.pad_beg, self.pad_end = height, width, pad_beg, pad_end
+        self.align_corners = bool(align_corners)
 
     def extra_repr(self) -> str:
         keys = ("zoom_factor", "shrink_factor", "height", "width", "pad_beg", "pad_end")
-        return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
+        s = ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
+        return s if self.align_corners else (s + ", " if s else "") + "align_corners=False"
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -73,8 +82,9 @@ class CaffeInterp(nn.Module):
         if b or e:
             x = x[..., b:h + e, b:w + e]
         if not x.is_floating_point():
-            return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True).round().to(x.dtype)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            return F.interpolate(x.float(), size=size, mode="bilinear",
+                                 align_corners=self.align_corners).round().to(x.dtype)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
 class Interp(LayerType):
@@ -86,6 +96,7 @@ class Interp(LayerType):
         "width": P("int", None, min=1),
         "pad_beg": P("int", 0, max=0, doc="<= 0: crops the start of H and W"),
         "pad_end": P("int", 0, max=0, doc="<= 0: crops the end of H and W"),
+        "align_corners": P("bool", True, doc="false: half-pixel centres, as torchvision's resize"),
     }
     bottoms = (1, 2)
 
@@ -119,7 +130,8 @@ class Interp(LayerType):
                 raise layer.error(f"bottom '{layer.bottoms[1]}' is {fmt(in_shapes[1])}, it has no H x W",
                                   hint="use a 4-D blob as the size reference", cls=ShapeError)
             ref = tuple(in_shapes[1][-2:])
-        ho, wo = interp_size(x[2], x[3], ref=ref, **self._kwargs(layer))
+        size = {k: v for k, v in self._kwargs(layer).items() if k != "align_corners"}
+        ho, wo = interp_size(x[2], x[3], ref=ref, **size)
         return [positive_size(layer, (x[0], x[1], ho, wo))]
 
     def build(self, layer: Layer) -> nn.Module:
@@ -132,4 +144,6 @@ class Interp(LayerType):
             return 1, Fraction(s or 1, z or 1)
         he = layer.in_shapes[0][2] + p["pad_beg"] + p["pad_end"]
         ho = layer.out_shapes[0][2]
+        if not p["align_corners"]:
+            return 1, Fraction(he, ho)
         return 1, Fraction(he - 1, ho - 1) if ho > 1 else Fraction(he)

@@ -13,7 +13,8 @@ suffix.  The expanded document has exactly ``name``, ``vars`` (the final values)
 ``inputs`` and ``outputs`` (when given) and ``layers``.
 
 **Variables.**  ``vars: {num_classes: 21, crop: 321, half: "${crop / 2}"}``.  A value is
-an integer, a float, a boolean or text; text may use ``${...}`` to refer to other
+an integer, a float, a boolean or text, or a table (a mapping of names or integers to
+such values, read with ``${table[key]}``); text may use ``${...}`` to refer to other
 variables, in any order (a cycle is an error that names the variables).  Names are
 identifiers (``[A-Za-z_][A-Za-z0-9_]*``).  ``overrides`` (``-D name=value`` on the command
 line) replace values; overriding a variable the netdef does not define is an error.
@@ -284,11 +285,17 @@ class _Expander:
                     raise VariableError(f"'{name}' is not a valid variable name",
                                         loc=loc_of(variables, name),
                                         hint="use letters, digits and '_', not starting with a digit")
-                if value is not None and not isinstance(value, (bool, int, float, str)):
-                    what = "a list" if isinstance(value, list) else "a mapping"
-                    raise VariableError(f"variable '{name}' is {what}", loc=loc_of(variables, name),
-                                        hint="a variable holds a number, a boolean or text "
-                                             "(or ~ when it must be given with -D)")
+                if isinstance(value, dict):      # a lookup table: ${table[key]}
+                    bad = [k for k, v in value.items() if not isinstance(k, (int, str)) or isinstance(k, bool)
+                           or not isinstance(v, (bool, int, float, str))]
+                    if bad:
+                        raise VariableError(f"variable '{name}': entry '{bad[0]}' is not a number, boolean "
+                                            "or text under a name or integer", loc=loc_of(value, bad[0]),
+                                            hint="a table variable maps names to single values")
+                elif value is not None and not isinstance(value, (bool, int, float, str)):
+                    raise VariableError(f"variable '{name}' is a list", loc=loc_of(variables, name),
+                                        hint="a variable holds a number, a boolean or text, a table "
+                                             "of them, or ~ when it must be given with -D")
                 if name not in self.vars:
                     self.vars.define(name, value, variables, name)
         templates = doc.get("templates")

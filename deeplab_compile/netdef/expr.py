@@ -5,7 +5,18 @@ Grammar (a tokenizer and a recursive-descent parser)::
     expr  := term (("+" | "-") term)*
     term  := unary (("*" | "/" | "//" | "%") unary)*
     unary := "-" unary | atom
-    atom  := INT | NAME | "(" expr ")"
+    atom  := INT | NAME ("[" expr "]")* | "(" expr ")"
+
+``table[key]`` looks ``key`` up in the mapping variable ``table``: ``key`` is a name
+(its value, text or an integer, is the key), an integer or an integer expression.  It
+is how one variable selects a set of values, e.g. a layout::
+
+    vars:
+      layout: deeplab                                   # deeplab | torchvision
+      output_stride_of: {deeplab: 16, torchvision: 8}
+      output_stride: "${output_stride_of[layout]}"
+
+A key the mapping lacks is an error that lists its keys.
 
 ``/`` and ``//`` are both floor division (``7 / 2`` is 3, ``-7 / 2`` is -4) and ``%`` is
 the matching remainder, as in Caffe-style size formulas.  Every operand of an operator
@@ -20,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import Loc, VariableError, did_you_mean
 
@@ -28,7 +39,7 @@ __all__ = ["Scope", "substitute_text", "IDENT_RE"]
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN_RE = re.compile(r"\s*(?:(?P<int>[0-9]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-                       r"|(?P<op>//|[-+*/%()]))")
+                       r"|(?P<op>//|[-+*/%()\[\]]))")
 _MAX_NEST = 50
 _LIMIT = 2 ** 63
 
@@ -126,8 +137,8 @@ class _Parser:
             if m is None:
                 bad = len(expr[pos:]) - len(expr[pos:].lstrip()) + pos
                 raise self.error(f"unexpected character '{expr[bad]}' in '${{{expr}}}'", bad,
-                                 "expressions use integers, variable names, + - * / // % "
-                                 "and parentheses")
+                                 "expressions use integers, variable names, + - * / // %, "
+                                 "parentheses and table[key]")
             kind = m.lastgroup
             self.tokens.append((kind, m.group(kind), m.start(kind)))
             pos = m.end()
@@ -198,7 +209,18 @@ class _Parser:
                                  "integers in ${...} must fit in 64 bits")
             return ("int", int(text), pos)
         if kind == "name":
-            return ("name", text, pos)
+            node = ("name", text, pos)
+            while (tok := self.peek()) is not None and tok[0] == "op" and tok[1] == "[":
+                self.take()
+                self.nest(tok[2])
+                key = self.sum()
+                self.depth -= 1
+                close = self.take()
+                if close is None or close[1] != "]":
+                    at = close[2] if close else len(self.expr)
+                    raise self.error(f"missing ']' in '${{{self.expr}}}'", at, "close the brackets")
+                node = ("index", node, key, tok[2])
+            return node
         if text == "(":
             self.nest(pos)
             node = self.sum()
@@ -218,10 +240,51 @@ def _parse(expr: str):
     return _Parser(expr).parse()
 
 
+def _what(node) -> str:
+    """The source text of a name or index node, for messages."""
+    if node[0] == "name":
+        return node[1]
+    if node[0] == "index":
+        return f"{_what(node[1])}[{_what(node[2])}]"
+    return str(node[1]) if node[0] == "int" else "the key"
+
+
+def _value(parser: _Site, node, scope: Scope) -> Any:
+    """A name's or a lookup's own value (any type); anything else is integer arithmetic."""
+    kind = node[0]
+    if kind == "name":
+        found, value = scope.lookup(node[1])
+        if not found:
+            raise _undefined(node[1], scope, parser.loc(node[2]))
+        return value
+    if kind == "index":
+        table = _value(parser, node[1], scope)
+        if not isinstance(table, Mapping):
+            raise parser.error(f"'{_what(node[1])}' is {_kind(table)} ({_short(table)}), not a mapping "
+                               "to look a key up in", node[3],
+                               "define it as a mapping, e.g. {deeplab: 16, torchvision: 8}")
+        key = _value(parser, node[2], scope)
+        if type(key) is int and key not in table and str(key) in table:   # YAML keys may stay text
+            key = str(key)
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or key not in table:
+            keys = ", ".join(str(k) for k in table)
+            raise parser.error(f"'{_what(node[2])}' is {_short(key)}, which '{_what(node[1])}' has no "
+                               f"entry for", node[3], f"use one of: {keys}")
+        return table[key]
+    return _evaluate(parser, node, scope)
+
+
 def _evaluate(parser: _Site, node, scope: Scope) -> int:
     kind = node[0]
     if kind == "int":
         return node[1]
+    if kind == "index":
+        value = _value(parser, node, scope)
+        if type(value) is not int:
+            raise parser.error(f"arithmetic needs integers, but '{_what(node)}' is "
+                               f"{_kind(value)} ({_short(value)})", node[3],
+                               "use it alone to insert it, or give the entry an integer value")
+        return value
     if kind == "name":
         name, pos = node[1], node[2]
         found, value = scope.lookup(name)
@@ -270,12 +333,7 @@ def _expression(expr: str, offset: int, scope: Scope, base: Loc | None, exact: L
         tree = _parse(expr)
     except _Failure as fail:
         raise site.error(fail.what, fail.pos, fail.hint) from None
-    if tree[0] == "name":
-        found, value = scope.lookup(tree[1])
-        if not found:
-            raise _undefined(tree[1], scope, site.loc(tree[2]))
-        return value
-    return _evaluate(site, tree, scope)
+    return _value(site, tree, scope)
 
 
 def substitute_text(text: str, scope: Scope, base: Loc | None = None,

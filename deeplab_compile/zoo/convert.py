@@ -12,6 +12,11 @@ imported statistics get the steady-state value ``1 / (1 - moving_average_fractio
 so that fine-tuning continues the running averages instead of restarting them.
 Multi-scale nets (layers ending in ``_res075``/``_res05``) get the same statistics in
 every scale's BatchNorm copy; their learnable tensors are shared already.
+
+Before the table is read, a source's :data:`~.mappings.PREPARE` step reshapes its tensors
+(VGG16's fc6/fc7), and :data:`~.mappings.CHECKS` refuses a net the weights do not fit.
+``convert_file`` also refuses a netdef whose ``layout`` variable differs from the one the
+source's weights were trained in (:data:`~.mappings.LAYOUTS`).
 """
 from __future__ import annotations
 
@@ -63,6 +68,13 @@ def convert_state_dict(src: Mapping[str, torch.Tensor], source: str, net: torch.
     if source not in mappings.SOURCES:
         raise ZooError(f"unknown weight source '{source}'; known: {', '.join(mappings.SOURCES)}")
     table = mappings.key_table(source)
+    check = mappings.CHECKS.get(source)
+    problem = check(net) if check is not None else None
+    if problem is not None:
+        raise ZooError(f"{source}: {problem[0]}: {problem[1]}")
+    prepare = mappings.PREPARE.get(source)
+    if prepare is not None:
+        src = prepare(src)
     ours = net.state_dict()
     out = {k: v.clone() for k, v in ours.items()}
     fed: dict[str, str] = {}
@@ -72,35 +84,72 @@ def convert_state_dict(src: Mapping[str, torch.Tensor], source: str, net: torch.
         raise ZooError(f"{len(unknown)} key(s) of the {source} state dict are not in its table, "
                        f"e.g. '{unknown[0]}': is this the right --from?")
     for key, value in src.items():
-        dst = table[key]
-        if dst is None:
+        dsts = table[key]
+        if dsts is None:
             rep.dropped.append(key)
             continue
-        if dst not in ours:
-            raise ZooError(f"'{key}' maps to '{dst}', which this net does not have: "
-                           f"use a netdef built for {source}")
-        if dst in fed:
-            raise ZooError(f"'{dst}' is fed by both '{fed[dst]}' and '{key}'")
-        if tuple(value.shape) != tuple(ours[dst].shape):
-            raise ZooError(f"'{key}' has shape {tuple(value.shape)} but '{dst}' is {tuple(ours[dst].shape)} "
-                           "(a different num_classes or depth multiplier?)")
-        fed[dst] = key
-        targets = [dst]
-        mod, _, leaf = dst.rpartition(".")
-        targets += [f"{mod}{s}.{leaf}" for s in SCALE_SUFFIXES if f"{mod}{s}.{leaf}" in ours]
-        for t in targets:
-            out[t] = value.detach().to(ours[t].dtype).clone()
+        dsts = (dsts,) if isinstance(dsts, str) else tuple(d for d in dsts if d in ours) or dsts[:1]
+        for dst in dsts:
+            _feed(key, value, dst, source, net, ours, out, fed)
         rep.copied += 1
-        if leaf == "running_mean":
-            for t in targets:
-                wkey = t.rpartition(".")[0] + ".running_weight"
-                bn = net.get_submodule(t.rpartition(".")[0])
-                maf = getattr(bn, "moving_average_fraction", 0.999)
-                if wkey in out:
-                    out[wkey] = torch.full_like(out[wkey], 1.0 / (1.0 - maf) if maf < 1 else 1.0)
     covered = set(fed) | {f"{k.rpartition('.')[0]}{s}.{k.rpartition('.')[2]}" for k in fed for s in SCALE_SUFFIXES}
     rep.left_at_init = [k for k in ours if k not in covered and not k.endswith(".running_weight")]
     return out, rep
+
+
+def _feed(key: str, value: torch.Tensor, dst: str, source: str, net: torch.nn.Module,
+          ours: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor], fed: dict[str, str]) -> None:
+    if dst not in ours:
+        raise ZooError(f"'{key}' maps to '{dst}', which this net does not have: "
+                       f"use a netdef built for {source}")
+    if dst in fed:
+        raise ZooError(f"'{dst}' is fed by both '{fed[dst]}' and '{key}'")
+    if tuple(value.shape) != tuple(ours[dst].shape):
+        raise ZooError(f"'{key}' has shape {tuple(value.shape)} but '{dst}' is {tuple(ours[dst].shape)} "
+                       "(a different num_classes or depth multiplier?)")
+    fed[dst] = key
+    targets = [dst]
+    mod, _, leaf = dst.rpartition(".")
+    targets += [f"{mod}{s}.{leaf}" for s in SCALE_SUFFIXES if f"{mod}{s}.{leaf}" in ours]
+    for t in targets:
+        out[t] = value.detach().to(ours[t].dtype).clone()
+    if leaf == "running_mean":
+        for t in targets:
+            wkey = t.rpartition(".")[0] + ".running_weight"
+            bn = net.get_submodule(t.rpartition(".")[0])
+            maf = getattr(bn, "moving_average_fraction", 0.999)
+            if wkey in out:
+                out[wkey] = torch.full_like(out[wkey], 1.0 / (1.0 - maf) if maf < 1 else 1.0)
+
+
+def layout_of(netdef: str | os.PathLike, vars: Mapping[str, Any] | None = None) -> str | None:
+    """The value of the netdef's ``layout`` variable (None: it has none)."""
+    from ..compiler import load_netdef
+    doc = load_netdef(netdef, dict(vars or {}))
+    value = (doc.get("vars") or {}).get("layout")
+    return None if value is None else str(value)
+
+
+def check_layout(source: str, netdef: str | os.PathLike, vars: Mapping[str, Any] | None = None) -> str | None:
+    """The layout ``source``'s weights need (None: any); a :class:`ZooError` when the
+    netdef is compiled with another one."""
+    need = mappings.LAYOUTS.get(source)
+    if need is None:
+        return None
+    have = layout_of(netdef, vars)
+    if have is not None and have != need:
+        raise ZooError(f"{source} weights need layout '{need}', but {os.fspath(netdef)} is compiled with "
+                       f"layout '{have}': add -D layout={need}")
+    return need
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ZooError(f"{path}: reading .safetensors needs the safetensors package",
+                       hint="pip install safetensors, or give the .pth/.bin file") from None
+    return load_file(path, device="cpu")
 
 
 def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.PathLike, out_path: str | os.PathLike,
@@ -109,8 +158,14 @@ def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.Path
     "netdef": N, "source": SOURCE, "vars": ...}`` for ``deeplab-predict``/``deeplab-train``."""
     from ..compiler import compile_net
     from ..io.atomic import atomic_path
+    check_layout(source, netdef, vars)
     try:
-        obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
+        if os.fspath(src_path).endswith(".safetensors"):   # timm's files on the Hugging Face hub
+            obj = _load_safetensors(os.fspath(src_path))
+        else:
+            obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
+    except ZooError:
+        raise
     except FileNotFoundError:
         raise ZooError(f"{src_path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file

@@ -10,6 +10,15 @@ source module becomes:
 * ``None``                      a module we do not have (an ImageNet classifier, the
   auxiliary head): its tensors are dropped.
 
+A conv target may name several layers, ``("conv", ("fc6", "fc6_1", ...))``: the tensor goes
+to each of them the net has (VGG16's fc6/fc7 initialise every ASPP branch of v2).
+
+Some sources need more than renaming: :data:`PREPARE` reshapes their tensors first
+(VGG16's fully connected fc6/fc7 become convolutions, :mod:`.vgg16`), :data:`LAYOUTS`
+names the netdef ``layout`` a source's weights were trained in (a netdef with another
+``layout`` is refused), and :data:`CHECKS` inspects the compiled net for what the
+weights assume (torchvision's ResNet strides its 3x3 convs).
+
 :func:`key_table` expands a table to ``{source key: our key or None}``.  The tables are
 written out from the published module naming of each source; the tests check them
 against a key list and shape list of every source.
@@ -20,6 +29,8 @@ Sources
     ``timm:xception65``                  -> nets with ``lib/xception65.yaml`` (head.fc dropped)
     ``timm:mobilenetv2_100``             -> nets with ``lib/mobilenetv2.yaml`` (conv_head, bn2,
                                             classifier dropped)
+    ``torchvision:vgg16``                -> ``deeplab_largefov``, ``deeplab_v2_vgg16_aspp_l``
+                                            (fc8 dropped; see :mod:`.vgg16`)
 """
 from __future__ import annotations
 
@@ -113,12 +124,58 @@ def timm_mobilenetv2_100() -> dict[str, Target]:
     return t
 
 
+# torchvision's vgg16 ``features`` indices of its 13 convolutions, in order (every conv is
+# followed by a ReLU, and pool after 1_2, 2_2, 3_3, 4_3, 5_3: torchvision/models/vgg.py cfg "D").
+VGG16_CONVS = {0: "1_1", 2: "1_2", 5: "2_1", 7: "2_2", 10: "3_1", 12: "3_2", 14: "3_3",
+               17: "4_1", 19: "4_2", 21: "4_3", 24: "5_1", 26: "5_2", 28: "5_3"}
+# v2 ASPP-L's four branches each start from the same fc6/fc7 (DeepLab v2 initialises them
+# all from the one ImageNet model).
+VGG16_FC_COPIES = ("", "_1", "_2", "_3", "_4")
+
+
+def torchvision_vgg16() -> dict[str, Target]:
+    t: dict[str, Target] = {f"features.{i}": ("conv", f"conv{cid}") for i, cid in VGG16_CONVS.items()}
+    t["classifier.0"] = ("conv", tuple(f"fc6{s}" for s in VGG16_FC_COPIES))
+    t["classifier.3"] = ("conv", tuple(f"fc7{s}" for s in VGG16_FC_COPIES))
+    t["classifier.6"] = None          # the 1000-way ImageNet classifier: fc8 is the task's own
+    return t
+
+
 SOURCES = {
     "torchvision:resnet101": torchvision_resnet101,
     "torchvision:deeplabv3_resnet101": torchvision_deeplabv3_resnet101,
     "timm:xception65": timm_xception65,
     "timm:mobilenetv2_100": timm_mobilenetv2_100,
+    "torchvision:vgg16": torchvision_vgg16,
 }
+
+
+def _vgg16_prepare(sd):
+    from .vgg16 import to_deeplab
+    return to_deeplab(sd)
+
+
+def _strides_the_3x3(net) -> str | None:
+    """torchvision's ResNet (v1.5) strides the 3x3 of each stage's first block; a net
+    that strides the 1x1 (Caffe's MSRA ResNet, DeepLab v2's default layout) would run
+    the weights on other pixels."""
+    try:
+        conv = net.get_submodule("res3a_branch2a")
+    except AttributeError:
+        return None
+    if tuple(getattr(conv, "stride", (1, 1))) != (1, 1):
+        return ("this net strides res3a_branch2a (the 1x1, as Caffe's ResNet), but torchvision's "
+                "resnet101 strides the 3x3", "compile it with -D layout=torchvision")
+    return None
+
+
+#: source -> a function of the source state dict giving the state dict the table reads.
+PREPARE = {"torchvision:vgg16": _vgg16_prepare}
+#: source -> the netdef ``layout`` its weights were trained in (a whole model, head included).
+LAYOUTS = {"torchvision:deeplabv3_resnet101": "torchvision"}
+#: source -> a function of the compiled net: None, or (what does not fit, the way out).
+CHECKS = {"torchvision:resnet101": _strides_the_3x3,
+          "torchvision:deeplabv3_resnet101": _strides_the_3x3}
 
 _CONV = ("weight", "bias")
 _BN_STATS = ("running_mean", "running_var")
@@ -129,17 +186,20 @@ def module_table(source: str) -> dict[str, Target]:
     return SOURCES[source]()
 
 
-def key_table(source: str) -> dict[str, str | None]:
-    """Every tensor key a source state dict can have -> our state-dict key (None: dropped).
-    A convolution's ``bias`` is listed too; sources without it simply lack the key."""
-    out: dict[str, str | None] = {}
+def key_table(source: str) -> dict[str, str | tuple[str, ...] | None]:
+    """Every tensor key a source state dict can have -> our state-dict key, a tuple of
+    keys (copies; those the net has are fed) or None (dropped).  A convolution's
+    ``bias`` is listed too; sources without it simply lack the key."""
+    out: dict[str, str | tuple[str, ...] | None] = {}
     for mod, target in module_table(source).items():
         if target is None:
             for suffix in _CONV + _BN_STATS + ("num_batches_tracked",):
                 out[f"{mod}.{suffix}"] = None
         elif target[0] == "conv":
             for suffix in _CONV:
-                out[f"{mod}.{suffix}"] = f"{target[1]}.{suffix}"
+                names = target[1]
+                out[f"{mod}.{suffix}"] = (f"{names}.{suffix}" if isinstance(names, str)
+                                          else tuple(f"{n}.{suffix}" for n in names))
         else:
             _, bn, scale = target
             for suffix in _BN_STATS:
