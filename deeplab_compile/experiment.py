@@ -476,7 +476,8 @@ def step_crf(s: Settings, r: Runner, stage: int, lst: str, feats: str) -> str:
     from .crf import resolve
     name = "crf" if stage == 1 else "crf2"
     cfg, iters = crf_settings(s)
-    params = resolve(cfg.get("preset", "deeplab_largefov"), **{k: cfg[k] for k in CRF_KEYS if k in cfg})
+    keys = CRF_KEYS + ("normalization",)
+    params = resolve(cfg.get("preset", "deeplab_largefov"), **{k: cfg[k] for k in keys if k in cfg})
     out = os.path.join(feats, params.dirname())
     entries = list_entries(lst)
     stale = []
@@ -494,7 +495,7 @@ def step_crf(s: Settings, r: Runner, stage: int, lst: str, feats: str) -> str:
     cmd = r.py("deeplab_compile.cli.crf", "--features", feats, "--images", images, "--list", lst, "--out", out,
                "--preset", cfg.get("preset", "deeplab_largefov"), "--iterations", str(iters),
                "--palette", s.palette, "--jobs", str(max(1, s.crf_jobs)), "--quiet")
-    for k in CRF_KEYS:
+    for k in keys:
         if k in cfg:
             cmd += ["--" + k.replace("_", "-"), str(cfg[k])]
     r.run(name, cmd)
