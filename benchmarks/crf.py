@@ -2,7 +2,10 @@
 
 Setup: a 500 x 375 PASCAL VOC image (tests/data/voc_sample, resized), 21 labels of noisy
 unaries made from its ground truth, 10 mean-field iterations, with DeepLab-LargeFOV's
-parameters (4/121/5/3/3) and DeepLab v2 ResNet-101's (4/67/3/3/1).
+parameters (4/121/5/3/3) and DeepLab v2 ResNet-101's (4/67/3/3/1), each at both kernel
+normalisations: "after" (DeepLab's densecrf, pydensecrf's NORMALIZE_AFTER, the presets'
+setting) and "symmetric" (pydensecrf's default NORMALIZE_SYMMETRIC), pydensecrf and ours
+alike.
 
 Rows: pydensecrf single-threaded; pydensecrf on 2 processes (it has no threads, so two
 images at once; per-image time = wall / images); ours with 1 and 2 threads on one image;
@@ -60,26 +63,27 @@ def best(fn, repeats: int) -> float:
 
 def _pydensecrf(img, unary, p, iterations):
     import pydensecrf.densecrf as dcrf
+    norm = {"after": dcrf.NORMALIZE_AFTER, "symmetric": dcrf.NORMALIZE_SYMMETRIC}[p.normalization]
     d = dcrf.DenseCRF2D(W, H, C)
     d.setUnaryEnergy(unary.reshape(C, -1))
-    d.addPairwiseGaussian(sxy=p.pos_xy_std, compat=p.pos_w)
-    d.addPairwiseBilateral(sxy=p.bi_xy_std, srgb=p.bi_rgb_std, rgbim=img, compat=p.bi_w)
+    d.addPairwiseGaussian(sxy=p.pos_xy_std, compat=p.pos_w, normalization=norm)
+    d.addPairwiseBilateral(sxy=p.bi_xy_std, srgb=p.bi_rgb_std, rgbim=img, compat=p.bi_w, normalization=norm)
     if iterations is None:
         return d
     return np.array(d.inference(iterations))
 
 
 def _pydensecrf_job(args):
-    preset, seed = args
+    preset, norm, seed = args
     img, unary = make_inputs(seed)
-    return _pydensecrf(img, unary, PRESETS[preset], ITERS).shape
+    return _pydensecrf(img, unary, PRESETS[preset].with_(normalization=norm), ITERS).shape
 
 
-def bench_pydensecrf_procs(preset, repeats, procs=2, images=4):
+def bench_pydensecrf_procs(preset, norm, repeats, procs=2, images=4):
     ctx = mp.get_context("spawn")  # forking after OpenMP started can deadlock the children
     with ctx.Pool(procs) as pool:
-        pool.map(_pydensecrf_job, [(preset, 0)] * procs)      # warm the workers
-        wall = best(lambda: pool.map(_pydensecrf_job, [(preset, s) for s in range(images)]), repeats)
+        pool.map(_pydensecrf_job, [(preset, norm, 0)] * procs)      # warm the workers
+        wall = best(lambda: pool.map(_pydensecrf_job, [(preset, norm, s) for s in range(images)]), repeats)
     # make_inputs runs inside the workers too; subtract its cost measured here.
     prep = best(lambda: make_inputs(0), repeats)
     return wall / images - prep / procs
@@ -93,7 +97,7 @@ def _ours_runner(img, unary, p, threads, batch=1, device="cpu"):
 
     def run(n):
         torch.set_num_threads(threads)
-        crf_op(image, u, p.pos_w, p.pos_xy_std, p.bi_w, p.bi_xy_std, p.bi_rgb_std, n)
+        crf_op(image, u, p.pos_w, p.pos_xy_std, p.bi_w, p.bi_xy_std, p.bi_rgb_std, n, p.normalization)
         sync()
     return run
 
@@ -130,27 +134,35 @@ def main(argv=None) -> int:
                if load > os.cpu_count() * 0.75 else "."))
     print(head)
     parts = []
+    norms = ("symmetric", "after")   # pydensecrf's default; DeepLab's (the presets')
     for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
         p = PRESETS[preset]
-        cands = {
-            ("pydensecrf", "1 thread"): (lambda n, p=p: _pydensecrf(img, unary, p, n), 1),
-            ("ours", "1 thread"): (_ours_runner(img, unary, p, 1), 1),
-            ("ours", "2 threads"): (_ours_runner(img, unary, p, 2), 1),
-            ("ours", "2 threads, batch of 2 (per image)"): (_ours_runner(img, unary, p, 2, batch=2), 2),
-        }
-        if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
-            cands[("ours", "CUDA")] = (_ours_runner(img, unary, p, 1, device="cuda"), 1)
+        cands = {}
+        for norm in norms:             # one interleaved run, so both normalisations see the same machine
+            q = p.with_(normalization=norm)
+            cands.update({
+                ("pydensecrf", "1 thread", norm): (lambda n, q=q: _pydensecrf(img, unary, q, n), 1),
+                ("ours", "1 thread", norm): (_ours_runner(img, unary, q, 1), 1),
+                ("ours", "2 threads", norm): (_ours_runner(img, unary, q, 2), 1),
+                ("ours", "2 threads, batch of 2 (per image)", norm): (_ours_runner(img, unary, q, 2, batch=2), 2),
+            })
+            if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
+                cands[("ours", "CUDA", norm)] = (_ours_runner(img, unary, q, 1, device="cuda"), 1)
         res = bench_interleaved(cands, a.repeats)
-        ref = res[("pydensecrf", "1 thread")][2]
-        rows = [("pydensecrf", "1 thread", *res[("pydensecrf", "1 thread")]),
-                ("pydensecrf", "2 processes (per image)", None, None, bench_pydensecrf_procs(preset, a.repeats))]
-        rows += [(impl, thr, *v) for (impl, thr), v in res.items() if impl == "ours"]
+        rows = []
+        for norm in norms:
+            rows += [("pydensecrf", "1 thread", norm, *res[("pydensecrf", "1 thread", norm)]),
+                     ("pydensecrf", "2 processes (per image)", norm, None, None,
+                      bench_pydensecrf_procs(preset, norm, a.repeats))]
+            rows += [(impl, thr, nm, *v) for (impl, thr, nm), v in res.items() if impl == "ours" and nm == norm]
         ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"
         lines = [f"### {preset} ({p.bi_w:g}/{p.bi_xy_std:g}/{p.bi_rgb_std:g}/{p.pos_w:g}/{p.pos_xy_std:g})", "",
-                 "| implementation | threads | build ms | iter ms | total ms (10 iters) | speed-up vs pydensecrf 1 thread |",
-                 "|---|---|---|---|---|---|"]
-        for impl, thr, bb, ii, tt in rows:
-            lines.append(f"| {impl} | {thr} | {ms(bb)} | {ms(ii)} | {ms(tt)} | {ref / tt:.2f}x |")
+                 "| implementation | threads | normalization | build ms | iter ms | total ms (10 iters) "
+                 "| speed-up vs pydensecrf 1 thread, same normalization |",
+                 "|---|---|---|---|---|---|---|"]
+        for impl, thr, norm, bb, ii, tt in rows:
+            ref = res[("pydensecrf", "1 thread", norm)][2]
+            lines.append(f"| {impl} | {thr} | {norm} | {ms(bb)} | {ms(ii)} | {ms(tt)} | {ref / tt:.2f}x |")
         parts.append("\n".join(lines))
         print("\n" + parts[-1], flush=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -15,8 +15,16 @@ From the C x C confusion matrix M (rows: ground truth, columns: prediction):
 
 * IoU of class c: ``M[c,c] / (row_c + col_c - M[c,c])``, undefined (NaN, shown as '-')
   when the class is in neither ground truth nor prediction;
-* mIOU: the mean over the classes whose IoU is defined (as VOC's devkit and DeepLab's
-  ``EvalSegResults`` with every class present);
+* two means of the IoUs, reported side by side:
+
+  - ``miou`` (the defined-classes mean): the mean over the classes whose IoU is
+    defined, so a class in neither ground truth nor prediction is left out;
+  - ``miou_deeplab`` (DeepLab's MATLAB mean, ``MyVOCevalseg.m`` called by
+    ``EvalSegResults.m``): such a class counts as IoU 0 (its union is taken as 1) and
+    the sum is divided by all C classes.  DeepLab cross-validated its CRF parameters
+    with this number on val subsets, where classes go missing.
+
+  With every class present (full VOC val) the two are equal;
 * pixel accuracy ``trace(M) / sum(M)``; mean class accuracy ``mean_c M[c,c] / row_c``
   over classes present in the ground truth.
 """
@@ -55,8 +63,19 @@ def scores(conf: np.ndarray) -> dict:
         acc_c = np.where(rows > 0, diag / np.maximum(rows, 1), np.nan)
     defined = ~np.isnan(iou)
     return {"iou": iou, "miou": float(iou[defined].mean()) if defined.any() else float("nan"),
+            "miou_deeplab": miou_deeplab(conf),
             "pixel_accuracy": float(diag.sum() / total) if total else float("nan"),
             "mean_class_accuracy": float(np.nanmean(acc_c)) if (rows > 0).any() else float("nan")}
+
+
+def miou_deeplab(conf: np.ndarray) -> float:
+    """DeepLab's MATLAB mean IoU (``MyVOCevalseg.m``): per class TP / (TP + FP + FN) with
+    a zero union replaced by 1 (so an absent class scores 0), summed and divided by the
+    number of classes."""
+    conf = np.asarray(conf, dtype=np.float64)
+    diag = np.diag(conf)
+    union = conf.sum(1) + conf.sum(0) - diag
+    return float((diag / np.where(union == 0, 1.0, union)).sum() / conf.shape[0])
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -117,7 +136,11 @@ class EvalResult:
     def to_json(self) -> dict:
         iou = self.scores["iou"]
         return {"images": self.images, "num_classes": len(self.names),
-                "miou": self.scores["miou"], "pixel_accuracy": self.scores["pixel_accuracy"],
+                "miou": self.scores["miou"], "miou_deeplab": self.scores["miou_deeplab"],
+                "miou_conventions": {"miou": "mean over the classes in ground truth or prediction",
+                                     "miou_deeplab": "DeepLab's MyVOCevalseg.m: absent classes count 0, "
+                                                     "mean over all classes"},
+                "pixel_accuracy": self.scores["pixel_accuracy"],
                 "mean_class_accuracy": self.scores["mean_class_accuracy"],
                 "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.names, iou)},
                 "confusion": self.confusion.astype(int).tolist()}
@@ -128,7 +151,10 @@ class EvalResult:
         for n, v in zip(self.names, self.scores["iou"]):
             lines.append(f"{n:<{w}}  {'-' if np.isnan(v) else f'{100 * v:6.2f}%':>7}")
         lines.append("-" * (w + 9))
-        lines.append(f"{'mIOU':<{w}}  {100 * self.scores['miou']:6.2f}%")
+        lines.append(f"{'mIOU':<{w}}  {100 * self.scores['miou']:6.2f}%  defined classes: mean over the "
+                     f"{int((~np.isnan(self.scores['iou'])).sum())} classes in ground truth or prediction")
+        lines.append(f"{'mIOU (DeepLab)':<{w}}  {100 * self.scores['miou_deeplab']:6.2f}%  DeepLab's MyVOCevalseg.m: "
+                     f"absent classes count 0, mean over all {len(self.names)}")
         lines.append(f"{'pixel accuracy':<{w}}  {100 * self.scores['pixel_accuracy']:6.2f}%")
         lines.append(f"{'mean accuracy':<{w}}  {100 * self.scores['mean_class_accuracy']:6.2f}%")
         return "\n".join(lines)

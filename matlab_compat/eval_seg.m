@@ -1,7 +1,7 @@
-function [miou, iou, conf, pixacc] = eval_seg(pred_dir, gt_dir, list_file, num_classes, ignore_label)
+function [miou, iou, conf, pixacc, miou_deeplab] = eval_seg(pred_dir, gt_dir, list_file, num_classes, ignore_label)
 % EVAL_SEG  Mean IoU of saved predictions against ground truth, as DeepLab's
 % EvalSegResults.m / MyVOCevalseg.m did.
-%   [miou, iou, conf, pixacc] = eval_seg(pred_dir, gt_dir, list_file, num_classes)
+%   [miou, iou, conf, pixacc, miou_deeplab] = eval_seg(pred_dir, gt_dir, list_file, num_classes)
 %
 % For every id of list_file (see read_list_ids):
 %   - the ground truth is gt_dir/<id>.png (class ids; palette PNGs give their indices);
@@ -11,8 +11,10 @@ function [miou, iou, conf, pixacc] = eval_seg(pred_dir, gt_dir, list_file, num_c
 %   - pixels whose ground truth is ignore_label (default 255) are skipped.
 % conf(g+1, p+1) counts pixels of true class g predicted as p.  iou(c) =
 % conf(c,c) / (row_c + col_c - conf(c,c)), NaN for a class in neither the ground truth
-% nor the predictions; miou is the mean over the defined classes (what deeplab-eval
-% reports; VOCevalseg's mean equals it when every class is present).  pixacc is
+% nor the predictions; miou is the mean over the defined classes (deeplab-eval's
+% "mIOU").  miou_deeplab is MyVOCevalseg.m's mean (deeplab-eval's "mIOU (DeepLab)"):
+% a zero union is taken as 1, so an absent class counts 0, and the sum is divided by
+% num_classes; the two agree when every class is present.  pixacc is
 % trace(conf) / sum(conf).
   if nargin < 5, ignore_label = 255; end
   ids = read_list_ids(list_file);
@@ -47,5 +49,8 @@ function [miou, iou, conf, pixacc] = eval_seg(pred_dir, gt_dir, list_file, num_c
   iou = nan(num_classes, 1);
   iou(union > 0) = tp(union > 0) ./ union(union > 0);
   miou = mean(iou(~isnan(iou)));
+  denom = union;
+  denom(denom == 0) = 1;
+  miou_deeplab = sum(tp ./ denom) / num_classes;
   pixacc = sum(tp) / sum(conf(:));
 end

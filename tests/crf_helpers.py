@@ -39,15 +39,19 @@ def unary_from_logits(logits: np.ndarray) -> np.ndarray:
 
 
 def pydensecrf_marginals(image: np.ndarray, unary: np.ndarray, bi_w, bi_xy_std, bi_rgb_std, pos_w, pos_xy_std,
-                         iterations=10) -> np.ndarray:
+                         iterations=10, normalization="symmetric") -> np.ndarray:
+    """pydensecrf's marginals; ``normalization`` "symmetric" is its NORMALIZE_SYMMETRIC
+    (its default), "after" its NORMALIZE_AFTER (DeepLab's densecrf)."""
     import pydensecrf.densecrf as dcrf
+    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
     C, H, W = unary.shape
     d = dcrf.DenseCRF2D(W, H, C)
     d.setUnaryEnergy(np.ascontiguousarray(unary.reshape(C, -1), dtype=np.float32))
     if pos_w:
-        d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+        d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w, normalization=norm)
     if bi_w:
-        d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w)
+        d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=bi_w,
+                               normalization=norm)
     return np.array(d.inference(iterations), dtype=np.float32).reshape(C, H, W)
 
 

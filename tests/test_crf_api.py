@@ -16,15 +16,35 @@ LOGITS = RNG.normal(0, 1, (4, 20, 30)).astype(np.float32)
 
 
 def test_presets_hold_published_values():
-    got = {k: (p.bi_w, p.bi_xy_std, p.bi_rgb_std, p.pos_w, p.pos_xy_std) for k, p in PRESETS.items()}
-    assert got == {"deeplab_largefov": (4, 121, 5, 3, 3), "deeplab_v1": (5, 50, 10, 3, 3),
-                   "deeplab_v2_resnet101": (4, 67, 3, 3, 1)}
+    got = {k: (p.bi_w, p.bi_xy_std, p.bi_rgb_std, p.pos_w, p.pos_xy_std, p.normalization)
+           for k, p in PRESETS.items()}
+    published = {"largefov": (4, 121, 5, 3, 3), "v1": (5, 50, 10, 3, 3), "v2_resnet101": (4, 67, 3, 3, 1)}
+    # DeepLab's densecrf normalised each kernel after filtering; the pydensecrf_* twins
+    # carry the same numbers with pydensecrf's default normalisation.
+    assert got == {**{"deeplab_" + k: v + ("after",) for k, v in published.items()},
+                   **{"pydensecrf_" + k: v + ("symmetric",) for k, v in published.items()}}
     assert PRESETS["deeplab_largefov"].dirname() == "post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3"
+
+
+def test_dirname_has_a_suffix_only_for_non_deeplab_normalization():
+    assert PRESETS["deeplab_v2_resnet101"].dirname() == "post_densecrf_W4_XStd67_RStd3_PosW3_PosXStd1"
+    assert PRESETS["pydensecrf_largefov"].dirname() == "post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3_symmetric"
+    assert resolve("deeplab_largefov", normalization="symmetric").dirname().endswith("_PosXStd3_symmetric")
+
+
+def test_deeplab_spelling_defaults_to_deeplab_normalization_and_pydensecrf_spelling_to_pydensecrf():
+    assert resolve(None).normalization == "after"
+    assert resolve(dict(bi_w=4, bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3)).normalization == "after"
+    assert CRFParams(bi_w=4, bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3).normalization == "after"
+    pyd = {"gaussian": {"sxy": 3, "compat": 3}, "bilateral": {"sxy": 121, "srgb": 5, "compat": 4}}
+    assert resolve(pyd) == resolve("pydensecrf_largefov")
+    assert resolve(dict(pyd, normalization="after")) == resolve("deeplab_largefov")
 
 
 def test_both_spellings_resolve_to_the_same_parameters():
     deeplab = resolve(dict(bi_w=4, bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3))
     pyd = resolve({"gaussian": {"sxy": 3, "compat": 3}, "bilateral": {"sxy": (121, 121), "srgb": 5, "compat": 4}})
+    pyd = pyd.with_(normalization="after")            # pydensecrf's spelling keeps its own default
     assert deeplab == pyd == resolve("deeplab_largefov") == resolve(None)
     assert resolve("deeplab_v1", bi_w=7).bi_w == 7
     assert resolve({"preset": "deeplab_v1", "pos_w": 1}).pos_w == 1

@@ -119,3 +119,77 @@ def test_bad_storage_setting_fails_once_before_any_image(tree, capsys, monkeypat
 def test_missing_folder_exits_2(tmp_path, capsys):
     assert main(["--features", str(tmp_path / "nope"), "--images", str(tmp_path)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_default_is_deeplab_normalization_and_symmetric_gets_its_own_folder(tree):
+    assert _run(tree, "--save-probs") == 0
+    assert _run(tree, "--save-probs", "--normalization", "symmetric") == 0
+    feats = tree / "features"
+    deeplab = feats / "post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3"
+    sym = feats / "post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3_symmetric"
+    assert sorted(p.name for p in feats.iterdir() if p.is_dir()) == [deeplab.name, sym.name]
+    img = np.array(Image.open(tree / "images" / "a.png").convert("RGB"))
+    scores = np.ascontiguousarray(
+        scipy.io.loadmat(feats / "a_blob_0.mat")["data"].transpose(3, 2, 1, 0)[0, :, :40, :30])
+    for folder, norm in ((deeplab, "after"), (sym, "symmetric")):
+        probs = scipy.io.loadmat(folder / "probs" / "a_blob_0.mat")["data"].transpose(3, 2, 1, 0)[0]
+        want = dense_crf(img, scores, dict(bi_w=4, bi_xy_std=121, bi_rgb_std=5, pos_w=3, pos_xy_std=3,
+                                           normalization=norm))
+        np.testing.assert_allclose(probs, want, atol=1e-6)
+    # The pydensecrf_* preset is the same as --normalization symmetric.
+    assert _run(tree, "--preset", "pydensecrf_largefov", "--out", str(tree / "p")) == 0
+    for i in ("a", "b", "c"):
+        np.testing.assert_array_equal(read_label_png(tree / "p" / f"{i}.png"), read_label_png(sym / f"{i}.png"))
+
+
+def test_grid_keeps_the_normalization_and_records_it(tree):
+    for extra, norm in (((), "after"), (("--normalization", "symmetric"), "symmetric")):
+        csv_path = tree / f"grid_{norm}.csv"
+        assert _run(tree, "--labels", str(tree / "labels"), "--grid", "bi_w=0,4", "--csv", str(csv_path),
+                    *extra) == 0
+        assert {r["normalization"] for r in csv.DictReader(open(csv_path))} == {norm}
+
+
+def test_grid_ranks_by_deeplab_miou_by_default_or_by_defined_classes(tree, capsys, monkeypatch):
+    # Two settings whose order differs under the two conventions, with the CRF replaced
+    # by fixed predictions: the ground truth holds classes 0 and 1 of 3.
+    import deeplab_compile.cli.crf as crf_cli
+    from deeplab_compile.io.palette import write_label_png
+
+    labs = tree / "labels"
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:, 4:] = 1                                      # classes 0 and 1 only; class 2 is absent
+    for i in ("a", "b", "c"):
+        write_label_png(labs / f"{i}.png", gt)
+
+    def fake_crf(img, scores, params, iterations, kind):
+        h, w = scores.shape[1:]
+        q = np.zeros((3, h, w), np.float32)
+        pred = gt.copy()
+        if params.bi_w == 1:        # nearly perfect, but one pixel called class 2
+            pred[0, 0] = 2          # both means (31/32 + 1 + 0) / 3 = 0.656
+        else:                       # a quarter of class 1 called 0, never class 2
+            pred[:2, 4:] = 0        # defined (32/40 + 24/32) / 2 = 0.775; DeepLab's / 3 = 0.517
+        q[pred, np.arange(h)[:, None], np.arange(w)[None, :]] = 1
+        return q
+
+    def fake_pair(features, images, image_id, suffix):
+        return np.zeros((8, 8, 3), np.uint8), np.zeros((3, 8, 8), np.float32)
+
+    monkeypatch.setattr(crf_cli, "dense_crf", fake_crf)
+    monkeypatch.setattr(crf_cli, "load_pair", fake_pair)
+    orders = {}
+    for extra in ((), ("--rank-by", "defined"), ("--rank-by", "deeplab")):
+        csv_path = tree / "g.csv"
+        assert _run(tree, "--labels", str(labs), "--grid", "bi_w=1,2", "--csv", str(csv_path), *extra) == 0
+        rows = list(csv.DictReader(open(csv_path)))
+        orders[extra] = [float(r["bi_w"]) for r in rows]
+        by = {float(r["bi_w"]): r for r in rows}
+        assert float(by[1.0]["miou_deeplab"]) == pytest.approx(100 * (31 / 32 + 1 + 0) / 3, abs=1e-3)
+        assert float(by[1.0]["miou"]) == pytest.approx(100 * (31 / 32 + 1 + 0) / 3, abs=1e-3)
+        assert float(by[2.0]["miou_deeplab"]) == pytest.approx(100 * (32 / 40 + 24 / 32) / 3, abs=1e-3)
+        assert float(by[2.0]["miou"]) == pytest.approx(100 * (32 / 40 + 24 / 32) / 2, abs=1e-3)
+    assert orders[()] == orders[("--rank-by", "deeplab")] == [1.0, 2.0]
+    assert orders[("--rank-by", "defined")] == [2.0, 1.0]
+    printed = capsys.readouterr().out
+    assert "ranked by DeepLab mIOU" in printed and "ranked by defined-classes mIOU" in printed

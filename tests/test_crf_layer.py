@@ -83,3 +83,24 @@ def test_mismatched_bottoms_are_shape_errors():
     doc["inputs"]["data_dim"] = [1, 1, 3]
     with pytest.raises(NetDefError, match="data_dim"):
         compile_net(doc)
+
+
+def test_default_normalization_is_deeplab_caffe_layers(float32_storage):
+    # DeepLab's densecrf_layer (PottsPotential): each kernel adds w * (K q)_i / (K 1)_i,
+    # normalised per pixel after filtering; unary -fc8 (equal to -log softmax up to a
+    # per-pixel constant).  Checked against the dense mean-field with the same lattice
+    # kernel matrices, with no normalization parameter given.
+    from crf_helpers import brute_force_meanfield, lattice_matrix
+    assert get("DenseCRF").params["normalization"].default == "after"
+    rng = np.random.default_rng(3)
+    h, w, c = 9, 11, 4
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fc8 = rng.normal(0, 1.5, (c, h, w)).astype(np.float32)
+    net = compile_net(_doc(h, w, c, max_iter=5, bi_w=4, bi_xy_std=5, bi_rgb_std=30, pos_w=3, pos_xy_std=1.5))
+    out = net(data=torch.from_numpy(img).permute(2, 0, 1).float()[None], scores=torch.from_numpy(fc8)[None],
+              data_dim=torch.tensor([float(h), float(w)]).reshape(1, 1, 1, 2))
+    q = (out["crf"] if isinstance(out, dict) else out)[0].numpy()
+    want = brute_force_meanfield(img, -fc8, 4, 5.0, 30.0, 3, 1.5, 5, lattice_matrix, "after")
+    np.testing.assert_allclose(q, want, atol=2e-4)
+    other = brute_force_meanfield(img, -fc8, 4, 5.0, 30.0, 3, 1.5, 5, lattice_matrix, "symmetric")
+    assert np.abs(q - other).max() > 1e-2

@@ -51,6 +51,24 @@ def test_confusion_and_iou_against_brute_force(seed):
     assert s["pixel_accuracy"] == pytest.approx(np.trace(want) / want.sum())
 
 
+def test_deeplab_matlab_mean_counts_absent_classes_as_zero():
+    # 4 classes; only 0 and 1 occur.  MyVOCevalseg.m: IoU = TP / max(TP + FP + FN, 1) for
+    # every class, mean = sum / 4.  Defined-classes mean: over classes 0 and 1 only.
+    m = np.array([[3, 1, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    s = scores(m)
+    iou0, iou1 = 3 / (4 + 4 - 3), 2 / (3 + 3 - 2)          # 0.6, 0.5
+    assert s["miou"] == pytest.approx((iou0 + iou1) / 2)    # 0.55
+    assert s["miou_deeplab"] == pytest.approx((iou0 + iou1 + 0 + 0) / 4)    # 0.275
+    # A class predicted but absent from the ground truth is 0 in both means.
+    m2 = m.copy()
+    m2[0, 3] = 1
+    assert scores(m2)["miou"] == pytest.approx((3 / 6 + 0.5 + 0) / 3)
+    assert scores(m2)["miou_deeplab"] == pytest.approx((3 / 6 + 0.5 + 0 + 0) / 4)
+    # With every class present the two agree (full VOC val).
+    full = np.diag([5, 4, 3, 2]) + 1
+    assert scores(full)["miou"] == pytest.approx(scores(full)["miou_deeplab"])
+
+
 @pytest.fixture
 def folders(tmp_path):
     rng = np.random.default_rng(0)
@@ -114,6 +132,13 @@ def test_eval_cli_writes_json_and_one_line_errors(folders):
     assert r.returncode == 0, r.stderr
     res = json.load(open(tmp / "mat" / "results.json"))
     assert res["confusion"] == total.tolist() and set(res) >= {"miou", "pixel_accuracy", "per_class_iou"}
+    # Both means, each named: DeepLab's MATLAB one and the defined-classes one.
+    tp = np.diag(total).astype(float)
+    union = total.sum(0) + total.sum(1) - tp
+    assert res["miou_deeplab"] == pytest.approx((tp / np.maximum(union, 1)).sum() / 4)
+    assert res["miou"] == pytest.approx((tp / union)[union > 0].mean())
+    assert "MyVOCevalseg" in res["miou_conventions"]["miou_deeplab"]
+    assert "mIOU (DeepLab)" in r.stdout and "MyVOCevalseg.m" in r.stdout and "defined classes" in r.stdout
     r = subprocess.run([sys.executable, "-m", "deeplab_compile.cli.evaluate", "--pred", str(tmp / "nope"), "--gt",
                         str(tmp / "gt"), "--list", str(tmp / "val.txt"), "--num-classes", "4"],
                        capture_output=True, text=True, env=env, cwd=ROOT)

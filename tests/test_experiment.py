@@ -206,3 +206,30 @@ def test_a_bad_kernel_setting_fails_before_the_first_step(tmp_path):
     assert r.returncode == 2
     assert "DEEPLAB_CRF_STORAGE must be one of half, float32, got 'fp16'" in r.stderr
     assert not any((tmp_path / d).exists() for d in ("data", "model", "features", "res"))
+
+
+@pytest.mark.parametrize("extra,suffix", [("", ""), ("normalization: symmetric\n", "_symmetric"),
+                                          ("normalization: after\n", "")])
+def test_crf_step_passes_the_normalization_of_crf_yaml(tmp_path, extra, suffix):
+    # The CRF step names its folder after the resolved parameters and hands the
+    # normalisation to deeplab-crf; DeepLab's own normalisation is the default.
+    from types import SimpleNamespace
+
+    from deeplab_compile.experiment.steps import step_crf
+    cfg, feats = tmp_path / "config", tmp_path / "feats"
+    cfg.mkdir()
+    feats.mkdir()
+    (cfg / "crf.yaml").write_text("preset: deeplab_largefov\nbi_w: 5\n" + extra)
+    (feats / "a_blob_0.mat").write_bytes(b"x")
+    lst = tmp_path / "val.txt"
+    lst.write_text("JPEGImages/a.jpg SegmentationClass/a.png\n")
+    s = SimpleNamespace(config_dir=str(cfg), data_root=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                        palette="voc", crf_jobs=1)
+    cmds = []
+    r = SimpleNamespace(run=lambda name, cmd, work=None: cmds.append(cmd))
+    out = step_crf(s, r, 1, str(lst), str(feats))
+    assert os.path.basename(out) == "post_densecrf_W5_XStd121_RStd5_PosW3_PosXStd3" + suffix
+    from deeplab_compile.cli.crf import build_parser
+    args = build_parser().parse_args(cmds[0][1:])
+    assert args.out == out and args.bi_w == 5
+    assert (args.normalization or "after") == (suffix.lstrip("_") or "after")

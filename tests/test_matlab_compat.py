@@ -54,12 +54,35 @@ def test_octave_miou_equals_deeplab_eval(predictions, kind):
     pred = feats if kind == "feats" else pngs
     lst = os.path.join(syn, "list", "val.txt")
     py = evaluate(str(pred), os.path.join(syn, "SegmentationClass"), lst, 21)
-    out = octave(f"[m, iou, conf, acc] = eval_seg('{pred}', '{syn}/SegmentationClass', '{lst}', 21); "
-                 "printf('%.12f %.12f %d\\n', m, acc, sum(conf(:)));")
-    miou, acc, pixels = out.split()
+    out = octave(f"[m, iou, conf, acc, md] = eval_seg('{pred}', '{syn}/SegmentationClass', '{lst}', 21); "
+                 "printf('%.12f %.12f %d %.12f\\n', m, acc, sum(conf(:)), md);")
+    miou, acc, pixels, miou_deeplab = out.split()
     assert float(miou) == pytest.approx(py.scores["miou"], abs=1e-9)
+    assert float(miou_deeplab) == pytest.approx(py.scores["miou_deeplab"], abs=1e-9)
     assert float(acc) == pytest.approx(py.scores["pixel_accuracy"], abs=1e-9)
     assert int(pixels) == int(py.confusion.sum())
+
+
+def test_octave_deeplab_miou_counts_absent_classes_as_zero(predictions, tmp_path):
+    # Predictions near the ground truth: the 5 images miss most of the 21 classes, so
+    # MyVOCevalseg's mean (absent classes 0, over all 21) is far below the defined one.
+    syn, _, _, ids = predictions
+    rng = np.random.default_rng(1)
+    pred = tmp_path / "near"
+    pred.mkdir()
+    for i in ids:
+        gt = read_label_png(os.path.join(syn, "SegmentationClass", i + ".png"))
+        p = np.where(gt == 255, 0, gt).astype(np.uint8)
+        p[rng.random(p.shape) < 0.1] = 0
+        write_label_png(str(pred / f"{i}.png"), p)
+    lst = os.path.join(syn, "list", "val.txt")
+    py = evaluate(str(pred), os.path.join(syn, "SegmentationClass"), lst, 21)
+    out = octave(f"[m, iou, conf, acc, md] = eval_seg('{pred}', '{syn}/SegmentationClass', '{lst}', 21); "
+                 "printf('%.12f %.12f\\n', m, md);")
+    miou, miou_deeplab = (float(v) for v in out.split())
+    assert miou == pytest.approx(py.scores["miou"], abs=1e-9)
+    assert miou_deeplab == pytest.approx(py.scores["miou_deeplab"], abs=1e-9)
+    assert miou_deeplab < miou - 0.1
 
 
 def test_read_matwrite_and_crf_to_png(predictions, tmp_path):

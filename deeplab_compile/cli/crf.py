@@ -2,13 +2,18 @@
 
     deeplab-crf --features DIR --images DIR --list val.txt [--out DIR] --preset deeplab_largefov
     deeplab-crf --features DIR --images DIR --list val.txt --labels DIR --subset 100 \\
-                --grid bi_w=3,4,5 bi_xy_std=49:20:129 bi_rgb_std=3,4,5
+                --grid bi_w=3,4,5 bi_xy_std=49:20:129 bi_rgb_std=3,4,5 [--rank-by deeplab|defined]
 
 Features are DeepLab MatWrite files (``<id>_blob_0.mat``, variable ``data``, [W,H,C,N]
 float32 at the crop size); they are cropped to each image's size.  Labels are written
 as VOC-palette PNGs, by default into ``<features>/post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3``
 as DeepLab named it.  Outputs are written atomically and complete ones are skipped, so
-an interrupted run resumes.  A bad input file is reported and skipped; the exit status
+an interrupted run resumes.  The CRF normalises its kernels as DeepLab's densecrf code
+did (``--normalization after``, the default); ``--normalization symmetric`` (or a
+``pydensecrf_*`` preset) gives pydensecrf's default, and adds ``_symmetric`` to the
+folder name.  The grid is ranked by DeepLab's MATLAB mIOU (absent classes count 0, mean
+over all classes), the number DeepLab cross-validated with; ``--rank-by defined`` ranks
+by the mean over the classes present instead.  A bad input file is reported and skipped; the exit status
 is then 1.  Errors in the command itself exit with 2.
 """
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from ..crf import PRESETS, dense_crf, resolve
 from ..crf.errors import CRFError
 from ..crf.folder import crf_folder, load_pair, map_jobs, progress, report, set_threads
-from ..crf.grid import confusion, expand_grid, mean_iou, write_table
+from ..crf.grid import RANKINGS, confusion, expand_grid, mean_iou, mean_iou_deeplab, write_table
 from ..crf.params import DEEPLAB_KEYS, NORMALIZATIONS
 from ..errors import DeepLabError
 from ..io.mat import FEATURE_SUFFIX
@@ -41,13 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "lines work too); default: every feature file in --features")
     p.add_argument("--out", help="output folder (default: <features>/post_densecrf_W.._PosXStd..)")
     p.add_argument("--preset", default="deeplab_largefov", choices=sorted(PRESETS),
-                   help="published parameter set (default deeplab_largefov: 4/121/5/3/3)")
+                   help="published parameter set (default deeplab_largefov: 4/121/5/3/3, DeepLab's "
+                        "normalisation; pydensecrf_* are the same numbers with pydensecrf's)")
     for key in DEEPLAB_KEYS:
         p.add_argument("--" + key.replace("_", "-"), "--" + key, dest=key, type=float, metavar="X",
                        help=f"override the preset's {key}")
     p.add_argument("--iterations", "--max-iter", type=int, default=10, help="mean-field steps (default 10)")
     p.add_argument("--normalization", choices=NORMALIZATIONS,
-                   help="kernel normalisation (default symmetric, as pydensecrf; 'after' as DeepLab's densecrf)")
+                   help="kernel normalisation (default: the preset's; 'after' as DeepLab's densecrf, "
+                        "'symmetric' as pydensecrf's default)")
     p.add_argument("--scores", choices=("logits", "probs"), default="logits",
                    help="what the features hold (default logits: DeepLab saved fc8)")
     p.add_argument("--save-probs", action="store_true",
@@ -62,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. bi_w=3,4,5 bi_xy_std=49:20:129 (start:step:stop) bi_rgb_std=3,4,5")
     g.add_argument("--labels", help="folder of ground-truth label PNGs <id>.png (255 = ignore)")
     g.add_argument("--subset", type=int, help="use the first N ids of the list")
+    g.add_argument("--rank-by", choices=RANKINGS, default="deeplab",
+                   help="order by DeepLab's MATLAB mIOU (default: absent classes count 0, mean over all "
+                        "classes, as DeepLab's cross-validation) or by the mean over the classes present")
     g.add_argument("--csv", help="where to save the table (default <features>/crf_grid.csv)")
     return p
 
@@ -128,16 +138,21 @@ def run_grid(args, base, ids: list[str]) -> int:
                 ok += 1
     if ok == 0:
         raise DeepLabError("no image could be scored; see the messages above")
-    rows = [dict(p.as_dict(), miou=round(100 * mean_iou(c), 3), images=ok) for p, c in zip(settings, confs)]
-    rows.sort(key=lambda r: -r["miou"])
-    baseline = 100 * mean_iou(confs[-1])
-    head = ["rank"] + list(DEEPLAB_KEYS) + ["mIOU"]
-    widths = [4] + [max(len(k), 6) for k in DEEPLAB_KEYS] + [7]
+    rows = [dict(p.as_dict(), miou_deeplab=round(100 * mean_iou_deeplab(c), 3), miou=round(100 * mean_iou(c), 3),
+                 images=ok) for p, c in zip(settings, confs)]
+    key = "miou_deeplab" if args.rank_by == "deeplab" else "miou"
+    rows.sort(key=lambda r: (-r[key], -r["miou_deeplab" if key == "miou" else "miou"]))
+    print(f"ranked by {'DeepLab' if key == 'miou_deeplab' else 'defined-classes'} mIOU; "
+          f"DeepLab = MyVOCevalseg.m (absent classes count 0, mean over all {num_classes}), "
+          f"defined = mean over the classes in ground truth or prediction; normalization {base.normalization}")
+    head = ["rank"] + list(DEEPLAB_KEYS) + ["DeepLab", "defined"]
+    widths = [4] + [max(len(k), 6) for k in DEEPLAB_KEYS] + [7, 7]
     print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
     for i, r in enumerate(rows, 1):
-        cells = [str(i)] + [f"{r[k]:g}" for k in DEEPLAB_KEYS] + [f"{r['miou']:.2f}"]
+        cells = [str(i)] + [f"{r[k]:g}" for k in DEEPLAB_KEYS] + [f"{r['miou_deeplab']:.2f}", f"{r['miou']:.2f}"]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
-    print(f"without CRF: mIOU {baseline:.2f} over {ok} images" + (f" ({len(failed)} skipped)" if failed else ""))
+    print(f"without CRF: mIOU {100 * mean_iou_deeplab(confs[-1]):.2f} (DeepLab), {100 * mean_iou(confs[-1]):.2f} "
+          f"(defined) over {ok} images" + (f" ({len(failed)} skipped)" if failed else ""))
     csv_path = args.csv or os.path.join(args.features, "crf_grid.csv")
     write_table(csv_path, rows)
     print(f"deeplab-crf: table saved to {csv_path}", file=sys.stderr)

@@ -68,6 +68,18 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = 
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+RANKINGS = ("deeplab", "defined")   # which mean IoU orders the grid; DeepLab's first (the default)
+
+
+def mean_iou_deeplab(conf: np.ndarray) -> float:
+    """DeepLab's MATLAB mean (``MyVOCevalseg.m``), the one its CRF cross-validation used:
+    TP / (TP + FP + FN) per class, a class absent from ground truth and prediction
+    counting 0, summed and divided by all classes."""
+    tp = np.diag(conf).astype(np.float64)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    return float((tp / np.where(denom > 0, denom, 1)).sum() / conf.shape[0])
+
+
 def mean_iou(conf: np.ndarray) -> float:
     """Mean over classes that occur (in ground truth or prediction) of TP / (TP + FP + FN)."""
     tp = np.diag(conf).astype(np.float64)
@@ -78,7 +90,7 @@ def mean_iou(conf: np.ndarray) -> float:
 
 def write_table(path: str | os.PathLike, rows: list[dict]) -> None:
     from ..io.atomic import atomic_write
-    fields = list(DEEPLAB_KEYS) + ["miou", "images"]
+    fields = list(DEEPLAB_KEYS) + ["normalization", "miou_deeplab", "miou", "images"]
     with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()

@@ -15,7 +15,10 @@ from typing import Any, Mapping
 
 from .errors import CRFError
 
-NORMALIZATIONS = ("symmetric", "after")
+NORMALIZATIONS = ("after", "symmetric")
+# What DeepLab's densecrf code (its DenseCRF layer and refine_pascal's dense_inference)
+# did: each kernel's filtered message divided by that kernel's filtered ones, per pixel.
+DEEPLAB_NORMALIZATION = "after"
 DEEPLAB_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 
 
@@ -23,8 +26,9 @@ DEEPLAB_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 class CRFParams:
     """Weights and standard deviations (pixels / intensity levels) of the two kernels.
 
-    ``normalization``: "symmetric" (pydensecrf's default) or "after" (the per-pixel
-    normalisation of the densecrf code DeepLab shipped with its DenseCRF layer).
+    ``normalization``: "after" (the default: the per-pixel normalisation of the densecrf
+    code DeepLab shipped with its DenseCRF layer, pydensecrf's ``NORMALIZE_AFTER``) or
+    "symmetric" (pydensecrf's default, ``NORMALIZE_SYMMETRIC``).
     """
 
     bi_w: float
@@ -32,7 +36,7 @@ class CRFParams:
     bi_rgb_std: float
     pos_w: float
     pos_xy_std: float
-    normalization: str = "symmetric"
+    normalization: str = DEEPLAB_NORMALIZATION
 
     def __post_init__(self):
         for key in DEEPLAB_KEYS:
@@ -58,10 +62,12 @@ class CRFParams:
                 "bilateral": {"sxy": self.bi_xy_std, "srgb": self.bi_rgb_std, "compat": self.bi_w}}
 
     def dirname(self) -> str:
-        """DeepLab's name for the output folder, e.g. ``post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3``."""
+        """DeepLab's name for the output folder, e.g. ``post_densecrf_W4_XStd121_RStd5_PosW3_PosXStd3``;
+        a normalisation other than DeepLab's adds ``_<normalization>`` (``..._PosXStd3_symmetric``)."""
         g = lambda v: f"{v:g}"
-        return (f"post_densecrf_W{g(self.bi_w)}_XStd{g(self.bi_xy_std)}_RStd{g(self.bi_rgb_std)}"
+        name = (f"post_densecrf_W{g(self.bi_w)}_XStd{g(self.bi_xy_std)}_RStd{g(self.bi_rgb_std)}"
                 f"_PosW{g(self.pos_w)}_PosXStd{g(self.pos_xy_std)}")
+        return name if self.normalization == DEEPLAB_NORMALIZATION else f"{name}_{self.normalization}"
 
     def with_(self, **changes) -> "CRFParams":
         return replace(self, **changes)
@@ -78,7 +84,9 @@ def _one_std(value: Any, where: str) -> Any:
 
 def from_pydensecrf(spec: Mapping[str, Any], normalization: str = "symmetric") -> CRFParams:
     """``{"gaussian": {"sxy", "compat"}, "bilateral": {"sxy", "srgb", "compat"}}`` -> CRFParams.
-    A missing kernel gets weight 0."""
+    A missing kernel gets weight 0.  The normalisation defaults to pydensecrf's own
+    ("symmetric"), so settings copied from pydensecrf code give pydensecrf's result; a
+    ``"normalization"`` key or the argument chooses another."""
     unknown = set(spec) - {"gaussian", "bilateral", "normalization"}
     if unknown:
         raise CRFError(f"unknown pydensecrf-style CRF key(s) {sorted(unknown)}; use 'gaussian' and 'bilateral'")

@@ -252,8 +252,9 @@ def step_crf(s: Settings, r: Runner, stage: int, lst: str, feats: str) -> str:
     name = "crf" if stage == 1 else "crf2"
     cfg, iters = crf_settings(s)
     preset = cfg.get("preset", "deeplab_largefov")
-    out = os.path.join(feats, resolve(preset, **{k: cfg[k] for k in CRF_KEYS if k in cfg}).dirname())
-    params = resolve(preset, **{k: float(cfg[k]) for k in CRF_KEYS if k in cfg})    # as --bi-w etc. read them
+    norm = {"normalization": cfg["normalization"]} if "normalization" in cfg else {}
+    out = os.path.join(feats, resolve(preset, **{k: cfg[k] for k in CRF_KEYS if k in cfg}, **norm).dirname())
+    params = resolve(preset, **{k: float(cfg[k]) for k in CRF_KEYS if k in cfg}, **norm)  # as --bi-w etc. read them
     entries = list_entries(lst)
     stale = []
     for e in entries:
@@ -270,7 +271,7 @@ def step_crf(s: Settings, r: Runner, stage: int, lst: str, feats: str) -> str:
     jobs = max(1, s.crf_jobs)
     cmd = ["deeplab-crf", "--features", feats, "--images", images, "--list", lst, "--out", out,
            "--preset", preset, "--iterations", str(iters), "--palette", s.palette, "--jobs", str(jobs), "--quiet"]
-    for k in CRF_KEYS:
+    for k in CRF_KEYS + ("normalization",):
         if k in cfg:
             cmd += ["--" + k.replace("_", "-"), str(cfg[k])]
 

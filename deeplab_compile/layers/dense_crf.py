@@ -18,15 +18,24 @@ lattice's sampling grid, so results match the raw-RGB path up to the lattice
 approximation.  A ``scale`` other than 1 in the data transform changes the colour
 distances; divide bi_rgb_std by the same factor to compensate.
 
-Normalisation defaults to "symmetric" (pydensecrf's); DeepLab's densecrf code
-normalised per pixel, which is ``normalization: after``.  The layer is not
-differentiable (its output is detached).
+What DeepLab's Caffe layer computed (``densecrf_layer.cpp`` with its
+``PottsPotential``), and what this layer does by default:
+  * unary: -fc8 (the softmax of mean-field is shift-invariant per pixel, so -log p
+    as used here gives the same marginals);
+  * each kernel's message is normalised per pixel after filtering, w * (K q)_i / (K 1)_i:
+    ``normalization: after``, the default.  DeepLab's layer had no other setting;
+    ``normalization: symmetric`` gives pydensecrf's default instead;
+  * ``max_iter`` mean-field steps (default 10) on the effective image area.
+DeepLab's top held log(max(q, FLT_MIN)) unless ``output_probability`` was set; this
+layer's top is q itself (the arg-max, which is what DeepLab's MATLAB scripts took, is the
+same).  The layer is not differentiable (its output is detached).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..crf.params import DEEPLAB_NORMALIZATION, NORMALIZATIONS
 from ..crf.presets import PRESETS
 from ..graph import Layer, Shape
 from ..netdef.errors import ParameterError, ShapeError
@@ -42,7 +51,7 @@ class DenseCRFModule(nn.Module):
     def __init__(self, *, max_iter: int = 10, pos_w: float = _LARGEFOV.pos_w,
                  pos_xy_std: float = _LARGEFOV.pos_xy_std, bi_w: float = _LARGEFOV.bi_w,
                  bi_xy_std: float = _LARGEFOV.bi_xy_std, bi_rgb_std: float = _LARGEFOV.bi_rgb_std,
-                 normalization: str = "symmetric", output_probability: bool = True):
+                 normalization: str = DEEPLAB_NORMALIZATION, output_probability: bool = True):
         super().__init__()
         if max_iter < 0:
             raise ValueError(f"DenseCRF: max_iter must be >= 0, got {max_iter}")
@@ -52,8 +61,9 @@ class DenseCRFModule(nn.Module):
         for name, v in (("pos_w", pos_w), ("bi_w", bi_w)):
             if not v >= 0:
                 raise ValueError(f"DenseCRF: {name} must be non-negative, got {v}")
-        if normalization not in ("symmetric", "after"):
-            raise ValueError(f"DenseCRF: normalization must be 'symmetric' or 'after', got {normalization!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"DenseCRF: normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                             f"got {normalization!r}")
         self.max_iter = int(max_iter)
         self.pos_w, self.pos_xy_std = float(pos_w), float(pos_xy_std)
         self.bi_w, self.bi_xy_std, self.bi_rgb_std = float(bi_w), float(bi_xy_std), float(bi_rgb_std)
@@ -105,8 +115,8 @@ class DenseCRF(LayerType):
         "bi_w": P("float", _LARGEFOV.bi_w, min=0, doc="weight of the bilateral kernel"),
         "bi_xy_std": P("float", _LARGEFOV.bi_xy_std, doc="its spatial std in pixels (> 0)"),
         "bi_rgb_std": P("float", _LARGEFOV.bi_rgb_std, doc="its colour std in intensity levels (> 0)"),
-        "normalization": P("enum", "symmetric", choices=("symmetric", "after"),
-                           doc="symmetric (pydensecrf) or after (DeepLab's densecrf)"),
+        "normalization": P("enum", DEEPLAB_NORMALIZATION, choices=NORMALIZATIONS,
+                           doc="after (DeepLab's densecrf, the default) or symmetric (pydensecrf's default)"),
         "output_probability": P("bool", True, doc="false: log(marginals), DeepLab v2's score output"),
     }
     bottoms = (2, 3)
