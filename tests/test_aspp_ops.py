@@ -322,6 +322,7 @@ def test_aspp_v3_head_is_inference_only():
         y.sum().backward()
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cpu_matches_cuda():
     x, ws, bs, rates = _args(CASES[3], torch.float32)

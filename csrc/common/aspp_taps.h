@@ -21,6 +21,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/hd.h"
+
 namespace deeplab {
 namespace aspp {
 
@@ -70,16 +72,36 @@ inline Plan plan_taps(const std::vector<int64_t>& rates, int64_t H, int64_t W, i
   return p;
 }
 
-// The output rows [h0, h1) of a tap whose input row h + dy lies in the image and in [i0, i1).
+// The output rows [h0, h1) of a tap with vertical offset dy whose input row h + dy lies
+// in the image and in the band's rows [i0, i1).
+DL_HD void valid_rows(int64_t dy, int64_t i0, int64_t i1, int64_t H, int64_t& h0, int64_t& h1) {
+  h0 = i0 - dy > 0 ? i0 - dy : 0;
+  h1 = i1 - dy < H ? i1 - dy : H;
+}
+
 inline void valid_rows(const Tap& t, const Band& b, int64_t H, int64_t& h0, int64_t& h1) {
-  h0 = std::max<int64_t>(b.i0 - t.dy, 0);
-  h1 = std::min<int64_t>(b.i1 - t.dy, H);
+  valid_rows(t.dy, b.i0, b.i1, H, h0, h1);
 }
 
 // The output columns [w0, w1) for which w + dx is inside [0, W).
-inline void valid_cols(int64_t dx, int64_t W, int64_t& w0, int64_t& w1) {
+DL_HD void valid_cols(int64_t dx, int64_t W, int64_t& w0, int64_t& w1) {
   w0 = dx < 0 ? -dx : 0;
   w1 = dx > 0 ? W - dx : W;
+}
+
+// Index into a band's GEMM output Z [T, Co, rows, W] (equally the backward's shifted
+// gradient S): tap tt of the band, class co, band row r, column j.
+DL_HD int64_t z_index(int64_t tt, int64_t co, int64_t Co, int64_t rows, int64_t r, int64_t j, int64_t W) {
+  return ((tt * Co + co) * rows + r) * W + j;
+}
+
+// Whether output pixel (h, w) reads inside the image and the band through the tap
+// (dy, dx); the per-pixel form of valid_rows and valid_cols, for one thread per pixel.
+DL_HD bool tap_reads(int64_t dy, int64_t dx, int64_t i0, int64_t i1, int64_t H, int64_t W, int64_t h, int64_t w) {
+  int64_t h0, h1, w0, w1;
+  valid_rows(dy, i0, i1, H, h0, h1);
+  valid_cols(dx, W, w0, w1);
+  return h >= h0 && h < h1 && w >= w0 && w < w1;
 }
 
 }  // namespace aspp

@@ -17,11 +17,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__CUDACC__)
-#define DL_HD __host__ __device__ __forceinline__
-#else
-#define DL_HD inline
-#endif
+#include "common/hd.h"
 
 namespace deeplab {
 namespace lattice {

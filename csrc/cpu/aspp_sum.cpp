@@ -35,7 +35,7 @@ void shift_add(const scalar_t* Z, acc_t* y, const aspp::Plan& p, const aspp::Ban
         aspp::valid_rows(tap, b, H, h0, h1);
         if (h < h0 || h >= h1) continue;
         aspp::valid_cols(tap.dx, W, w0, w1);
-        const scalar_t* zrow = Z + (((t - b.t0) * Co + co) * rows + h + tap.dy - b.i0) * W + tap.dx;
+        const scalar_t* zrow = Z + aspp::z_index(t - b.t0, co, Co, rows, h + tap.dy - b.i0, tap.dx, W);
         for (int64_t w = w0; w < w1; ++w) yrow[w] += static_cast<acc_t>(zrow[w]);
       }
     }
@@ -56,7 +56,7 @@ void shift_gather(const scalar_t* gy, scalar_t* S, const aspp::Plan& p, const as
       aspp::valid_rows(tap, b, H, h0, h1);
       aspp::valid_cols(tap.dx, W, w0, w1);
       const int64_t h = b.i0 + r - tap.dy;
-      scalar_t* srow = S + i * W;
+      scalar_t* srow = S + aspp::z_index(t - b.t0, co, Co, rows, r, 0, W);
       std::fill(srow, srow + W, scalar_t(0));
       if (h < h0 || h >= h1) continue;
       // Input column w + dx receives output column w.

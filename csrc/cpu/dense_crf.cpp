@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/crf_math.h"
 #include "common/lattice_checks.h"
 #include "cpu/mean_field_f16.h"
 #include "cpu/permutohedral.h"
@@ -114,12 +115,7 @@ void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats,
   lattice::build_lattice<float>(feats.data(), n, d, lat, /*row=*/W);
   const std::vector<float> deg = lattice::filter_ones(lat);
   std::vector<float> in_scale(n), out_scale(n);
-  for (int64_t p = 0; p < n; ++p) {
-    const float s = deg[p];
-    const float norm = symmetric ? 1.f / std::sqrt(s + 1e-20f) : 1.f / (s + 1e-20f);
-    in_scale[p] = symmetric ? norm : 1.f;
-    out_scale[p] = w * norm;
-  }
+  for (int64_t p = 0; p < n; ++p) crf::norm_scales(deg[p], w, symmetric, in_scale[p], out_scale[p]);
   lattice::scale_lattice<float>(lat, in_scale.data(), out_scale.data());
 }
 
@@ -135,10 +131,8 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
     std::vector<float> f(n * 2);
     at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
-        for (int64_t x = 0; x < W; ++x) {
-          f[(y * W + x) * 2 + 0] = x / prm.pos_xy_std;
-          f[(y * W + x) * 2 + 1] = y / prm.pos_xy_std;
-        }
+        for (int64_t x = 0; x < W; ++x)
+          crf::pixel_features(img, n, x, y, y * W + x, prm.pos_xy_std, 1.f, false, f.data() + (y * W + x) * 2);
     });
     kernels.emplace_back();
     build_kernel(kernels.back(), f, n, W, 2, prm.pos_w, prm.symmetric);
@@ -147,12 +141,9 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
     std::vector<float> f(n * 5);
     at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
-        for (int64_t x = 0; x < W; ++x) {
-          float* o = f.data() + (y * W + x) * 5;
-          o[0] = x / prm.bi_xy_std;
-          o[1] = y / prm.bi_xy_std;
-          for (int c = 0; c < 3; ++c) o[2 + c] = img[c * n + y * W + x] / prm.bi_rgb_std;
-        }
+        for (int64_t x = 0; x < W; ++x)
+          crf::pixel_features(img, n, x, y, y * W + x, prm.bi_xy_std, prm.bi_rgb_std, true,
+                              f.data() + (y * W + x) * 5);
     });
     kernels.emplace_back();
     build_kernel(kernels.back(), f, n, W, 5, prm.bi_w, prm.symmetric);

@@ -40,9 +40,9 @@ __global__ void shift_add_kernel(const scalar_t* __restrict__ Z, acc_t* __restri
     const int64_t w = idx % W, h = (idx / W) % H, co = idx / (H * W);
     acc_t s = 0;
     for (int64_t t = b.t0; t < b.t1; ++t) {
-      const int64_t i = h + b.dy[t], j = w + b.dx[t];
-      if (i < b.i0 || i >= b.i1 || j < 0 || j >= W) continue;
-      s += static_cast<acc_t>(Z[(((t - b.t0) * Co + co) * rows + (i - b.i0)) * W + j]);
+      const int64_t dy = b.dy[t], dx = b.dx[t];
+      if (!aspp::tap_reads(dy, dx, b.i0, b.i1, H, W, h, w)) continue;
+      s += static_cast<acc_t>(Z[aspp::z_index(t - b.t0, co, Co, rows, h + dy - b.i0, w + dx, W)]);
     }
     y[idx] += s;
   }
@@ -57,8 +57,9 @@ __global__ void shift_gather_kernel(const scalar_t* __restrict__ gy, scalar_t* _
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t j = idx % W, r = (idx / W) % rows, co = (idx / (W * rows)) % Co;
     const int64_t t = b.t0 + idx / (W * rows * Co);
+    // Output pixel (h, w) = (i0 + r - dy, j - dx) reads input pixel (i0 + r, j) through tap t.
     const int64_t h = b.i0 + r - b.dy[t], w = j - b.dx[t];
-    S[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? gy[(co * H + h) * W + w] : scalar_t(0);
+    S[idx] = aspp::tap_reads(b.dy[t], b.dx[t], b.i0, b.i1, H, W, h, w) ? gy[(co * H + h) * W + w] : scalar_t(0);
   }
 }
 

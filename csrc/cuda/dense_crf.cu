@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/crf_math.h"
 #include "common/lattice_checks.h"
 #include "cuda/permutohedral.cuh"
 
@@ -25,21 +26,14 @@ __global__ void features_kernel(const float* __restrict__ img, int64_t H, int64_
   const int64_t n = H * W;
   if (p >= n) return;
   const int d = with_colour ? 5 : 2;
-  const int64_t y = p / W, x = p % W;
-  f[p * d + 0] = x / xy_std;
-  f[p * d + 1] = y / xy_std;
-  if (with_colour)
-    for (int c = 0; c < 3; ++c) f[p * d + 2 + c] = img[c * n + p] / rgb_std;
+  crf::pixel_features(img, n, p % W, p / W, p, xy_std, rgb_std, with_colour, f + p * d);
 }
 
 __global__ void norm_scales_kernel(const float* __restrict__ deg, int64_t n, float w, bool symmetric,
                                    float* __restrict__ in_scale, float* __restrict__ out_scale) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= n) return;
-  const float s = deg[p];
-  const float norm = symmetric ? rsqrtf(s + 1e-20f) : 1.f / (s + 1e-20f);
-  in_scale[p] = symmetric ? norm : 1.f;
-  out_scale[p] = w * norm;
+  crf::norm_scales(deg[p], w, symmetric, in_scale[p], out_scale[p]);
 }
 
 __global__ void scale_rows_kernel(float* __restrict__ wts, const float* __restrict__ scale, int64_t n, int dp1) {
