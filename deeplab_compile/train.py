@@ -42,10 +42,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .caffe.caffemodel import check_state_dict
 from .errors import DeepLabError
-from .io.checkpoint import (CheckpointError, load_snapshot, load_weights_into, rng_state, save_snapshot,
-                            set_rng_state)
+from .io.checkpoint import CheckpointError, rng_state, save_snapshot, set_rng_state
 from .solver import CaffeSGD, Solver, SolverError, hard_pixel_ratio, install_hard_mining, resolve_path
+from .weights import init_weights, load_snapshot
 
 
 class TrainingDiverged(DeepLabError):
@@ -384,21 +385,16 @@ def _run(solver, net, spec, *, device, rank, world, seed, snap, weights, resume,
     start = 0
     history = {"iter": [], "loss": [], "lr": []}
     if snap is not None:
-        try:
-            net.load_state_dict(snap["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"'{resume}' does not fit the net: {str(e).splitlines()[0]}",
-                                  hint="resume with the solver (and vars) that wrote it") from None
+        state = check_state_dict(net, snap["model"], resume)
+        with torch.no_grad():
+            net.load_state_dict(state)
         start = int(snap["iter"])
         history = {k: list(v) for k, v in snap.get("history", history).items()}
         log.line(f"Resuming from {resume} at iteration {start}")
     else:
         init = weights or (resolve_path(solver, solver.weights) if solver.weights else None)
         if init:
-            info = load_weights_into(net, init)
-            log.line(f"Initialised from {init}: {len(info.get('loaded', []))} tensors loaded, "
-                     f"{len(info.get('missing', []))} kept their fillers, "
-                     f"{len(info.get('skipped', []))} in the file not used")
+            log.line(init_weights(net, init).line(init))
     if solver.sync_bn and world > 1:
         n = convert_sync_bn(net)
         log.line(f"SyncBatchNorm: {n} layer(s) synchronized across {world} processes")

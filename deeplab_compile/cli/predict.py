@@ -75,8 +75,10 @@ def normalise(rgb: np.ndarray, how: str) -> torch.Tensor:
 class Predictor:
     """Compiles the net once per input size and averages probabilities over scales/flips."""
 
-    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str):
+    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str,
+                 weights_path: str = "the weights"):
         self.netdef, self.state, self.vars, self.preprocess = netdef, state_dict, vars, preprocess
+        self.weights_path = weights_path
         self._nets: dict[tuple[int, int], torch.nn.Module] = {}
 
     def net(self, h: int, w: int):
@@ -84,10 +86,9 @@ class Predictor:
         if (h, w) not in self._nets:
             net = compile_net(self.netdef, vars=self.vars, inputs={"data": f"1x3x{h}x{w}"})
             if self.state is not None:
-                try:
-                    net.load_state_dict(self.state)
-                except RuntimeError as exc:
-                    raise DeepLabError(f"the weights do not fit {self.netdef}: {str(exc).splitlines()[0]}") from None
+                from ..caffe.caffemodel import check_state_dict
+                with torch.no_grad():
+                    net.load_state_dict(check_state_dict(net, self.state, self.weights_path))
             self._nets[(h, w)] = net.eval()
         return self._nets[(h, w)]
 
@@ -114,17 +115,8 @@ class Predictor:
 def _load_weights(path: str | None) -> tuple[dict | None, dict]:
     if path is None:
         return None, {}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DeepLabError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise DeepLabError(f"{path}: cannot read weights ({type(exc).__name__})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"], {k: obj[k] for k in ("vars", "source") if k in obj}
-    if isinstance(obj, dict):
-        return obj, {}
-    raise DeepLabError(f"{path}: not a checkpoint or state dict")
+    from ..weights import read_state_dict
+    return read_state_dict(path)
 
 
 @entry_point
@@ -148,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..crf import presets
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
-    pred = Predictor(args.netdef, state, vars, pre)
+    pred = Predictor(args.netdef, state, vars, pre, args.weights or "the weights")
     os.makedirs(args.output, exist_ok=True)
     for path in images:
         with Image.open(path) as im:

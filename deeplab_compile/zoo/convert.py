@@ -109,12 +109,8 @@ def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.Path
     "netdef": N, "source": SOURCE, "vars": ...}`` for ``deeplab-predict``/``deeplab-train``."""
     from ..compiler import compile_net
     from ..io.atomic import atomic_path
-    try:
-        obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ZooError(f"{src_path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise ZooError(f"{src_path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
+    from ..weights import read_pt
+    obj = read_pt(src_path)
     # the mapping tables name the netdef's layers: map onto the unfused net
     net = compile_net(netdef, vars=vars, inputs={"data": "1x3x65x65"}, fuse=False)
     sd, rep = convert_state_dict(unwrap(obj), source, net)
