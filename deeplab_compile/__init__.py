@@ -18,9 +18,9 @@ def compile(source, *, phase="test", vars=None, inputs=None, **kwargs):
 def load_weights(net, path, *, allow_missing=False, progress=False):
     """Load a ``.caffemodel`` or ``.pt`` checkpoint into a compiled net (in place).
 
-    See :func:`deeplab_compile.caffe.weights.load_weights`.
+    See :func:`deeplab_compile.weights.load_weights`.
     """
-    from .caffe.weights import load_weights as _load
+    from .weights import load_weights as _load
     return _load(net, path, allow_missing=allow_missing, progress=progress)
 
 

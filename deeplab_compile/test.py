@@ -84,7 +84,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     from .data.listfile import read_ids
     from .data.spec import CAFFE_MEAN_BGR, find_data_layer, resolve_spec
     from .inference import ScoreError, SizedNets, compile_at, install_capture, multi_scale_probs, score_reader
-    from .io.checkpoint import load_weights_into
+    from .weights import load_weights
     from .io.features import feature_path, write_blob
 
     device = _device(gpu)
@@ -110,12 +110,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
         inputs = {spec.tops[0]: (spec.batch_size, ir.inputs[spec.tops[0]][1], spec.crop_height, spec.crop_width)}
     net = compile_at(ir, inputs)
     if weights:
-        info = load_weights_into(net, weights)
-        params = {n for n, _ in net.named_parameters()}
-        unset = [k for k in info.get("missing", []) if k in params]
-        if unset and not allow_missing:
-            raise TestError(f"'{weights}' has no values for {len(unset)} parameter(s) of the net "
-                            f"(first: {unset[0]})", hint="test with the weights of the trained net")
+        load_weights(net, weights, allow_missing=allow_missing)
     net.to(device).eval()
 
     writers: list[_Writer] = []

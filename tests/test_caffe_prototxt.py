@@ -9,7 +9,7 @@ import pytest
 import deeplab_compile as dc
 from deeplab_compile.caffe import prototxt
 from deeplab_compile.cli import compile as compile_cli
-from deeplab_compile.netdef.errors import (NetDefSyntaxError, ParameterError, UnknownLayerError,
+from deeplab_compile.netdef.errors import (NetDefError, NetDefSyntaxError, ParameterError, UnknownLayerError,
                                            VariableError)
 from deeplab_compile.netdef.expand import expand
 
@@ -171,3 +171,15 @@ def test_cli_compiles_a_prototxt_and_reports_errors(tmp_path, capsys):
     bad.write_text('name: "x"\nlayer { name: "a" type: "ReLU" bottom: "data" top: "a" ]\n')
     assert compile_cli.main([str(bad)]) == 2
     assert f"error: {bad}:2:56: expected a field name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,digits", [("num_output", 5000), ("pool", 5000), ("num_output", 25)])
+def test_long_integer_literals_are_a_located_error(field, digits):
+    block = "pooling_param" if field == "pool" else "convolution_param"
+    ltype = "Pooling" if field == "pool" else "Convolution"
+    text = (f'layer {{ name: "c" type: "{ltype}" bottom: "data" top: "c"\n'
+            f'  {block} {{ {field}: {"9" * digits} kernel_size: 1 }} }}\n')
+    with pytest.raises(NetDefError) as info:
+        prototxt.loads(text, "e.prototxt")
+    msg = str(info.value)
+    assert msg.startswith("e.prototxt:2:") and f"'{field}'" in msg and "\n" not in msg

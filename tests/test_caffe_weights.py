@@ -278,4 +278,4 @@ def test_cli_errors_exit_2_and_leave_no_output(tmp_path, capsys):
     assert not (tmp_path / "w.caffemodel").exists()
     pt.write_bytes(b"not a zip")
     assert convert.main([str(pt), "--netdef", MSC, "-D", "NUM_LABELS=3"]) == 2
-    assert "cannot read the checkpoint" in capsys.readouterr().err
+    assert "cannot read the weights file" in capsys.readouterr().err

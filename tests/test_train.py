@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from deeplab_compile.data.synthetic import generate
-from deeplab_compile.io.checkpoint import CheckpointError, load_snapshot, load_weights_into
+from deeplab_compile.io.checkpoint import CheckpointError
 from deeplab_compile.training.loop import TrainingDiverged, TrainingInterrupted, train
 from deeplab_compile.training.solver import load_solver
+from deeplab_compile.weights import WeightsError, init_weights, load_snapshot
 
 from conftest import NETDEF, ROOT
 
@@ -115,19 +116,21 @@ def test_weights_that_do_not_fit_give_a_table(tmp_path, syn):
     net = deeplab_compile.compile(TINY, phase="train", vars={"width": 4})
     other = deeplab_compile.compile(TINY, phase="train", vars={"width": 4, "num_classes": 5})
     torch.save(other.state_dict(), tmp_path / "w.pt")
-    with pytest.raises(CheckpointError) as e:
-        load_weights_into(net, str(tmp_path / "w.pt"))
+    with pytest.raises(WeightsError) as e:
+        init_weights(net, str(tmp_path / "w.pt"))
     msg = str(e.value)
-    assert "2 tensor(s)" in msg and "fc8.weight" in msg and "5x128x1x1" not in msg.splitlines()[0][:0]
-    assert "fc8.bias" in msg and "in file" in msg
-    info = load_weights_into(net, str(tmp_path / "w.pt")) if False else None
+    assert "2 with the wrong shape" in msg.splitlines()[0]
+    rows = msg.splitlines()[2:]
+    assert [r.split()[2] for r in rows] == ["fc8.weight", "fc8.bias"]
+    assert rows[0].split()[3:] == ["5x64x1x1", "21x64x1x1"]
     partial = {k: v for k, v in other.state_dict().items() if not k.startswith("fc8")}
     torch.save(partial, tmp_path / "p.pt")
-    info = load_weights_into(net, str(tmp_path / "p.pt"))
-    assert info["missing"] == ["fc8.weight", "fc8.bias"]
+    info = init_weights(net, str(tmp_path / "p.pt"))
+    assert info.missing == ["fc8.weight", "fc8.bias"] and "fc8.weight" not in info.loaded
+    torch.testing.assert_close(net.state_dict()["conv1_1.weight"], partial["conv1_1.weight"])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
-        load_weights_into(net, str(tmp_path / "junk.pt"))
+    with pytest.raises(WeightsError, match="cannot read"):
+        init_weights(net, str(tmp_path / "junk.pt"))
 
 
 def run_cli(*args, env=None, timeout=120):

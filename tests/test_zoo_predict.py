@@ -54,4 +54,8 @@ def test_predict_errors_are_one_line(setup, capsys):
     assert main(["--netdef", NET, "--weights", str(w), "missing.jpg", "-o", str(out)]) == 2
     assert main(["--netdef", netdef("deeplab_v3plus_mobilenetv2"), "--weights", str(w), str(imgs), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all("error:" in e for e in err)
+    heads = [e for e in err if "error:" in e]
+    assert len(heads) == 2 and "missing.jpg" in heads[0] and "the weights do not fit the net" in heads[1]
+    # the mismatch table follows its error line whole: a header and one indented row per tensor
+    table = err[err.index(heads[1]) + 1:]
+    assert len(table) > 2 and all(row.startswith("  ") for row in table)

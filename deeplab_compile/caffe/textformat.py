@@ -46,6 +46,7 @@ _INTS = {FD.TYPE_INT32: (-2 ** 31, 2 ** 31 - 1), FD.TYPE_INT64: (-2 ** 63, 2 ** 
          FD.TYPE_UINT32: (0, 2 ** 32 - 1), FD.TYPE_UINT64: (0, 2 ** 64 - 1),
          FD.TYPE_SINT32: (-2 ** 31, 2 ** 31 - 1), FD.TYPE_SINT64: (-2 ** 63, 2 ** 63 - 1)}
 _FLOATS = (FD.TYPE_FLOAT, FD.TYPE_DOUBLE)
+_MAX_INT_CHARS = 24     # "-0x8000000000000000" and "-9223372036854775808" fit; longer is out of range
 
 
 def is_repeated(fd) -> bool:
@@ -241,13 +242,18 @@ class _Parser:
             names = [v.name for v in fd.enum_type.values]
             if kind == "ident" and text in fd.enum_type.values_by_name:
                 return text, tok.pos, None
-            if kind == "number" and re.fullmatch(r"-?[0-9]+", text) and int(text) in fd.enum_type.values_by_number:
+            if (kind == "number" and len(text) <= _MAX_INT_CHARS and re.fullmatch(r"-?[0-9]+", text)
+                    and int(text) in fd.enum_type.values_by_number):
                 return fd.enum_type.values_by_number[int(text)].name, tok.pos, None
             raise bad(f"takes one of {', '.join(names)}",
                       did_you_mean(text, names) or f"write e.g. {fd.name}: {names[0]}")
         if ftype in _INTS:
             if kind != "number" or not re.fullmatch(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)", text):
                 raise bad("takes an integer", "write a whole number")
+            if len(text) > _MAX_INT_CHARS:      # int() of a 5000-digit literal is refused by Python itself
+                lo, hi = _INTS[ftype]
+                raise bad(f"has an integer literal that is too long ({len(text)} characters)",
+                          f"use a value in [{lo}, {hi}]")
             value = int(text, 0) if not re.fullmatch(r"-?0[0-9]+", text) else int(text, 8)
             lo, hi = _INTS[ftype]
             if not lo <= value <= hi:

@@ -79,11 +79,11 @@ def from_caffemodel(args) -> str:
 
 
 def from_checkpoint(args) -> str:
-    from ..caffe.caffemodel import check_state_dict, write_caffemodel
-    from ..caffe.weights import read_checkpoint
+    from ..caffe.caffemodel import write_caffemodel
+    from ..weights import load_state
     net = _net(args)
     out = _output(args, ".caffemodel")
-    state = check_state_dict(net, read_checkpoint(args.input), args.input, allow_missing=False)
+    state = load_state(net, args.input)
     with atomic_write(out) as f:
         write_caffemodel(net, state, f, progress=not args.quiet)
     return f"wrote {out}"

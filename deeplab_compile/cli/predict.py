@@ -78,17 +78,17 @@ class Predictor:
     (:class:`deeplab_compile.inference.SizedNets`), and the scales and flips are averaged
     by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
-    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str):
+    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str,
+                 weights_path: str = "the weights"):
+        from ..caffe.caffemodel import check_state_dict
         from ..compiler import load_netdef, net_from_doc
         from ..inference import SizedNets, compile_at
         self.netdef, self.preprocess = netdef, preprocess
         ir = net_from_doc(load_netdef(netdef, vars), phase="test", source=netdef)
         first = compile_at(ir)
         if state_dict is not None:
-            try:
-                first.load_state_dict(state_dict)
-            except RuntimeError as exc:
-                raise DeepLabError(f"the weights do not fit {netdef}: {str(exc).splitlines()[0]}") from None
+            with torch.no_grad():
+                first.load_state_dict(check_state_dict(first, state_dict, weights_path))
         self.nets = SizedNets(ir, first)
 
     def net(self, h: int, w: int):
@@ -108,17 +108,8 @@ class Predictor:
 def _load_weights(path: str | None) -> tuple[dict | None, dict]:
     if path is None:
         return None, {}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DeepLabError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise DeepLabError(f"{path}: cannot read weights ({type(exc).__name__})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"], {k: obj[k] for k in ("vars", "source") if k in obj}
-    if isinstance(obj, dict):
-        return obj, {}
-    raise DeepLabError(f"{path}: not a checkpoint or state dict")
+    from ..weights import read_state_dict
+    return read_state_dict(path)
 
 
 @entry_point
@@ -142,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..crf import presets
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
-    pred = Predictor(args.netdef, state, vars, pre)
+    pred = Predictor(args.netdef, state, vars, pre, args.weights or "the weights")
     os.makedirs(args.output, exist_ok=True)
     for path in images:
         with Image.open(path) as im:

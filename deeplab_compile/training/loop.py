@@ -46,9 +46,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..caffe.caffemodel import check_state_dict
 from ..errors import DeepLabError
-from ..io.checkpoint import (CheckpointError, load_snapshot, load_weights_into, rng_state, save_snapshot,
-                             set_rng_state)
+from ..io.checkpoint import CheckpointError, rng_state, save_snapshot, set_rng_state
+from ..weights import init_weights, load_snapshot
 from .distributed import convert_sync_bn, init_distributed, pick_device
 from .mining import hard_pixel_ratio, install_hard_mining
 from .net import build_train_net
@@ -224,16 +225,11 @@ def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
     if snap is None:
         init = weights or (resolve_path(run.solver, run.solver.weights) if run.solver.weights else None)
         if init:
-            info = load_weights_into(run.net, init)
-            log.line(f"Initialised from {init}: {len(info.get('loaded', []))} tensors loaded, "
-                     f"{len(info.get('missing', []))} kept their fillers, "
-                     f"{len(info.get('skipped', []))} in the file not used")
+            log.line(init_weights(run.net, init).line(init))
         return 0
-    try:
-        run.net.load_state_dict(snap["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"'{run.resume}' does not fit the net: {str(e).splitlines()[0]}",
-                              hint="resume with the solver (and vars) that wrote it") from None
+    state = check_state_dict(run.net, snap["model"], run.resume)
+    with torch.no_grad():
+        run.net.load_state_dict(state)
     start = int(snap["iter"])
     run.history = {k: list(v) for k, v in snap.get("history", run.history).items()}
     log.line(f"Resuming from {run.resume} at iteration {start}")

@@ -143,15 +143,6 @@ def check_layout(source: str, netdef: str | os.PathLike, vars: Mapping[str, Any]
     return need
 
 
-def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise ZooError(f"{path}: reading .safetensors needs the safetensors package",
-                       hint="pip install safetensors, or give the .pth/.bin file") from None
-    return load_file(path, device="cpu")
-
-
 def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.PathLike, out_path: str | os.PathLike,
                  *, vars: Mapping[str, Any] | None = None) -> Report:
     """``deeplab-convert SRC --from SOURCE --netdef N -o OUT``: write ``{"state_dict": ...,
@@ -159,17 +150,8 @@ def convert_file(src_path: str | os.PathLike, source: str, netdef: str | os.Path
     from ..compiler import compile_net
     from ..io.atomic import atomic_path
     check_layout(source, netdef, vars)
-    try:
-        if os.fspath(src_path).endswith(".safetensors"):   # timm's files on the Hugging Face hub
-            obj = _load_safetensors(os.fspath(src_path))
-        else:
-            obj = torch.load(os.fspath(src_path), map_location="cpu", weights_only=True)
-    except ZooError:
-        raise
-    except FileNotFoundError:
-        raise ZooError(f"{src_path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise ZooError(f"{src_path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
+    from ..weights import read_pt
+    obj = read_pt(src_path)     # .pth/.bin (weights_only) or .safetensors (timm's files on the hub)
     # the mapping tables name the netdef's layers: map onto the unfused net
     net = compile_net(netdef, vars=vars, inputs={"data": "1x3x65x65"}, fuse=False)
     sd, rep = convert_state_dict(unwrap(obj), source, net)
