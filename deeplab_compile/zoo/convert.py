@@ -26,14 +26,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import DeepLabError
 from . import mappings
+from .errors import ZooError
 
 SCALE_SUFFIXES = ("_res075", "_res05")
-
-
-class ZooError(DeepLabError):
-    """A source state dict that does not fit the table or the net."""
 
 
 @dataclass

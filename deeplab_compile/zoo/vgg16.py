@@ -31,7 +31,7 @@ from typing import Mapping
 
 import torch
 
-from .convert import ZooError
+from .errors import ZooError
 
 #: torchvision's ImageNet normalisation (torchvision/transforms/_presets.py, RGB).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
