@@ -84,18 +84,23 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     from .data.listfile import read_ids
     from .data.spec import CAFFE_MEAN_BGR, find_data_layer, resolve_spec
     from .inference import ScoreError, SizedNets, compile_at, install_capture, multi_scale_probs, score_reader
-    from .weights import load_weights
+    from .weights import CHECKPOINT_SUFFIXES, check_state_dict, load_weights, read_state_dict
     from .io.features import feature_path, write_blob
 
     device = _device(gpu)
     # read once: the data spec comes from this IR, and every input size is a reshape of it
-    ir = net_from_doc(load_netdef(net_path, vars), phase="test", source=net_path)
+    doc = load_netdef(net_path, vars)
+    ir = net_from_doc(doc, phase="test", source=net_path)
+    state, meta = (None, {})
+    if weights and os.path.splitext(weights)[1].lower() in CHECKPOINT_SUFFIXES:
+        state, meta = read_state_dict(weights)
     overrides: dict[str, Any] = dict(data or {})
     if list_path:
         overrides["source"] = list_path
     if root is not None:
         overrides["root_folder"] = root
     has_layer = find_data_layer(ir) is not None
+    _preprocess(overrides, doc, ir, meta, net_path, weights)
     if not has_layer:
         if overrides.get("preprocess", "caffe") == "caffe":
             overrides.setdefault("mean_value", list(CAFFE_MEAN_BGR))
@@ -109,7 +114,10 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     if not has_layer:
         inputs = {spec.tops[0]: (spec.batch_size, ir.inputs[spec.tops[0]][1], spec.crop_height, spec.crop_width)}
     net = compile_at(ir, inputs)
-    if weights:
+    if state is not None:
+        with torch.no_grad():
+            net.load_state_dict(check_state_dict(net, state, weights, allow_missing=allow_missing), strict=False)
+    elif weights:
         load_weights(net, weights, allow_missing=allow_missing)
     net.to(device).eval()
 
@@ -190,6 +198,29 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     if bar is not None:
         bar.close()
     return TestResult(images=n_done, files=files, blob=blob_name)
+
+
+def _preprocess(overrides: dict, doc, ir, meta: dict, net_path: str, weights: str | None) -> None:
+    """Make the data spec normalise as the net was trained: the options given win; else
+    the weights file's record (a data layer that normalises otherwise is an error); else
+    the netdef's ``preprocess:`` key for a net without a data layer."""
+    from .data.preprocess import from_value, of_layer, of_netdef, spec_overrides
+    from .data.spec import find_data_layer
+    if any(k in overrides for k in ("preprocess", "mean_value", "scale")):
+        return
+    recorded = from_value(meta["preprocess"], f"{weights}: preprocess") if meta.get("preprocess") else None
+    lay = find_data_layer(ir)
+    if lay is not None:
+        if recorded is not None:
+            own = of_layer(lay.params, lay.name)
+            if not own.close_to(recorded):
+                raise TestError(f"{net_path}: layer '{lay.name}' normalises as {own.describe()} but {weights} "
+                                f"was trained with {recorded.describe()}",
+                                hint="give the data layer the training mean_value and scale, or pass --preprocess")
+        return
+    pre = recorded or of_netdef(doc)
+    if pre is not None:
+        overrides.update(spec_overrides(pre))
 
 
 def _consumes(ir, name: str) -> bool:

@@ -35,7 +35,7 @@ from .errors import DataError
 from .labels import LABEL_MAPS
 from .transforms import TransformParams
 
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)   # DeepLab's train/test prototxts (ImageNet VGG16)
+from .preprocess import CAFFE_MEAN_BGR  # noqa: E402,F401  (defined once, with the other presets)
 
 ROLES = ("data", "label", "data_dim")         # ImageSegData's tops, in order
 

@@ -103,7 +103,7 @@ from .parse import load
 __all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
            "MAX_STEPS"]
 
-TOP_KEYS = ("name", "vars", "inputs", "outputs", "include", "templates", "layers")
+TOP_KEYS = ("name", "vars", "inputs", "outputs", "preprocess", "include", "templates", "layers")
 INCLUDE_KEYS = ("vars", "templates", "include")
 TEMPLATE_KEYS = ("params", "layers")
 CALL_KEYS = ("use", "with", "phase")
@@ -686,6 +686,10 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
                                     loc=loc_of(doc, "outputs"), hint="write outputs: [fc8]")
         out["outputs"] = Seq(outputs, loc=getattr(doc["outputs"], "loc", None))
         out.key_locs["outputs"] = loc_of(doc, "outputs")
+
+    if "preprocess" in doc:       # the input normalisation the net expects (data/preprocess.py)
+        out["preprocess"] = ex.subst(doc["preprocess"], ex.globals, doc, "preprocess")
+        out.key_locs["preprocess"] = loc_of(doc, "preprocess")
 
     if "layers" not in doc:
         raise NetDefSyntaxError("the netdef has no 'layers'", loc=loc,
