@@ -1,6 +1,6 @@
 """The input normalisation travels with the net: deeplab-train records it in the
 snapshot, the netdef can declare it, and deeplab-predict and deeplab-test use it;
---preprocess overrides it."""
+--preprocess overrides it.  deeplab-test never crops an image larger than the crop."""
 import os
 
 import numpy as np
@@ -169,3 +169,33 @@ def test_deeplab_test_uses_the_record_for_a_net_without_a_data_layer(trained, tm
     from deeplab_compile.test import run_test
     run_test(str(net), str(w), list_path=str(lst), root=syn, progress=False, num_workers=0, blob="conv1_1")
     assert seen and seen[0].mean == (127.5, 127.5, 127.5) and seen[0].scale == 0.0078125
+
+
+def test_deeplab_test_covers_an_image_larger_than_the_crop(trained, tmp_path, capsys):
+    _, syn, snap, _ = trained
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 255, (61, 75, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    small = rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    lst = tmp_path / "l.txt"
+    lst.write_text("big.png\nsmall.png\n")
+    feats = tmp_path / "f"
+    args = _test_args(str(tmp_path), feats, snap) + ["--list", str(lst), "--png", str(tmp_path / "png")]
+    args[args.index(f"TEST_LIST={os.path.join(str(tmp_path), 'list', 'val.txt')}")] = f"TEST_LIST={lst}"
+    os.makedirs(feats)
+    assert deeplab_test(args) == 0
+    assert "1 of 2 images are larger than the crop 49x49" in capsys.readouterr().err
+    from deeplab_compile.io.palette import read_label_png
+    from deeplab_compile.io.mat import FEATURE_SUFFIX
+    import scipy.io
+    lab = read_label_png(tmp_path / "png" / "big.png")
+    assert lab.shape == (61, 75)
+    # features cover the whole image (MatWrite's [W, H, C, N] layout) and the small one keeps the crop
+    w, h = scipy.io.loadmat(feats / ("big" + FEATURE_SUFFIX))["data"].shape[:2]
+    assert w >= 75 and h >= 61
+    assert scipy.io.loadmat(feats / ("small" + FEATURE_SUFFIX))["data"].shape[:2] == (49, 49)
+    # the labels are those of the whole image run at its own size, as deeplab-predict runs it
+    assert predict(["--netdef", os.path.join(CFG, "train.yaml"), "--weights", snap, str(tmp_path / "big.png"),
+                    "-o", str(tmp_path / "pred")]) == 0
+    assert (read_label_png(tmp_path / "pred" / "big.png") == lab).all()
