@@ -189,3 +189,23 @@ def test_solver_vars_substitute_and_reach_the_netdef(tmp_path, monkeypatch):
     s2 = load_solver(str(p), {"nm_classes": 3})
     with pytest.raises(SolverError, match="variable 'nm_classes' \\(-D\\) is not a variable of the netdef"):
         s2.net_vars({"num_classes": 21})
+
+
+def test_data_source_and_root_folder_both_resolve_from_the_solver_folder(tmp_path, monkeypatch):
+    from deeplab_compile.data import pipeline_for
+    from deeplab_compile.data.synthetic import generate
+    from deeplab_compile.training.net import build_train_net
+    exp = tmp_path / "exp"
+    generate(str(exp / "data"), num_images=4, min_size=40, max_size=48, seed=0)
+    (exp / "solver.yaml").write_text(
+        f"net: {os.path.join(NETDEF, 'deeplab_largefov_tiny.yaml')}\n"
+        "data: {source: data/list/train.txt, root_folder: data, batch_size: 2, num_workers: 0}\n"
+        "base_lr: 0.01\nmax_iter: 1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    net, spec = build_train_net(load_solver(str(exp / "solver.yaml")), seed=0)
+    assert spec.source == str(exp / "data" / "list" / "train.txt")
+    assert spec.root_folder == str(exp / "data")
+    batch = next(iter(pipeline_for(net, "train", spec, num_workers=0)))   # the images are found
+    assert batch["data"].shape[0] == 2

@@ -1,6 +1,7 @@
 """The solver file: Caffe's ``SolverParameter`` as YAML, its schema and its loading.
 
-A solver file (paths relative to the working directory, as in Caffe, else to the file)::
+A solver file (``net`` and ``weights`` relative to the working directory, as in Caffe, else
+to the file; the ``data:`` section's ``source`` and ``root_folder`` relative to the file)::
 
     net: ../../netdef/deeplab_largefov.yaml     # the netdef (train and test phases)
     vars: {num_classes: 21, crop: 321}          # passed to the netdef
