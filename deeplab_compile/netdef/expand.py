@@ -100,7 +100,7 @@ from .expr import IDENT_RE, Scope, substitute_text
 from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
 
-__all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
+__all__ = ["expand", "filter_phase", "note_call_site", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
            "MAX_STEPS"]
 
 TOP_KEYS = ("name", "vars", "inputs", "outputs", "preprocess", "include", "templates", "layers")
@@ -242,6 +242,7 @@ class _Expander:
         self.root_dir = os.getcwd()
         self.steps = 0
         self.out: list[Map] = []
+        self.calls: dict[int, list] = {}     # index in out -> the template calls that made it, innermost first
         self.globals = Scope(self.vars)
 
     # -- substitution
@@ -468,8 +469,11 @@ class _Expander:
         for p, default in params.items():
             if p not in bound:
                 bound[p] = self.subst(default, inner, params, p)
+        start = len(self.out)
         try:
             self.layers(tmpl.layers, inner, phase, depth + 1, tmpl.body, "layers")
+            for i in range(start, len(self.out)):
+                self.calls.setdefault(i, []).append((tname, use_loc))
         except NetDefError as err:
             chain = getattr(err, "template_chain", None)
             if chain is None:
@@ -698,8 +702,20 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
     out["layers"] = Seq(ex.out, loc=getattr(doc["layers"], "loc", None),
                         item_locs=[layer.loc for layer in ex.out])
     out.key_locs["layers"] = loc_of(doc, "layers")
+    # layer name -> the template calls that made it, so a later error names its call site
+    out.template_calls = {str(ex.out[i].get("name")): chain for i, chain in ex.calls.items()}
     out.expanded = True
     return out
+
+
+def note_call_site(err: Exception, doc: Any) -> None:
+    """Add the template call that made the layer an error names (``err.layer``) to the
+    error's message, as expansion errors inside a template have it."""
+    calls = getattr(doc, "template_calls", None) or {}
+    chain = calls.get(getattr(err, "layer", None) or "")
+    if chain and isinstance(err, NetDefError) and not getattr(err, "template_chain", None):
+        err.template_chain = list(chain)
+        _template_note(err)
 
 
 def _inputs(ex: _Expander, doc: dict) -> Map:
