@@ -366,3 +366,11 @@ def test_a_layer_error_inside_a_template_names_the_call_site(body, want):
     msg = str(info.value)
     assert "\n" not in msg and want in msg and "layer 'c1'" in msg
     assert "(in template 'conv' used at net.yaml:7:10, reached from 'outer' at net.yaml:14:5)" in msg
+
+
+def test_every_missing_required_variable_is_named_at_once():
+    err = check(VariableError, "vars:\n  root: ~  #!\n  lst: ~\n  n: 3\n  crop: ~\n"
+                "layers:\n  - {name: a, type: X, p: '${root}/${lst}', c: '${crop}'}\n")
+    msg = str(err)
+    assert "variables 'root', 'lst', 'crop' are required but not given" in msg
+    assert "-D root=VALUE -D lst=VALUE -D crop=VALUE" in msg and "'n'" not in msg

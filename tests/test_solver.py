@@ -209,3 +209,16 @@ def test_data_source_and_root_folder_both_resolve_from_the_solver_folder(tmp_pat
     assert spec.root_folder == str(exp / "data")
     batch = next(iter(pipeline_for(net, "train", spec, num_workers=0)))   # the images are found
     assert batch["data"].shape[0] == 2
+
+
+def test_every_missing_solver_variable_is_named_at_once(tmp_path):
+    p = tmp_path / "solver.yaml"
+    p.write_text("net: ${CONFIG_DIR}/train.yaml\nvars: {LABEL_MAP: ~, SEED: 0}\nbase_lr: 0.01\nmax_iter: 1\n"
+                 "random_seed: ${SEED}\nsnapshot_prefix: ${MODEL_DIR}/train\ndata: {label_map: '${LABEL_MAP}'}\n")
+    with pytest.raises(SolverError) as info:
+        load_solver(str(p))
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:1:") and "\n" not in msg
+    assert "undefined variables 'CONFIG_DIR', 'MODEL_DIR', 'LABEL_MAP' (the first in field 'net')" in msg
+    assert "-D CONFIG_DIR=VALUE -D MODEL_DIR=VALUE -D LABEL_MAP=VALUE" in msg
+    assert load_solver(str(p), {"CONFIG_DIR": "c", "MODEL_DIR": "m", "LABEL_MAP": "none"}).snapshot_prefix == "m/train"

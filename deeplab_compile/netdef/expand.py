@@ -201,9 +201,14 @@ class _Vars(dict):
                                 loc=loc_of(container, key), hint="simplify the variables")
         raw = self[name]
         if raw is None:
-            raise VariableError(f"variable '{name}' is required but not given",
+            # every required variable still unset, not only this one: one run names them all
+            missing = [name] + [n for n in self if n != name and self[n] is None]
+            if len(missing) == 1:
+                raise VariableError(f"variable '{name}' is required but not given", loc=loc_of(container, key),
+                                    hint=f"give it on the command line: -D {name}=VALUE")
+            raise VariableError("variables " + ", ".join(f"'{n}'" for n in missing) + " are required but not given",
                                 loc=loc_of(container, key),
-                                hint=f"give it on the command line: -D {name}=VALUE")
+                                hint="give them on the command line: " + " ".join(f"-D {n}=VALUE" for n in missing))
         self.stack.append(name)
         try:
             if isinstance(raw, str) and not self.literal:
