@@ -100,6 +100,22 @@ def test_a_failing_step_names_itself_and_its_log(tmp_path):
     log = tmp_path / "log" / NET / "train.log"
     assert f"step 'train' failed; log: {log}" in r.stderr
     assert log.is_file() and "not-a-device" in log.read_text()
+    assert (r.stdout + r.stderr).count("deeplab-train: error:") == 1      # QUIET: shown by the driver
+
+
+def test_a_step_error_prints_once_when_the_console_shows_the_step(tmp_path):
+    r = run(VOC, tmp_path, DEV_ID="not-a-device", QUIET=0)
+    assert r.returncode == 1
+    assert (r.stdout + r.stderr).count("deeplab-train: error:") == 1
+    assert "step 'train' failed; log:" in r.stderr
+
+
+@pytest.mark.parametrize("var", ["RUN_TRAIN", "RUN_CRF"])
+def test_a_switch_that_is_neither_on_nor_off_is_an_error(tmp_path, var):
+    r = run(VOC, tmp_path, **{var: "nope"})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"run_experiment: error: {var}='nope' is not a switch; set it to 1 or 0"
+    assert not (tmp_path / "cache").exists()
 
 
 def _png(path, array, mode="L"):

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     tables.append(t)
     except StepFailed as e:
         print(f"run_experiment: step '{e.step}' failed; log: {e.log}", file=sys.stderr)
-        if e.detail:
+        if e.detail and not e.shown:
             print(e.detail, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
