@@ -249,3 +249,28 @@ def test_crf_step_passes_the_normalization_of_crf_yaml(tmp_path, extra, suffix):
     args = build_parser().parse_args(cmds[0][1:])
     assert args.out == out and args.bi_w == 5
     assert (args.normalization or "after") == (suffix.lstrip("_") or "after")
+
+
+def test_a_data_root_without_the_folders_the_steps_read_stops_before_the_first_step(tmp_path):
+    voc = tmp_path / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split in ("train", "val"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("2007_000001\n")
+    exp = tmp_path / "exp"
+    r = run(VOC, exp, DATA_ROOT=voc, DEV_ID="cpu")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"DATA_ROOT {voc} lacks SegmentationClassAug/ (read by the lists to make)" in err[0]
+    assert "[train]" not in r.stdout and not (exp / "model").exists()
+    # with the lists already made, every folder they name is checked, all in one line
+    (exp / "list").mkdir(parents=True)
+    for name in ("train_aug", "val"):
+        (exp / "list" / f"{name}.txt").write_text("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n"
+                                                 "/JPEGImages2/b.jpg /SegmentationClassAug/b.png\n")
+    r = run(VOC, exp, DATA_ROOT=voc, DEV_ID="cpu")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1
+    assert ("lacks JPEGImages2/ (read by train_aug.txt, val.txt), SegmentationClassAug/ (read by train_aug.txt, "
+            "val.txt)") in err[0]

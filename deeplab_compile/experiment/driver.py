@@ -13,7 +13,7 @@ from ..netdef.errors import did_you_mean
 from .report import picture, table, write_summary
 from .runner import Runner, StepFailed, say
 from .settings import Settings
-from .steps import step_crf, step_data, step_eval, step_test, step_train
+from .steps import check_layout, step_crf, step_data, step_eval, step_test, step_train
 
 
 def stage(s: Settings, r: Runner, n: int, model: str) -> str | None:
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kernel_settings.check_all()          # a bad kernel setting fails now, not at the CRF step
     except kernel_settings.SettingError as err:
+        return _error(str(err))
+    try:
+        check_layout(s)                      # every folder the steps read, before the first step
+    except DeepLabError as err:
         return _error(str(err))
     tables = []
     try:

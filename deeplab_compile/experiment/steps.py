@@ -96,6 +96,54 @@ def folder_of(s: Settings, entries, column: int, kind: str, lst: str) -> str:
 
 # --------------------------------------------------------------------------- data
 
+# folders the dataset's list maker reads besides its image and label folders
+LIST_SOURCES = {"voc12": ("ImageSets/Segmentation",)}
+
+
+def stage_sets(s: Settings) -> list[str]:
+    """The lists the steps that run read: stage 1's, and stage 2's when it runs."""
+    sets = [s.train_set, s.test_set]
+    if s.run["train2"] or s.run["test2"]:
+        sets += [s.train_set2] + ([s.test_set2] if s.run["test2"] else [])
+    return list(dict.fromkeys(sets))
+
+
+def check_layout(s: Settings) -> None:
+    """Every folder under DATA_ROOT that the steps will read: those the lists name (the
+    lists already in LIST_DIR), else those the dataset's list maker reads.  One
+    :class:`DataError` names all that are missing."""
+    from ..data.errors import DataError
+    if s.synthetic:
+        return
+    if not os.path.isdir(s.data_root):
+        raise DataError(f"DATA_ROOT {s.data_root} is not a folder",
+                        hint=s.dataset.data_root_hint or "set DATA_ROOT to the dataset folder")
+    need: dict[str, list[str]] = {}
+    to_make = False
+    for name in stage_sets(s):
+        lst = os.path.join(s.list_dir, name + ".txt")
+        if not os.path.isfile(lst):
+            to_make = True
+            continue
+        for e in list_entries(lst):
+            for path in e[1:]:
+                if path:
+                    folder = os.path.dirname(path).strip("/")
+                    need.setdefault(folder, [])
+                    if name + ".txt" not in need[folder]:
+                        need[folder].append(name + ".txt")
+    if to_make:
+        for folder in (s.dataset.image_dir, s.dataset.label_dir, *LIST_SOURCES.get(s.dataset.name, ())):
+            need.setdefault(folder, []).append("the lists to make")
+    missing = sorted(f for f in need if f and not os.path.isdir(os.path.join(s.data_root, f)))
+    # a missing folder hides its subfolders: name the top one only
+    top = [f for f in missing if not any(f.startswith(m + "/") for m in missing if m != f)]
+    if top:
+        raise DataError(f"DATA_ROOT {s.data_root} lacks " + ", ".join(
+            f"{f}/ (read by {', '.join(need[f])})" for f in top),
+            hint=s.dataset.data_root_hint or "point DATA_ROOT at the dataset folder that holds them")
+
+
 def step_data(s: Settings, r: Runner) -> None:
     if s.synthetic:
         p = s.synthetic_params
