@@ -274,3 +274,42 @@ def test_a_data_root_without_the_folders_the_steps_read_stops_before_the_first_s
     assert len(err) == 1
     assert ("lacks JPEGImages2/ (read by train_aug.txt, val.txt), SegmentationClassAug/ (read by train_aug.txt, "
             "val.txt)") in err[0]
+
+
+def test_outputs_record_what_they_were_made_from_and_other_data_is_never_complete(tmp_path):
+    """Two synthetic datasets in one experiment folder: the second DATA_ROOT is never
+    answered with the first one's model, features or results."""
+    exp = tmp_path / "exp"
+    r = run(VOC, exp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    feats = exp / "features" / NET / "val" / "fc8"
+    first = json.load(open(feats / "made_from.json"))
+    assert first["data_root"].endswith("synthetic_voc12_n16_40-56_s0") and len(first["model"]) == 64
+    assert json.load(open(exp / "model" / NET / "train.made_from.json"))["data_root"] == first["data_root"]
+    # another dataset (larger images: another DATA_ROOT): the model is refused in one line
+    r = run(VOC, exp, IMAGE_MAX="60")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "train_iter_8.pt was made from other inputs than this run's" in err[0]
+    assert "data_root was " + first["data_root"] in err[0] and "n16_40-60_s0" in err[0]
+    assert "complete" not in r.stdout
+    # a new model folder: everything downstream is redone, nothing reported complete
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "complete" not in r.stdout and "[test] the features in" in r.stdout
+    second = json.load(open(feats / "made_from.json"))
+    assert second["data_root"].endswith("n16_40-60_s0") and second["model"] != first["model"]
+    for tag in ("fc8", "crf"):
+        rec = json.load(open(exp / "res" / NET / "val" / f"{tag}.made_from.json"))
+        assert rec["data_root"] == second["data_root"]
+    # the same inputs again: every step is complete
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0 and r.stdout.count("complete") == 5, r.stdout
+    # a changed test list (same data, same model) redoes the test and what follows it
+    val = next((exp / "cache").glob("synthetic_voc12_n16_40-60_s0")) / "list" / "val.txt"
+    lines = val.read_text().splitlines(True)
+    val.write_text("".join(lines[:-1]))
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[train] complete" in r.stdout and "[test] complete" not in r.stdout
+    assert json.load(open(exp / "res" / NET / "val" / "fc8.json"))["images"] == len(lines) - 1

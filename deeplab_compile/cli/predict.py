@@ -76,11 +76,11 @@ class Predictor:
     by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
     def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess=None,
-                 weights_path: str = "the weights", meta: dict | None = None):
+                 weights_path: str = "the weights", meta: dict | None = None, text=None):
         from ..caffe.caffemodel import check_state_dict
         from ..compiler import load_netdef, net_from_doc
         from ..inference import SizedNets, compile_at, net_preprocess
-        doc = load_netdef(netdef, vars)
+        doc = load_netdef(text if text is not None else netdef, vars)   # text: the file as parsed
         self.netdef = netdef
         self.preprocess, self.preprocess_from = net_preprocess(doc, meta, preprocess)
         ir = net_from_doc(doc, phase="test", source=netdef)
@@ -111,11 +111,9 @@ def _load_weights(path: str | None) -> tuple[dict | None, dict]:
     return read_state_dict(path)
 
 
-def _declared(netdef: str, values: dict) -> dict:
-    """The recorded values the netdef declares as variables: a snapshot records its
-    solver's (``MAX_ITER``, ``MODEL_DIR``, ...) beside its net's."""
-    from ..compiler import load
-    doc = load(netdef)
+def _declared(doc, values: dict) -> dict:
+    """The recorded values the netdef (``doc``, as parsed) declares as variables: a
+    snapshot records its solver's (``MAX_ITER``, ``MODEL_DIR``, ...) beside its net's."""
     names = set((doc.get("vars") or {}) if isinstance(doc, dict) else ())
     return {k: v for k, v in values.items() if k in names or getattr(doc, "sed_vars", False)}
 
@@ -133,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.netdef):
         raise DeepLabError(f"{args.netdef}: no such netdef")
     state, meta = _load_weights(args.weights)
-    vars = {**_declared(args.netdef, meta.get("vars") or {}), **parse_defines(args.defines)}
+    from ..compiler import load
+    text = load(args.netdef)                  # parsed once; the Predictor expands it
+    vars = {**_declared(text, meta.get("vars") or {}), **parse_defines(args.defines)}
     crf_params = None
     if args.crf:
         from ..crf import presets
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
-    pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta)
+    pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta, text)
     print(f"input normalisation: {pred.preprocess.describe()}, from {pred.preprocess_from}", file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
     for path in images:

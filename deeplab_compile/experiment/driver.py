@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.detail and not e.shown:
             print(e.detail, file=sys.stderr)
         return 1
+    except DeepLabError as err:              # outputs made from other inputs (provenance.StaleOutput)
+        return _error(str(err))
     except KeyboardInterrupt:
         print("run_experiment: interrupted; run it again to resume", file=sys.stderr)
         return 130
