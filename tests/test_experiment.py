@@ -313,3 +313,26 @@ def test_outputs_record_what_they_were_made_from_and_other_data_is_never_complet
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[train] complete" in r.stdout and "[test] complete" not in r.stdout
     assert json.load(open(exp / "res" / NET / "val" / "fc8.json"))["images"] == len(lines) - 1
+
+
+def test_lists_made_from_another_data_root_are_made_again(tmp_path):
+    def voc(root, ids):
+        (root / "JPEGImages").mkdir(parents=True)
+        (root / "SegmentationClassAug").mkdir()
+        (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+        for split, part in (("train", ids[:-1]), ("val", ids[-1:])):
+            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(i + "\n" for i in part))
+        return root
+    a = voc(tmp_path / "A", ["a1", "a2", "a3"])
+    b = voc(tmp_path / "B", ["b1", "b2"])
+    exp = tmp_path / "exp"
+    r = run(VOC, exp, DATA_ROOT=a, DEV_ID="cpu", RUN_TRAIN=0)      # stops at training: no model
+    assert r.returncode == 1 and "/JPEGImages/a1.jpg" in (exp / "list" / "train_aug.txt").read_text()
+    r = run(VOC, exp, DATA_ROOT=b, DEV_ID="cpu", RUN_TRAIN=0)
+    assert r.returncode == 1 and f"data_root was {a}, now {b}" in r.stdout
+    assert (exp / "list" / "train_aug.txt").read_text() == "/JPEGImages/b1.jpg /SegmentationClassAug/b1.png\n"
+    # lists written by hand (no record) are the user's: kept
+    (exp / "list" / "made_from.json").unlink()
+    (exp / "list" / "train_aug.txt").write_text("/JPEGImages/mine.jpg /SegmentationClassAug/mine.png\n")
+    run(VOC, exp, DATA_ROOT=a, DEV_ID="cpu", RUN_TRAIN=0)
+    assert "mine" in (exp / "list" / "train_aug.txt").read_text()
