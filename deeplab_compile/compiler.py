@@ -310,8 +310,12 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
     The passes run when ``fuse`` is true, and for ``fuse=None`` in the test phase only
     (inference): a train-phase net is never fused unless asked for."""
     phase = check_phase(phase)
-    net = wire(validate(_expand.filter_phase(doc, phase)), phase, source=source)
-    net = infer_shapes(net, inputs)
+    try:
+        net = wire(validate(_expand.filter_phase(doc, phase)), phase, source=source)
+        net = infer_shapes(net, inputs)
+    except NetDefError as err:
+        _expand.note_call_site(err, doc)       # a layer made by a template: name the call
+        raise
     if (phase == "test") if fuse is None else fuse:
         from .passes import run_passes
         net = run_passes(net)

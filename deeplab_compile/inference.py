@@ -10,6 +10,10 @@ the score blob, and multi-scale / flipped averaging.
   first ``MatWrite`` layer (what DeepLab's test prototxts save, ``fc8``), else the
   net's first output.
 * :func:`multi_scale_probs` averages probabilities over scales and mirroring.
+* :func:`net_preprocess` is the one rule for the input normalisation: the user's flag,
+  else what the weights file records (``deeplab-train`` writes the training data's),
+  else the netdef's ``preprocess:`` key, else its ImageSegData layer's ``mean_value`` and
+  ``scale``, else Caffe's (DeepLab's mean on B G R), with a note.
 
 Resizing: the input is resized as the *normalised float tensor* (the net's data blob:
 mean subtracted, scaled), bilinearly with corners aligned, to ``round(H * s) x
@@ -162,3 +166,29 @@ def multi_scale_probs(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             total = p if total is None else total + p
             n += 1
     return total / n
+
+
+def data_layer_params(doc: Mapping) -> Mapping | None:
+    """The parameters of the first ImageSegData layer of an expanded netdef (any phase)."""
+    for lay in doc.get("layers") or ():
+        if isinstance(lay, Mapping) and lay.get("type") == "ImageSegData":
+            return lay
+    return None
+
+
+def net_preprocess(doc: Mapping, meta: Mapping | None = None, flag: Any = None):
+    """``(Preprocess, where it came from)`` for an expanded netdef ``doc`` and the
+    metadata of its weights file (:func:`deeplab_compile.weights.read_state_dict`); the
+    rule is the module doc's."""
+    from .data import preprocess as pp
+    if flag is not None:
+        return pp.from_value(flag, "--preprocess"), "--preprocess"
+    if meta and meta.get("preprocess") is not None:
+        return pp.from_value(meta["preprocess"], "the weights file's preprocess"), "the weights file"
+    declared = pp.of_netdef(doc)
+    if declared is not None:
+        return declared, "the netdef's preprocess"
+    lay = data_layer_params(doc)
+    if lay is not None:
+        return pp.of_layer(lay, str(lay.get("name"))), f"layer '{lay.get('name')}'"
+    return pp.PRESETS["caffe"], "the default (nothing recorded)"

@@ -15,6 +15,10 @@ DeepLab's test prototxts with ``crop_size: 513``) and, for every image:
 * ``png_dir``: the arg-max of the score blob, cropped to the image size, as a VOC
   palette PNG ``<png_dir>/<id>.png``.
 
+An image larger than the crop is never cropped: when the list holds one, every image is
+tested alone, padded at the bottom and right to ``max(crop, image size)`` (the net
+reshaped from the IR to that size), and a note says how many were larger.
+
 The score blob is picked by :func:`deeplab_compile.inference.score_reader` (``blob``,
 else the first MatWrite's bottom, else the first output).
 
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -81,21 +85,27 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
              progress: bool = True, allow_missing: bool = False) -> TestResult:
     from .compiler import load_netdef, net_from_doc
     from .data import pipeline_for
+    from .data.dataset import collate
     from .data.listfile import read_ids
     from .data.spec import CAFFE_MEAN_BGR, find_data_layer, resolve_spec
     from .inference import ScoreError, SizedNets, compile_at, install_capture, multi_scale_probs, score_reader
-    from .weights import load_weights
+    from .weights import CHECKPOINT_SUFFIXES, check_state_dict, load_weights, read_state_dict
     from .io.features import feature_path, write_blob
 
     device = _device(gpu)
     # read once: the data spec comes from this IR, and every input size is a reshape of it
-    ir = net_from_doc(load_netdef(net_path, vars), phase="test", source=net_path)
+    doc = load_netdef(net_path, vars)
+    ir = net_from_doc(doc, phase="test", source=net_path)
+    state, meta = (None, {})
+    if weights and os.path.splitext(weights)[1].lower() in CHECKPOINT_SUFFIXES:
+        state, meta = read_state_dict(weights)
     overrides: dict[str, Any] = dict(data or {})
     if list_path:
         overrides["source"] = list_path
     if root is not None:
         overrides["root_folder"] = root
     has_layer = find_data_layer(ir) is not None
+    _preprocess(overrides, doc, ir, meta, net_path, weights)
     if not has_layer:
         if overrides.get("preprocess", "caffe") == "caffe":
             overrides.setdefault("mean_value", list(CAFFE_MEAN_BGR))
@@ -109,7 +119,10 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     if not has_layer:
         inputs = {spec.tops[0]: (spec.batch_size, ir.inputs[spec.tops[0]][1], spec.crop_height, spec.crop_width)}
     net = compile_at(ir, inputs)
-    if weights:
+    if state is not None:
+        with torch.no_grad():
+            net.load_state_dict(check_state_dict(net, state, weights, allow_missing=allow_missing), strict=False)
+    elif weights:
         load_weights(net, weights, allow_missing=allow_missing)
     net.to(device).eval()
 
@@ -134,31 +147,60 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
         from tqdm import tqdm
         bar = tqdm(total=len(pipe.dataset), desc="test", unit="img", file=sys.stderr, dynamic_ncols=True)
     n_done = 0
+
+    def emit(batch, scores, lasts) -> int:
+        """Write the features and PNGs of one batch; ``lasts``: each writer's bottoms."""
+        ids = batch["id"]
+        for w, last in zip(writers, lasts):
+            w.calls += 1
+            if (w.calls - 1) % w.period:
+                continue
+            for n in range(len(ids)):
+                name = _next_id(w, ids[n])
+                for i, x in enumerate(last):
+                    files.append(write_blob(feature_path(w.prefix, name, i), x[n:n + 1].cpu().numpy()))
+        for n, image_id in enumerate(ids):
+            if features_dir:
+                files.append(write_blob(feature_path(os.path.join(features_dir, ""), image_id),
+                                        scores[n:n + 1].cpu().numpy()))
+            if png_dir:
+                h, w_ = (int(v) for v in batch["size"][n])
+                lab = scores[n, :, :h, :w_].argmax(0).cpu().numpy()
+                files.append(save_png(os.path.join(png_dir, image_id + ".png"), lab))
+        if bar is not None:
+            bar.update(len(ids))
+        return len(ids)
+
+    sizes = [] if multi else _sizes(pipe.dataset)
+    big = [i for i, (h, w) in enumerate(sizes) if h > spec.crop_height or w > spec.crop_width]
+    if big:
+        e = pipe.dataset.entries[big[0]]
+        print(f"note: {len(big)} of {len(sizes)} images are larger than the crop {spec.crop_height}x"
+              f"{spec.crop_width} (first: {e.image}, {sizes[big[0]][0]}x{sizes[big[0]][1]}); each image is "
+              "tested whole, padded at the bottom and right to at least the crop", file=sys.stderr)
     with torch.no_grad():
-        if not multi:
+        if not multi and not big:
             for batch in pipe:
                 out = net(*pipe.feeds(batch, device))
-                scores = score_of(out)
-                ids = batch["id"]
-                for w in writers:
-                    w.calls += 1
-                    if (w.calls - 1) % w.period:
-                        continue
-                    for n in range(len(ids)):
-                        name = _next_id(w, ids[n])
-                        for i, x in enumerate(w.capture.last):
-                            files.append(write_blob(feature_path(w.prefix, name, i), x[n:n + 1].cpu().numpy()))
-                for n, image_id in enumerate(ids):
-                    if features_dir:
-                        files.append(write_blob(feature_path(os.path.join(features_dir, ""), image_id),
-                                                scores[n:n + 1].cpu().numpy()))
-                    if png_dir:
-                        h, w_ = (int(v) for v in batch["size"][n])
-                        lab = scores[n, :, :h, :w_].argmax(0).cpu().numpy()
-                        files.append(save_png(os.path.join(png_dir, image_id + ".png"), lab))
-                n_done += len(ids)
-                if bar is not None:
-                    bar.update(len(ids))
+                n_done += emit(batch, score_of(out), [w.capture.last for w in writers])
+        elif not multi:
+            # one image at a time, at max(crop, image size): the net reshaped from the IR
+            ds, base = pipe.dataset, pipe.dataset.params
+            nets = SizedNets(ir, net, data=spec.tops[0], device=device)
+            mats = [w.capture.layer for w in writers]
+            try:
+                for i, (h, w) in enumerate(sizes):
+                    ds.params = replace(base, crop_height=max(base.crop_height, h), crop_width=max(base.crop_width, w))
+                    item = ds[i]
+                    if "error" in item:
+                        raise item["error"]
+                    batch = collate([item])
+                    sized = nets.get(ds.params.crop_height, ds.params.crop_width)
+                    caps = [install_capture(sized, lay) for lay in mats]
+                    out = sized(*pipe.feeds(batch, device))
+                    n_done += emit(batch, score_reader(sized, blob)[1](out), [c.last for c in caps])
+            finally:
+                ds.params = base
         else:
             ds = pipe.dataset
             tp = spec.transform_params(False)
@@ -190,6 +232,47 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     if bar is not None:
         bar.close()
     return TestResult(images=n_done, files=files, blob=blob_name)
+
+
+def _preprocess(overrides: dict, doc, ir, meta: dict, net_path: str, weights: str | None) -> None:
+    """Make the data spec normalise as the net was trained: the options given win; else
+    the weights file's record (a data layer that normalises otherwise is an error); else
+    the netdef's ``preprocess:`` key for a net without a data layer."""
+    from .data.preprocess import from_value, of_layer, of_netdef, spec_overrides
+    from .data.spec import find_data_layer
+    if any(k in overrides for k in ("preprocess", "mean_value", "scale")):
+        return
+    recorded = from_value(meta["preprocess"], f"{weights}: preprocess") if meta.get("preprocess") else None
+    lay = find_data_layer(ir)
+    if lay is not None:
+        if recorded is not None:
+            own = of_layer(lay.params, lay.name)
+            if not own.close_to(recorded):
+                raise TestError(f"{net_path}: layer '{lay.name}' normalises as {own.describe()} but {weights} "
+                                f"was trained with {recorded.describe()}",
+                                hint="give the data layer the training mean_value and scale, or pass --preprocess")
+        return
+    pre = recorded or of_netdef(doc)
+    if pre is not None:
+        overrides.update(spec_overrides(pre))
+
+
+def _sizes(ds) -> list[tuple[int, int]]:
+    """Each list image's height and width as the data layer reads it (its header only);
+    an unreadable one counts as fitting, and the data layer reports it."""
+    from PIL import Image
+    s = ds.spec
+    out = []
+    for e in ds.entries:
+        if s.new_height and s.new_width:
+            out.append((s.new_height, s.new_width))
+            continue
+        try:
+            with Image.open(e.image) as im:
+                out.append((im.height, im.width))
+        except (OSError, ValueError):
+            out.append((0, 0))
+    return out
 
 
 def _consumes(ir, name: str) -> bool:

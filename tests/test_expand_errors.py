@@ -348,3 +348,29 @@ def test_filter_phase_rejects_unknown_layer_phase():
     col = text.splitlines()[2].index("phase") + 1
     assert str(info.value).startswith(f"net.yaml:3:{col}: layer 'a' (T): phase must be train or test")
     assert info.value.hint
+
+
+@pytest.mark.parametrize("body,want", [
+    ("kernel_size: 3, dilaton: 2", "unknown parameter 'dilaton'"),           # a parameter check
+    ("kernel_size: -3", "'kernel_size' must be >= 1"),                         # a value check
+    ("kernel_size: 30", ""),                                                   # a shape check
+])
+def test_a_layer_error_inside_a_template_names_the_call_site(body, want):
+    from deeplab_compile.compiler import load_netdef, net_from_doc
+    text = ("name: t\ninputs: {data: [3, 9, 9]}\ntemplates:\n  outer:\n    params: {name: ~}\n    layers:\n"
+            "      - {use: conv, with: {name: '${name}'}}\n  conv:\n    params: {name: ~}\n    layers:\n"
+            "      - {name: '${name}', type: Convolution, bottom: data, num_output: 4, " + body + "}\n"
+            "layers:\n  - {name: ok, type: ReLU, bottom: data}\n  - use: outer\n    with: {name: c1}\n")
+    with pytest.raises(NetDefError) as info:
+        net_from_doc(load_netdef(loads(text, "net.yaml")), phase="test")
+    msg = str(info.value)
+    assert "\n" not in msg and want in msg and "layer 'c1'" in msg
+    assert "(in template 'conv' used at net.yaml:7:10, reached from 'outer' at net.yaml:14:5)" in msg
+
+
+def test_every_missing_required_variable_is_named_at_once():
+    err = check(VariableError, "vars:\n  root: ~  #!\n  lst: ~\n  n: 3\n  crop: ~\n"
+                "layers:\n  - {name: a, type: X, p: '${root}/${lst}', c: '${crop}'}\n")
+    msg = str(err)
+    assert "variables 'root', 'lst', 'crop' are required but not given" in msg
+    assert "-D root=VALUE -D lst=VALUE -D crop=VALUE" in msg and "'n'" not in msg

@@ -100,6 +100,22 @@ def test_a_failing_step_names_itself_and_its_log(tmp_path):
     log = tmp_path / "log" / NET / "train.log"
     assert f"step 'train' failed; log: {log}" in r.stderr
     assert log.is_file() and "not-a-device" in log.read_text()
+    assert (r.stdout + r.stderr).count("deeplab-train: error:") == 1      # QUIET: shown by the driver
+
+
+def test_a_step_error_prints_once_when_the_console_shows_the_step(tmp_path):
+    r = run(VOC, tmp_path, DEV_ID="not-a-device", QUIET=0)
+    assert r.returncode == 1
+    assert (r.stdout + r.stderr).count("deeplab-train: error:") == 1
+    assert "step 'train' failed; log:" in r.stderr
+
+
+@pytest.mark.parametrize("var", ["RUN_TRAIN", "RUN_CRF"])
+def test_a_switch_that_is_neither_on_nor_off_is_an_error(tmp_path, var):
+    r = run(VOC, tmp_path, **{var: "nope"})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"run_experiment: error: {var}='nope' is not a switch; set it to 1 or 0"
+    assert not (tmp_path / "cache").exists()
 
 
 def _png(path, array, mode="L"):
@@ -233,3 +249,90 @@ def test_crf_step_passes_the_normalization_of_crf_yaml(tmp_path, extra, suffix):
     args = build_parser().parse_args(cmds[0][1:])
     assert args.out == out and args.bi_w == 5
     assert (args.normalization or "after") == (suffix.lstrip("_") or "after")
+
+
+def test_a_data_root_without_the_folders_the_steps_read_stops_before_the_first_step(tmp_path):
+    voc = tmp_path / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split in ("train", "val"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("2007_000001\n")
+    exp = tmp_path / "exp"
+    r = run(VOC, exp, DATA_ROOT=voc, DEV_ID="cpu")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"DATA_ROOT {voc} lacks SegmentationClassAug/ (read by the lists to make)" in err[0]
+    assert "[train]" not in r.stdout and not (exp / "model").exists()
+    # with the lists already made, every folder they name is checked, all in one line
+    (exp / "list").mkdir(parents=True)
+    for name in ("train_aug", "val"):
+        (exp / "list" / f"{name}.txt").write_text("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n"
+                                                 "/JPEGImages2/b.jpg /SegmentationClassAug/b.png\n")
+    r = run(VOC, exp, DATA_ROOT=voc, DEV_ID="cpu")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1
+    assert ("lacks JPEGImages2/ (read by train_aug.txt, val.txt), SegmentationClassAug/ (read by train_aug.txt, "
+            "val.txt)") in err[0]
+
+
+def test_outputs_record_what_they_were_made_from_and_other_data_is_never_complete(tmp_path):
+    """Two synthetic datasets in one experiment folder: the second DATA_ROOT is never
+    answered with the first one's model, features or results."""
+    exp = tmp_path / "exp"
+    r = run(VOC, exp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    feats = exp / "features" / NET / "val" / "fc8"
+    first = json.load(open(feats / "made_from.json"))
+    assert first["data_root"].endswith("synthetic_voc12_n16_40-56_s0") and len(first["model"]) == 64
+    assert json.load(open(exp / "model" / NET / "train.made_from.json"))["data_root"] == first["data_root"]
+    # another dataset (larger images: another DATA_ROOT): the model is refused in one line
+    r = run(VOC, exp, IMAGE_MAX="60")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "train_iter_8.pt was made from other inputs than this run's" in err[0]
+    assert "data_root was " + first["data_root"] in err[0] and "n16_40-60_s0" in err[0]
+    assert "complete" not in r.stdout
+    # a new model folder: everything downstream is redone, nothing reported complete
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "complete" not in r.stdout and "[test] the features in" in r.stdout
+    second = json.load(open(feats / "made_from.json"))
+    assert second["data_root"].endswith("n16_40-60_s0") and second["model"] != first["model"]
+    for tag in ("fc8", "crf"):
+        rec = json.load(open(exp / "res" / NET / "val" / f"{tag}.made_from.json"))
+        assert rec["data_root"] == second["data_root"]
+    # the same inputs again: every step is complete
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0 and r.stdout.count("complete") == 5, r.stdout
+    # a changed test list (same data, same model) redoes the test and what follows it
+    val = next((exp / "cache").glob("synthetic_voc12_n16_40-60_s0")) / "list" / "val.txt"
+    lines = val.read_text().splitlines(True)
+    val.write_text("".join(lines[:-1]))
+    r = run(VOC, exp, IMAGE_MAX="60", MODEL_DIR=tmp_path / "model2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[train] complete" in r.stdout and "[test] complete" not in r.stdout
+    assert json.load(open(exp / "res" / NET / "val" / "fc8.json"))["images"] == len(lines) - 1
+
+
+def test_lists_made_from_another_data_root_are_made_again(tmp_path):
+    def voc(root, ids):
+        (root / "JPEGImages").mkdir(parents=True)
+        (root / "SegmentationClassAug").mkdir()
+        (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+        for split, part in (("train", ids[:-1]), ("val", ids[-1:])):
+            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(i + "\n" for i in part))
+        return root
+    a = voc(tmp_path / "A", ["a1", "a2", "a3"])
+    b = voc(tmp_path / "B", ["b1", "b2"])
+    exp = tmp_path / "exp"
+    r = run(VOC, exp, DATA_ROOT=a, DEV_ID="cpu", RUN_TRAIN=0)      # stops at training: no model
+    assert r.returncode == 1 and "/JPEGImages/a1.jpg" in (exp / "list" / "train_aug.txt").read_text()
+    r = run(VOC, exp, DATA_ROOT=b, DEV_ID="cpu", RUN_TRAIN=0)
+    assert r.returncode == 1 and f"data_root was {a}, now {b}" in r.stdout
+    assert (exp / "list" / "train_aug.txt").read_text() == "/JPEGImages/b1.jpg /SegmentationClassAug/b1.png\n"
+    # lists written by hand (no record) are the user's: kept
+    (exp / "list" / "made_from.json").unlink()
+    (exp / "list" / "train_aug.txt").write_text("/JPEGImages/mine.jpg /SegmentationClassAug/mine.png\n")
+    run(VOC, exp, DATA_ROOT=a, DEV_ID="cpu", RUN_TRAIN=0)
+    assert "mine" in (exp / "list" / "train_aug.txt").read_text()

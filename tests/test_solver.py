@@ -189,3 +189,36 @@ def test_solver_vars_substitute_and_reach_the_netdef(tmp_path, monkeypatch):
     s2 = load_solver(str(p), {"nm_classes": 3})
     with pytest.raises(SolverError, match="variable 'nm_classes' \\(-D\\) is not a variable of the netdef"):
         s2.net_vars({"num_classes": 21})
+
+
+def test_data_source_and_root_folder_both_resolve_from_the_solver_folder(tmp_path, monkeypatch):
+    from deeplab_compile.data import pipeline_for
+    from deeplab_compile.data.synthetic import generate
+    from deeplab_compile.training.net import build_train_net
+    exp = tmp_path / "exp"
+    generate(str(exp / "data"), num_images=4, min_size=40, max_size=48, seed=0)
+    (exp / "solver.yaml").write_text(
+        f"net: {os.path.join(NETDEF, 'deeplab_largefov_tiny.yaml')}\n"
+        "data: {source: data/list/train.txt, root_folder: data, batch_size: 2, num_workers: 0}\n"
+        "base_lr: 0.01\nmax_iter: 1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    net, spec = build_train_net(load_solver(str(exp / "solver.yaml")), seed=0)
+    assert spec.source == str(exp / "data" / "list" / "train.txt")
+    assert spec.root_folder == str(exp / "data")
+    batch = next(iter(pipeline_for(net, "train", spec, num_workers=0)))   # the images are found
+    assert batch["data"].shape[0] == 2
+
+
+def test_every_missing_solver_variable_is_named_at_once(tmp_path):
+    p = tmp_path / "solver.yaml"
+    p.write_text("net: ${CONFIG_DIR}/train.yaml\nvars: {LABEL_MAP: ~, SEED: 0}\nbase_lr: 0.01\nmax_iter: 1\n"
+                 "random_seed: ${SEED}\nsnapshot_prefix: ${MODEL_DIR}/train\ndata: {label_map: '${LABEL_MAP}'}\n")
+    with pytest.raises(SolverError) as info:
+        load_solver(str(p))
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:1:") and "\n" not in msg
+    assert "undefined variables 'CONFIG_DIR', 'MODEL_DIR', 'LABEL_MAP' (the first in field 'net')" in msg
+    assert "-D CONFIG_DIR=VALUE -D MODEL_DIR=VALUE -D LABEL_MAP=VALUE" in msg
+    assert load_solver(str(p), {"CONFIG_DIR": "c", "MODEL_DIR": "m", "LABEL_MAP": "none"}).snapshot_prefix == "m/train"

@@ -10,8 +10,11 @@ Scores from every scale (and the mirrored image with ``--flip``) are resized to 
 into probabilities and averaged by :mod:`deeplab_compile.inference`, as in ``deeplab-test``;
 ``--crf PRESET`` then runs the dense CRF on them.  The netdef is compiled once; each new
 image size is a reshape of that IR.
-Input normalisation: ``caffe`` (BGR minus DeepLab's mean, 0..255; the default for v1/v2
-nets), ``imagenet`` (RGB, torchvision's mean/std; the default otherwise), ``tf`` (x / 127.5 - 1).
+Input normalisation is the net's own (:func:`deeplab_compile.inference.net_preprocess`):
+what the weights file records (``deeplab-train`` writes the training data's), else the
+netdef's ``preprocess:`` key, else its ImageSegData layer's ``mean_value``/``scale``.
+``--preprocess caffe|imagenet|tf`` overrides it: ``caffe`` (BGR minus DeepLab's mean,
+0..255), ``imagenet`` (RGB, torchvision's mean/std), ``tf`` (RGB, x / 127.5 - 1).
 """
 from __future__ import annotations
 
@@ -27,8 +30,6 @@ from .common import atomic_path, entry_point, parse_scales
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
-from ..data.spec import CAFFE_MEAN_BGR  # noqa: E402  (DeepLab's prototxts; defined once, in data/spec.py)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,15 +63,11 @@ def list_images(items: list[str]) -> list[str]:
     return out
 
 
-def normalise(rgb: np.ndarray, how: str) -> torch.Tensor:
-    x = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)
-    if how == "caffe":
-        x = x.flip(0) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)
-    elif how == "imagenet":
-        x = (x / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    else:
-        x = x / 127.5 - 1
-    return x[None]
+def normalise(rgb: np.ndarray, how) -> torch.Tensor:
+    """The ``1 x 3 x H x W`` net input of an RGB image; ``how`` is a preset name or a
+    :class:`~deeplab_compile.data.preprocess.Preprocess`."""
+    from ..data.preprocess import from_value
+    return from_value(how).apply(rgb)
 
 
 class Predictor:
@@ -78,13 +75,15 @@ class Predictor:
     (:class:`deeplab_compile.inference.SizedNets`), and the scales and flips are averaged
     by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
-    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess: str,
-                 weights_path: str = "the weights"):
+    def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess=None,
+                 weights_path: str = "the weights", meta: dict | None = None, text=None):
         from ..caffe.caffemodel import check_state_dict
         from ..compiler import load_netdef, net_from_doc
-        from ..inference import SizedNets, compile_at
-        self.netdef, self.preprocess = netdef, preprocess
-        ir = net_from_doc(load_netdef(netdef, vars), phase="test", source=netdef)
+        from ..inference import SizedNets, compile_at, net_preprocess
+        doc = load_netdef(text if text is not None else netdef, vars)   # text: the file as parsed
+        self.netdef = netdef
+        self.preprocess, self.preprocess_from = net_preprocess(doc, meta, preprocess)
+        ir = net_from_doc(doc, phase="test", source=netdef)
         first = compile_at(ir)
         if state_dict is not None:
             with torch.no_grad():
@@ -112,6 +111,13 @@ def _load_weights(path: str | None) -> tuple[dict | None, dict]:
     return read_state_dict(path)
 
 
+def _declared(doc, values: dict) -> dict:
+    """The recorded values the netdef (``doc``, as parsed) declares as variables: a
+    snapshot records its solver's (``MAX_ITER``, ``MODEL_DIR``, ...) beside its net's."""
+    names = set((doc.get("vars") or {}) if isinstance(doc, dict) else ())
+    return {k: v for k, v in values.items() if k in names or getattr(doc, "sed_vars", False)}
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
@@ -125,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.netdef):
         raise DeepLabError(f"{args.netdef}: no such netdef")
     state, meta = _load_weights(args.weights)
-    vars = {**meta.get("vars", {}), **parse_defines(args.defines)}
-    name = os.path.basename(args.netdef)
-    pre = args.preprocess or ("caffe" if name.startswith(("deeplab_largefov", "deeplab_v2", "deeplab_v1")) else "imagenet")
+    from ..compiler import load
+    text = load(args.netdef)                  # parsed once; the Predictor expands it
+    vars = {**_declared(text, meta.get("vars") or {}), **parse_defines(args.defines)}
     crf_params = None
     if args.crf:
         from ..crf import presets
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
-    pred = Predictor(args.netdef, state, vars, pre, args.weights or "the weights")
+    pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta, text)
+    print(f"input normalisation: {pred.preprocess.describe()}, from {pred.preprocess_from}", file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
     for path in images:
         with Image.open(path) as im:

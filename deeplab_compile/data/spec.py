@@ -9,7 +9,9 @@ A net gets its data in one of two ways, and both end in the same ``DataSpec``:
   solver (or the options of ``deeplab-test``) with the same keys as ImageSegData.  The
   crop defaults to the ``data`` input's H x W.
 
-Keys of a solver ``data:`` section override those of the layer.  Besides ImageSegData's
+Keys of a solver ``data:`` section override those of the layer.  A relative ``source``
+or ``root_folder`` written in a solver file is relative to that file's folder (both of
+them, wherever the command runs).  Besides ImageSegData's
 own parameters the runtime takes:
 
 ``preprocess``  ``caffe`` (B G R, ``(x - mean_value) * scale``, the default) or ``tf``
@@ -35,7 +37,7 @@ from .errors import DataError
 from .labels import LABEL_MAPS
 from .transforms import TransformParams
 
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)   # DeepLab's train/test prototxts (ImageNet VGG16)
+from .preprocess import CAFFE_MEAN_BGR  # noqa: E402,F401  (defined once, with the other presets)
 
 ROLES = ("data", "label", "data_dim")         # ImageSegData's tops, in order
 
@@ -179,9 +181,19 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
                         hint="drop mean_value and scale, or use 'preprocess: caffe'")
     if spec.num_classes is None:
         spec.num_classes = net_num_classes(net)
-    if spec.source and not os.path.isabs(spec.source) and not os.path.exists(spec.source):
-        src_loc = loc_of(overrides, "source") if overrides and "source" in overrides else None
-        base = os.path.dirname(src_loc.file) if isinstance(src_loc, Loc) else None
-        if base and os.path.exists(os.path.join(base, spec.source)):
-            spec.source = os.path.join(base, spec.source)
+    # a solver file's relative source and root_folder both name places beside the solver
+    for key in ("source", "root_folder"):
+        value = getattr(spec, key)
+        base = _file_dir(overrides, key) if key in given else None
+        if value and base and not os.path.isabs(value):
+            setattr(spec, key, os.path.join(base, value))
     return replace(spec)
+
+
+def _file_dir(section: Mapping | None, key: str) -> str | None:
+    """The folder of the file that wrote ``section[key]``, or None (options, ``-D``)."""
+    loc = loc_of(section, key) if section is not None else None
+    f = loc.file if isinstance(loc, Loc) else None
+    if not f or f.startswith(("<", "-D")) or not os.path.isfile(f):
+        return None
+    return os.path.dirname(os.path.abspath(f))

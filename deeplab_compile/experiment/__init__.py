@@ -40,10 +40,17 @@ missing:
 * crf: every feature has a CRF PNG newer than it;
 * eval: the JSON result is newer than every prediction it reads.
 
+Each step also records what its outputs were made from (:mod:`.provenance`: DATA_ROOT,
+the list's, configs' and model's digests); when the run's inputs differ, test, CRF,
+evaluation and made lists are redone, and a trained model is refused in one line (exit
+2).  Before the first step the layout of DATA_ROOT is checked: every folder the steps
+read, all missing ones named in one line (exit 2).  ``RUN_*`` switches are 1/0
+(true/false, yes/no, on/off); anything else is an error.
+
 A step that fails stops the run with its name and its log file (exit status 1).
 
 The modules: :mod:`.settings` (the variables and configs), :mod:`.runner` (a step's
-log and errors), :mod:`.steps` (data, train, test, CRF, evaluation), :mod:`.report`
+log and errors), :mod:`.steps` (data, train, test, CRF, evaluation), :mod:`.provenance` (the records), :mod:`.report`
 (the table and the picture), :mod:`.driver` (the order of the steps, exit codes).
 """
 from .driver import main

@@ -13,7 +13,7 @@ from ..netdef.errors import did_you_mean
 from .report import picture, table, write_summary
 from .runner import Runner, StepFailed, say
 from .settings import Settings
-from .steps import step_crf, step_data, step_eval, step_test, step_train
+from .steps import check_layout, step_crf, step_data, step_eval, step_test, step_train
 
 
 def stage(s: Settings, r: Runner, n: int, model: str) -> str | None:
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         kernel_settings.check_all()          # a bad kernel setting fails now, not at the CRF step
     except kernel_settings.SettingError as err:
         return _error(str(err))
+    try:
+        check_layout(s)                      # every folder the steps read, before the first step
+    except DeepLabError as err:
+        return _error(str(err))
     tables = []
     try:
         step_data(s, r)
@@ -80,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                     tables.append(t)
     except StepFailed as e:
         print(f"run_experiment: step '{e.step}' failed; log: {e.log}", file=sys.stderr)
-        if e.detail:
+        if e.detail and not e.shown:
             print(e.detail, file=sys.stderr)
         return 1
+    except DeepLabError as err:              # outputs made from other inputs (provenance.StaleOutput)
+        return _error(str(err))
     except KeyboardInterrupt:
         print("run_experiment: interrupted; run it again to resume", file=sys.stderr)
         return 130

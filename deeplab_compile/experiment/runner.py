@@ -15,9 +15,12 @@ from ..errors import DeepLabError
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, log: str, detail: str = ""):
+    """A step that failed; ``shown``: its ``detail`` is already on the console (the step's
+    output is echoed there), so the driver does not print it again."""
+
+    def __init__(self, step: str, log: str, detail: str = "", shown: bool = False):
         super().__init__(step)
-        self.step, self.log, self.detail = step, log, detail
+        self.step, self.log, self.detail, self.shown = step, log, detail, shown
 
 
 def say(text: str) -> None:
@@ -71,7 +74,7 @@ class Runner:
             tee = Tee(f, None if self.quiet else sys.stdout)
             rc = _call(cmd[0], work, tee)
         if rc != 0:
-            raise StepFailed(step, log, "\n".join("    " + t for t in tee.tail))
+            raise StepFailed(step, log, "\n".join("    " + t for t in tee.tail), shown=not self.quiet)
         say(f"[{step}] done in {time.time() - t0:.0f} s")
 
 

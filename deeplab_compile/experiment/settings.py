@@ -15,11 +15,18 @@ def _env(name: str, default: str = "") -> str:
     return v if v != "" else default
 
 
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _flag(name: str, default: bool) -> bool:
-    v = os.environ.get(name, "")
+    """A switch: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    v = os.environ.get(name, "").strip().lower()
     if v == "":
         return default
-    return v.strip().lower() not in ("0", "false", "no", "off")
+    if v in ON or v in OFF:
+        return v in ON
+    from ..data.errors import DataError
+    raise DataError(f"{name}={os.environ[name]!r} is not a switch", hint="set it to 1 or 0")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..io.mat import FEATURE_SUFFIX
 from ..training.loop import train
 from ..training.solver import load_solver
 from ..test import run_test
+from . import provenance as prov
 from .runner import Runner, StepFailed, say
 from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, typed
 
@@ -96,6 +97,54 @@ def folder_of(s: Settings, entries, column: int, kind: str, lst: str) -> str:
 
 # --------------------------------------------------------------------------- data
 
+# folders the dataset's list maker reads besides its image and label folders
+LIST_SOURCES = {"voc12": ("ImageSets/Segmentation",)}
+
+
+def stage_sets(s: Settings) -> list[str]:
+    """The lists the steps that run read: stage 1's, and stage 2's when it runs."""
+    sets = [s.train_set, s.test_set]
+    if s.run["train2"] or s.run["test2"]:
+        sets += [s.train_set2] + ([s.test_set2] if s.run["test2"] else [])
+    return list(dict.fromkeys(sets))
+
+
+def check_layout(s: Settings) -> None:
+    """Every folder under DATA_ROOT that the steps will read: those the lists name (the
+    lists already in LIST_DIR), else those the dataset's list maker reads.  One
+    :class:`DataError` names all that are missing."""
+    from ..data.errors import DataError
+    if s.synthetic:
+        return
+    if not os.path.isdir(s.data_root):
+        raise DataError(f"DATA_ROOT {s.data_root} is not a folder",
+                        hint=s.dataset.data_root_hint or "set DATA_ROOT to the dataset folder")
+    need: dict[str, list[str]] = {}
+    to_make = False
+    for name in stage_sets(s):
+        lst = os.path.join(s.list_dir, name + ".txt")
+        if not os.path.isfile(lst):
+            to_make = True
+            continue
+        for e in list_entries(lst):
+            for path in e[1:]:
+                if path:
+                    folder = os.path.dirname(path).strip("/")
+                    need.setdefault(folder, [])
+                    if name + ".txt" not in need[folder]:
+                        need[folder].append(name + ".txt")
+    if to_make:
+        for folder in (s.dataset.image_dir, s.dataset.label_dir, *LIST_SOURCES.get(s.dataset.name, ())):
+            need.setdefault(folder, []).append("the lists to make")
+    missing = sorted(f for f in need if f and not os.path.isdir(os.path.join(s.data_root, f)))
+    # a missing folder hides its subfolders: name the top one only
+    top = [f for f in missing if not any(f.startswith(m + "/") for m in missing if m != f)]
+    if top:
+        raise DataError(f"DATA_ROOT {s.data_root} lacks " + ", ".join(
+            f"{f}/ (read by {', '.join(need[f])})" for f in top),
+            hint=s.dataset.data_root_hint or "point DATA_ROOT at the dataset folder that holds them")
+
+
 def step_data(s: Settings, r: Runner) -> None:
     if s.synthetic:
         p = s.synthetic_params
@@ -114,11 +163,18 @@ def step_data(s: Settings, r: Runner) -> None:
     if not os.path.isdir(s.data_root):
         raise StepFailed("data", "-", f"    DATA_ROOT {s.data_root} is not a folder")
     need = [x for x in {s.train_set, s.test_set} if not os.path.isfile(os.path.join(s.list_dir, x + ".txt"))]
-    if not need:
+    record = os.path.join(s.list_dir, prov.RECORD)
+    now = {"data_root": s.data_root, "dataset": s.dataset.name, "options": _list_options(s)}
+    old = prov.read(record)
+    if not need and (old is None or old == now):     # lists written by hand have no record: kept
         return
+    if not need:
+        say(f"[lists] {s.list_dir} was made from other data ({'; '.join(prov.differences(old, now))}): "
+            "making the lists again")
 
     def work():
         make_lists(s.dataset.name, s.data_root, s.list_dir, **_list_options(s))
+        prov.write(record, now)
     r.run("lists", ["python", "-m", "deeplab_compile.data.make_lists", "--dataset", s.dataset.name,
                     "--data-root", s.data_root, "--out", s.list_dir], work)
 
@@ -168,6 +224,22 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
         raise StepFailed(name, os.path.join(s.config_dir, "solver.yaml" if stage == 1 else "solver2.yaml"),
                          f"    {e}") from None
     final = final_snapshot(sv)
+    record = sv.snapshot_prefix + "." + prov.RECORD
+    now = {"data_root": s.data_root,
+           "list": prov.file_digest(os.path.join(s.list_dir, (s.train_set if stage == 1 else s.train_set2) + ".txt")),
+           "solver": prov.file_digest(solver), "net": prov.file_digest(sv.net if os.path.isfile(sv.net) else None),
+           "init": prov.file_digest(init)}
+    made = snapshots(sv.snapshot_prefix)
+    if made:
+        old = prov.read(record)
+        if old is None:                    # snapshots from before records were kept: adopt them
+            prov.write(record, now)
+        elif not prov.matches(record, now):
+            shown = final if os.path.isfile(final) else made[max(made)]
+            raise prov.StaleOutput(f"{shown} was made from other inputs than this run's: "
+                                   + "; ".join(prov.differences(old, now)),
+                                   hint=f"set MODEL_DIR to a new folder (or move {os.path.dirname(final)} away) "
+                                        "to train on these inputs")
     if os.path.isfile(final):
         say(f"[{name}] complete: {final}")
         return final
@@ -191,6 +263,8 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
         say(f"[{name}] no {s.model_dir}/init.pt or init.caffemodel: training from the netdef's fillers")
     for k, v in start.items():
         cmd += ["--" + k, v]
+    if not made:
+        prov.write(record, now)
 
     def work():
         result = train(sv, gpu=s.dev_id, log_dir=log_dir, progress=False, **start)
@@ -213,6 +287,20 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
     if not os.path.isfile(lst):
         raise StepFailed(name, "-", f"    no list {lst}")
     entries = list_entries(lst)
+    net = os.path.join(s.config_dir, "test.yaml")
+    record = os.path.join(feats, prov.RECORD)
+    now = {"data_root": s.data_root, "list": prov.file_digest(lst), "net": prov.file_digest(net),
+           "model": prov.file_digest(model), "defines": {k: str(v) for k, v in s.defines.items()}}
+    if not prov.matches(record, now):
+        old = [e for e in entries if os.path.exists(os.path.join(feats, e[0] + FEATURE_SUFFIX))]
+        if old:
+            say(f"[{name}] the features in {feats} were made from other inputs "
+                f"({'; '.join(prov.differences(prov.read(record), now))}): testing again")
+            if not s.run[name]:
+                raise StepFailed(name, "-", f"    the features in {feats} are stale and RUN_{name.upper()}=0")
+        for e in old:
+            os.remove(os.path.join(feats, e[0] + FEATURE_SUFFIX))
+        prov.write(record, now)
     model_time = mtime(model)
     todo = [e for e in entries
             if not (mtime(p := os.path.join(feats, e[0] + FEATURE_SUFFIX)) >= model_time and feature_ok(p))]
@@ -230,7 +318,6 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
             f.write("".join(e[1] + (" " + e[2] if e[2] else "") + "\n" for e in todo))
         say(f"[{name}] {len(entries) - len(todo)} of {len(entries)} feature files are complete; "
             f"testing the other {len(todo)}")
-    net = os.path.join(s.config_dir, "test.yaml")
     values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
                                    "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
                                    "EXP": s.exp, **s.defines})
@@ -256,6 +343,16 @@ def step_crf(s: Settings, r: Runner, stage: int, lst: str, feats: str) -> str:
     out = os.path.join(feats, resolve(preset, **{k: cfg[k] for k in CRF_KEYS if k in cfg}, **norm).dirname())
     params = resolve(preset, **{k: float(cfg[k]) for k in CRF_KEYS if k in cfg}, **norm)  # as --bi-w etc. read them
     entries = list_entries(lst)
+    record = os.path.join(out, prov.RECORD)
+    now = {"data_root": s.data_root, "list": prov.file_digest(lst),
+           "features": prov.file_digest(os.path.join(feats, prov.RECORD)),
+           "crf": {"preset": preset, "iterations": iters, **{k: str(v) for k, v in cfg.items()}}}
+    if not prov.matches(record, now):
+        for e in entries:
+            png = os.path.join(out, e[0] + ".png")
+            if os.path.exists(png):
+                os.remove(png)
+        prov.write(record, now)
     stale = []
     for e in entries:
         png = os.path.join(out, e[0] + ".png")
@@ -296,7 +393,11 @@ def step_eval(s: Settings, r: Runner, stage: int, lst: str, pred: str, tag: str)
     for e in entries:
         newest = max(newest, mtime(os.path.join(pred, e[0] + ".png")),
                      mtime(os.path.join(pred, e[0] + FEATURE_SUFFIX)))
-    if mtime(out) >= newest and mtime(out) > 0:
+    record = out[:-len(".json")] + "." + prov.RECORD
+    now = {"data_root": s.data_root, "list": prov.file_digest(lst),
+           "predictions": prov.file_digest(os.path.join(pred, prov.RECORD)),
+           "num_labels": s.num_labels, "label_map": s.label_map}
+    if mtime(out) >= newest and mtime(out) > 0 and prov.matches(record, now):
         say(f"[{name}] complete: {out}")
     else:
         gt = folder_of(s, entries, 2, "labels", lst)
@@ -306,6 +407,7 @@ def step_eval(s: Settings, r: Runner, stage: int, lst: str, pred: str, tag: str)
             res = evaluate(pred, gt, lst, s.num_labels, label_map=s.label_map)
             print(res.table())
             save_json(res, out)
+            prov.write(record, now)
             print(f"{res.images} images; results in {out}")
         r.run(name, ["deeplab-eval", "--pred", pred, "--gt", gt, "--list", lst, "--num-classes",
                      str(s.num_labels), "--label-map", s.label_map, "-o", out, "--no-progress"], work)

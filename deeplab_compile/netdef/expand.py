@@ -100,10 +100,10 @@ from .expr import IDENT_RE, Scope, substitute_text
 from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
 
-__all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
+__all__ = ["expand", "filter_phase", "note_call_site", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
            "MAX_STEPS"]
 
-TOP_KEYS = ("name", "vars", "inputs", "outputs", "include", "templates", "layers")
+TOP_KEYS = ("name", "vars", "inputs", "outputs", "preprocess", "include", "templates", "layers")
 INCLUDE_KEYS = ("vars", "templates", "include")
 TEMPLATE_KEYS = ("params", "layers")
 CALL_KEYS = ("use", "with", "phase")
@@ -201,9 +201,14 @@ class _Vars(dict):
                                 loc=loc_of(container, key), hint="simplify the variables")
         raw = self[name]
         if raw is None:
-            raise VariableError(f"variable '{name}' is required but not given",
+            # every required variable still unset, not only this one: one run names them all
+            missing = [name] + [n for n in self if n != name and self[n] is None]
+            if len(missing) == 1:
+                raise VariableError(f"variable '{name}' is required but not given", loc=loc_of(container, key),
+                                    hint=f"give it on the command line: -D {name}=VALUE")
+            raise VariableError("variables " + ", ".join(f"'{n}'" for n in missing) + " are required but not given",
                                 loc=loc_of(container, key),
-                                hint=f"give it on the command line: -D {name}=VALUE")
+                                hint="give them on the command line: " + " ".join(f"-D {n}=VALUE" for n in missing))
         self.stack.append(name)
         try:
             if isinstance(raw, str) and not self.literal:
@@ -242,6 +247,7 @@ class _Expander:
         self.root_dir = os.getcwd()
         self.steps = 0
         self.out: list[Map] = []
+        self.calls: dict[int, list] = {}     # index in out -> the template calls that made it, innermost first
         self.globals = Scope(self.vars)
 
     # -- substitution
@@ -468,8 +474,11 @@ class _Expander:
         for p, default in params.items():
             if p not in bound:
                 bound[p] = self.subst(default, inner, params, p)
+        start = len(self.out)
         try:
             self.layers(tmpl.layers, inner, phase, depth + 1, tmpl.body, "layers")
+            for i in range(start, len(self.out)):
+                self.calls.setdefault(i, []).append((tname, use_loc))
         except NetDefError as err:
             chain = getattr(err, "template_chain", None)
             if chain is None:
@@ -687,6 +696,10 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
         out["outputs"] = Seq(outputs, loc=getattr(doc["outputs"], "loc", None))
         out.key_locs["outputs"] = loc_of(doc, "outputs")
 
+    if "preprocess" in doc:       # the input normalisation the net expects (data/preprocess.py)
+        out["preprocess"] = ex.subst(doc["preprocess"], ex.globals, doc, "preprocess")
+        out.key_locs["preprocess"] = loc_of(doc, "preprocess")
+
     if "layers" not in doc:
         raise NetDefSyntaxError("the netdef has no 'layers'", loc=loc,
                                 hint="add layers: [...] (only included files may omit it)")
@@ -694,8 +707,20 @@ def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
     out["layers"] = Seq(ex.out, loc=getattr(doc["layers"], "loc", None),
                         item_locs=[layer.loc for layer in ex.out])
     out.key_locs["layers"] = loc_of(doc, "layers")
+    # layer name -> the template calls that made it, so a later error names its call site
+    out.template_calls = {str(ex.out[i].get("name")): chain for i, chain in ex.calls.items()}
     out.expanded = True
     return out
+
+
+def note_call_site(err: Exception, doc: Any) -> None:
+    """Add the template call that made the layer an error names (``err.layer``) to the
+    error's message, as expansion errors inside a template have it."""
+    calls = getattr(doc, "template_calls", None) or {}
+    chain = calls.get(getattr(err, "layer", None) or "")
+    if chain and isinstance(err, NetDefError) and not getattr(err, "template_chain", None):
+        err.template_chain = list(chain)
+        _template_note(err)
 
 
 def _inputs(ex: _Expander, doc: dict) -> Map:

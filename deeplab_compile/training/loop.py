@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..caffe.caffemodel import check_state_dict
+from ..data.preprocess import of_spec
 from ..errors import DeepLabError
 from ..io.checkpoint import CheckpointError, rng_state, save_snapshot, set_rng_state
 from ..weights import init_weights, load_snapshot
@@ -406,7 +407,8 @@ def _snapshot(run: _Run, at: int) -> str | None:
     path = snapshot_path(run.prefix, at)
     save_snapshot(path, {"iter": at, "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
                          "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
-                         "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars)})
+                         "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars),
+                         "preprocess": of_spec(run.spec).to_dict()})
     run.log.line(f"Snapshotting to {path}")
     run.last_snapshot = path
     return path

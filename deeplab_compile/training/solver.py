@@ -1,6 +1,7 @@
 """The solver file: Caffe's ``SolverParameter`` as YAML, its schema and its loading.
 
-A solver file (paths relative to the working directory, as in Caffe, else to the file)::
+A solver file (``net`` and ``weights`` relative to the working directory, as in Caffe, else
+to the file; the ``data:`` section's ``source`` and ``root_folder`` relative to the file)::
 
     net: ../../netdef/deeplab_largefov.yaml     # the netdef (train and test phases)
     vars: {num_classes: 21, crop: 321}          # passed to the netdef
@@ -214,6 +215,41 @@ def _substitute(value: Any, env: Mapping[str, Any], sec: _Section, key: str, use
     return value
 
 
+def _check_defined(doc: Mapping, env: Mapping[str, Any], sec: _Section) -> None:
+    """Every ``${NAME}`` the fields read is defined and not a required ``~``: one error
+    names all that are not, at the first place one is read."""
+    missing: list[str] = []
+    first: tuple[Any, Any, str] | None = None
+
+    def walk(value, container, key, field):
+        nonlocal first
+        if isinstance(value, str):
+            for name in _VAR.findall(value):
+                if env.get(name) is None and name not in missing:
+                    missing.append(name)
+                    first = first or (container, key, field)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, value, k, field)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, container, key, field)
+
+    for key in doc:
+        if key != "vars":
+            walk(doc[key], doc, key, key)
+    if not missing:
+        return
+    container, key, field = first
+    what = (f"undefined variable '{missing[0]}' in field '{field}'" if len(missing) == 1 else
+            "undefined variables " + ", ".join(f"'{n}'" for n in missing) + f" (the first in field '{field}')")
+    hint = did_you_mean(missing[0], [k for k in env if env[k] is not None]) if len(missing) == 1 else None
+    raise SolverError(what,
+                      loc=loc_of(container, key) if isinstance(container, Map) else loc_of(doc, field),
+                      hint=hint or "give " + ("it" if len(missing) == 1 else "them") + " with "
+                      + " ".join(f"-D {n}=VALUE" for n in missing) + ", or define in 'vars'")
+
+
 def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = None) -> Solver:
     """Check a parsed solver document (from :func:`deeplab_compile.netdef.parse.loads`)."""
     sec = _Section(doc, path)
@@ -230,6 +266,7 @@ def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = 
         raise sec.error("field 'vars' must be a mapping", key="vars", hint="write 'vars: {num_classes: 21}'")
     net_env = {**dict(raw_vars), **dict(overrides or {})}
     env = {**os.environ, **net_env}
+    _check_defined(doc, env, sec)
     used: set = set()
     for key, p in SCHEMA.items():
         if key in doc:

@@ -1,0 +1,201 @@
+"""The input normalisation travels with the net: deeplab-train records it in the
+snapshot, the netdef can declare it, and deeplab-predict and deeplab-test use it;
+--preprocess overrides it.  deeplab-test never crops an image larger than the crop."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deeplab_compile.inference as inference
+from deeplab_compile.cli.predict import main as predict
+from deeplab_compile.cli.test import main as deeplab_test
+from deeplab_compile.data.synthetic import generate
+from deeplab_compile.training.loop import train
+from deeplab_compile.training.solver import load_solver
+
+from conftest import ROOT
+
+CFG = os.path.join(ROOT, "experiments", "common", "config", "deeplab_largefov_tiny")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The experiment's tiny net after 2 iterations on a synthetic set."""
+    tmp = tmp_path_factory.mktemp("pre")
+    syn = str(tmp / "syn")
+    generate(syn, num_images=6, min_size=40, max_size=48, seed=0)
+    sv = load_solver(os.path.join(CFG, "solver.yaml"),
+                     {"NUM_LABELS": 21, "DATA_ROOT": syn, "LIST_DIR": os.path.join(syn, "list"), "TRAIN_SET": "train",
+                      "CONFIG_DIR": CFG, "MODEL_DIR": str(tmp / "model"), "LABEL_MAP": "none", "MAX_ITER": 2})
+    r = train(sv, gpu="cpu", progress=False)
+    image = os.path.join(syn, "JPEGImages", sorted(os.listdir(os.path.join(syn, "JPEGImages")))[0])
+    return tmp, syn, r.snapshot, image
+
+
+@pytest.fixture
+def fed(monkeypatch):
+    """The tensors deeplab-predict feeds to the net."""
+    seen = []
+    real = inference.multi_scale_probs
+
+    def spy(run, x, scales, flip=False):
+        seen.append(x.clone())
+        return real(run, x, scales, flip)
+    monkeypatch.setattr(inference, "multi_scale_probs", spy)
+    return seen
+
+
+def _rgb(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.float64)
+
+
+def test_snapshot_records_the_training_normalisation(trained):
+    from deeplab_compile.weights import read_state_dict
+    _, meta = read_state_dict(trained[2])
+    # train.yaml's data layer: mean_value 127.5, scale 0.0078125 on Caffe's B G R pixels
+    assert meta["preprocess"] == {"order": "bgr", "mean": [127.5] * 3, "scale": [0.0078125] * 3}
+
+
+def test_predict_normalises_as_training_did_with_no_flag(trained, fed, tmp_path, capsys):
+    tmp, syn, snap, image = trained
+    assert predict(["--netdef", os.path.join(CFG, "train.yaml"), "--weights", snap, image, "-o", str(tmp_path)]) == 0
+    assert "from the weights file" in capsys.readouterr().err
+    # what the training data layer computes for this image: B G R, (x - 127.5) * 0.0078125
+    bgr = _rgb(image)[..., ::-1]
+    want = ((bgr - 127.5) * 0.0078125).astype(np.float32).transpose(2, 0, 1)
+    assert len(fed) == 1 and fed[0].shape == (1, 3, *bgr.shape[:2])
+    np.testing.assert_allclose(fed[0][0].numpy(), want, rtol=0, atol=1e-6)
+    # and the data pipeline of the training net, run on the same image, agrees
+    from deeplab_compile.compiler import load_netdef, net_from_doc
+    from deeplab_compile.data import pipeline_for, resolve_spec
+    ir = net_from_doc(load_netdef(os.path.join(CFG, "train.yaml"), {"NUM_LABELS": 21, "DATA_ROOT": syn,
+                      "LIST_DIR": os.path.join(syn, "list"), "TRAIN_SET": "train"}), phase="test")
+    lst = tmp_path / "one.txt"
+    lst.write_text(os.path.relpath(image, syn) + "\n")
+    spec = resolve_spec(ir, "test", {"source": str(lst), "label_type": "none", "num_workers": 0,
+                                     "batch_size": 1, "shuffle": False, "mirror": False})
+    batch = next(iter(pipeline_for(ir, "test", spec, num_workers=0)))
+    h, w = bgr.shape[:2]
+    np.testing.assert_allclose(batch["data"][0, :, :h, :w].numpy(), fed[0][0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_the_flag_overrides_the_record(trained, fed, tmp_path):
+    _, _, snap, image = trained
+    assert predict(["--netdef", os.path.join(CFG, "train.yaml"), "--weights", snap, image, "-o", str(tmp_path),
+                    "--preprocess", "tf"]) == 0
+    want = (_rgb(image) / 127.5 - 1).astype(np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(fed[0][0].numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_a_netdef_declares_its_normalisation(tmp_path, fed):
+    net = tmp_path / "n.yaml"
+    net.write_text("name: n\npreprocess: {order: rgb, mean: [10, 20, 30], scale: 0.5}\n"
+                   "inputs: {data: [3, 9, 9]}\n"
+                   "layers:\n  - {name: fc8, type: Convolution, bottom: data, num_output: 2, kernel_size: 1}\n")
+    img = tmp_path / "a.png"
+    rgb = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(img)
+    assert predict(["--netdef", str(net), str(img), "-o", str(tmp_path / "o")]) == 0
+    want = ((rgb - np.array([10, 20, 30])) * 0.5).astype(np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(fed[0][0].numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_a_bad_declared_normalisation_is_one_line(tmp_path, capsys):
+    net = tmp_path / "n.yaml"
+    net.write_text("name: n\npreprocess: {order: gbr}\ninputs: {data: [3, 9, 9]}\n"
+                   "layers:\n  - {name: fc8, type: Convolution, bottom: data, num_output: 2, kernel_size: 1}\n")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(img)
+    assert predict(["--netdef", str(net), str(img), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n.yaml:2" in err[0] and "order 'gbr'" in err[0]
+
+
+def test_zoo_nets_declare_what_their_weights_expect():
+    from deeplab_compile.compiler import load_netdef
+    from deeplab_compile.data.preprocess import PRESETS, of_netdef
+    for name, want in (("deeplab_largefov", "caffe"), ("deeplab_v2_resnet101_aspp", "caffe"),
+                       ("deeplab_v3plus_mobilenetv2", "imagenet")):
+        assert of_netdef(load_netdef(os.path.join(ROOT, "netdef", name + ".yaml"))) == PRESETS[want], name
+
+
+def _test_args(syn, tmp, snap, crop=49):
+    lst = os.path.join(syn, "list", "val.txt")
+    return ["--net", os.path.join(CFG, "test.yaml"), "--weights", snap, "--no-progress",
+            "-D", "NUM_LABELS=21", "-D", f"DATA_ROOT={syn}", "-D", f"TEST_LIST={lst}",
+            "-D", f"FEATURE_DIR={tmp}", "-D", f"TEST_CROP={crop}"]
+
+
+def test_deeplab_test_refuses_a_data_layer_that_normalises_otherwise(trained, tmp_path, capsys):
+    _, syn, snap, _ = trained
+    obj = torch.load(snap, weights_only=True)
+    obj["preprocess"] = {"order": "rgb", "mean": [127.5] * 3, "scale": [1 / 127.5] * 3}
+    other = tmp_path / "other.pt"
+    torch.save(obj, other)
+    assert deeplab_test(_test_args(syn, tmp_path, str(other))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "normalises as" in err[0] and "trained with tf" in err[0]
+    # the flag overrides the record
+    assert deeplab_test(_test_args(syn, tmp_path, str(other)) + ["--preprocess", "caffe", "--mean", "127.5"]) == 0
+
+
+def test_deeplab_test_uses_the_record_for_a_net_without_a_data_layer(trained, tmp_path, monkeypatch):
+    """A net fed by ``inputs:`` used to get Caffe's mean; now it gets the snapshot's."""
+    _, syn, snap, image = trained
+    net = tmp_path / "plain.yaml"
+    net.write_text("name: plain\ninputs: {data: [3, 49, 49]}\n"
+                   "layers:\n  - {name: conv1_1, type: Convolution, bottom: data, num_output: 8, kernel_size: 3,"
+                   " pad: 1}\n")
+    state = torch.load(snap, weights_only=True)
+    small = {"format": state["format"], "version": state["version"], "iter": 2,
+             "model": {k: v for k, v in state["model"].items() if k.startswith("conv1_1.")},
+             "preprocess": state["preprocess"]}
+    w = tmp_path / "small.pt"
+    torch.save(small, w)
+    seen = []
+    from deeplab_compile.data import dataset
+    real = dataset.ImageSegDataset.__getitem__
+
+    def spy(self, item):
+        out = real(self, item)
+        seen.append(self.params)
+        return out
+    monkeypatch.setattr(dataset.ImageSegDataset, "__getitem__", spy)
+    lst = tmp_path / "one.txt"
+    lst.write_text(os.path.relpath(image, syn) + "\n")
+    from deeplab_compile.test import run_test
+    run_test(str(net), str(w), list_path=str(lst), root=syn, progress=False, num_workers=0, blob="conv1_1")
+    assert seen and seen[0].mean == (127.5, 127.5, 127.5) and seen[0].scale == 0.0078125
+
+
+def test_deeplab_test_covers_an_image_larger_than_the_crop(trained, tmp_path, capsys):
+    _, syn, snap, _ = trained
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 255, (61, 75, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    small = rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "small.png")
+    lst = tmp_path / "l.txt"
+    lst.write_text("big.png\nsmall.png\n")
+    feats = tmp_path / "f"
+    args = _test_args(str(tmp_path), feats, snap) + ["--list", str(lst), "--png", str(tmp_path / "png")]
+    args[args.index(f"TEST_LIST={os.path.join(str(tmp_path), 'list', 'val.txt')}")] = f"TEST_LIST={lst}"
+    os.makedirs(feats)
+    assert deeplab_test(args) == 0
+    assert "1 of 2 images are larger than the crop 49x49" in capsys.readouterr().err
+    from deeplab_compile.io.palette import read_label_png
+    from deeplab_compile.io.mat import FEATURE_SUFFIX
+    import scipy.io
+    lab = read_label_png(tmp_path / "png" / "big.png")
+    assert lab.shape == (61, 75)
+    # features cover the whole image (MatWrite's [W, H, C, N] layout) and the small one keeps the crop
+    w, h = scipy.io.loadmat(feats / ("big" + FEATURE_SUFFIX))["data"].shape[:2]
+    assert w >= 75 and h >= 61
+    assert scipy.io.loadmat(feats / ("small" + FEATURE_SUFFIX))["data"].shape[:2] == (49, 49)
+    # the labels are those of the whole image run at its own size, as deeplab-predict runs it
+    assert predict(["--netdef", os.path.join(CFG, "train.yaml"), "--weights", snap, str(tmp_path / "big.png"),
+                    "-o", str(tmp_path / "pred")]) == 0
+    assert (read_label_png(tmp_path / "pred" / "big.png") == lab).all()
