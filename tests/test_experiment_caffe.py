@@ -180,3 +180,22 @@ def test_deeplab_train_reads_deeplabs_solver_prototxt_from_exper(tmp_path):
     r = train(NUM_LABEL=21)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "NUM_LABEL" in r.stderr and "did you mean 'NUM_LABELS'" in r.stderr
+
+
+def test_with_a_data_root_the_lists_are_read_from_exp_as_deeplab_wrote_them(tmp_path):
+    """DATA_ROOT set: the data layer's ${EXP}/list/${TRAIN_SET}.txt is read from the folder
+    above EXP (the run's working directory is elsewhere)."""
+    from deeplab_compile.data.synthetic import generate
+    data = tmp_path / "VOC2012"
+    generate(str(data), num_images=10, min_size=40, max_size=48, seed=1)
+    exp = tmp_path / "exper" / "voc12"
+    write_config(exp / "config" / NET, "v1", max_iter=1)
+    (exp / "list").mkdir(parents=True)
+    for name in ("train_aug", "val"):
+        (exp / "list" / f"{name}.txt").write_text((data / "list" / f"{name}.txt").read_text())
+    r = run(exp, DATA_ROOT=data, DEV_ID="cpu", RUN_CRF=0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    train_log = (exp / "log" / NET / "train.log").read_text()
+    assert f"data {exp / 'list' / 'train_aug.txt'} (" in train_log
+    assert f"--list {exp / 'list' / 'val.txt'} --root {data}" in (exp / "log" / NET / "test.log").read_text()
+    assert (exp / "res" / NET / "val" / "fc8.json").is_file()
