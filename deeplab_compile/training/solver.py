@@ -30,9 +30,9 @@ What the fields drive lives beside this module: the rates in :mod:`.lr_policy` (
 included), the update in :mod:`.optim`, hard-pixel mining (``top_k_percent_pixels``,
 ``hard_example_mining_step``) in :mod:`.mining`, ``sync_bn`` in :mod:`.distributed`.
 
-:func:`load_solver` reads a YAML file; :func:`convert_caffe` checks a Caffe
-``solver.prototxt`` that :mod:`deeplab_compile.caffe.solver` has mapped onto these fields,
-so a converted file is one this loader accepts.
+:func:`load_solver` reads a YAML file, or a Caffe ``solver.prototxt`` mapped onto these
+fields by :mod:`deeplab_compile.caffe.solver`; :func:`convert_caffe` checks such a mapping
+for ``deeplab-convert``, so a converted file is one this loader accepts.
 """
 from __future__ import annotations
 
