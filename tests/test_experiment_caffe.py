@@ -199,3 +199,16 @@ def test_with_a_data_root_the_lists_are_read_from_exp_as_deeplab_wrote_them(tmp_
     assert f"data {exp / 'list' / 'train_aug.txt'} (" in train_log
     assert f"--list {exp / 'list' / 'val.txt'} --root {data}" in (exp / "log" / NET / "test.log").read_text()
     assert (exp / "res" / NET / "val" / "fc8.json").is_file()
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('net: "t.prototxt"\nbse_lr: 0.001\nmax_iter: 2\n', ":2:1: SolverParameter has no field 'bse_lr'; did you mean 'base_lr'?"),
+    ('net: "${EXP}/t.prototxt"\nbase_lr: 0.001\nmax_iter: 2\n', ":1:1: undefined variable 'EXP' in field 'net'"),
+])
+def test_a_bad_solver_prototxt_is_one_located_line(tmp_path, text, expect):
+    (tmp_path / "solver.prototxt").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "EXP"}
+    r = subprocess.run([sys.executable, "-m", "deeplab_compile.cli.train", "--solver", "solver.prototxt"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(env, PYTHONPATH=ROOT))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "solver.prototxt" + expect in r.stderr
