@@ -39,7 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Seconds per stage on a GPU machine; the whole run must fit 8 minutes on an H100.
 BUDGET = {"build": 170, "tests": 100, "memcheck": 60, "racecheck": 45, "bench": 90}
 TOTAL = 470   # no stage may run past this many seconds from the start
-DRY_BUDGET = {"build": 60, "tests": 60, "memcheck": 30, "racecheck": 30, "bench": 60}
+# The dry run checks the plumbing, not the speed: its budgets leave room for a busy
+# 2-core CI machine.
+DRY_BUDGET = {"build": 60, "tests": 180, "memcheck": 60, "racecheck": 60, "bench": 240}
 
 TARGETS = [  # (key in the results, what, target, minimum ratio or maximum ms)
     ("aspp_v2_fwd", "ASPP (v2) forward", "at least 1.5x cuDNN", 1.5),
@@ -672,6 +674,8 @@ def main(argv=None) -> int:
     rep = Report(args.dry_run)
     t0 = time.time()
     def left(name):    # the stage's budget, cut so that the whole run ends within TOTAL
+        if args.dry_run:
+            return budget[name]
         return max(5, min(budget[name], int(TOTAL - (time.time() - t0))))
 
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:

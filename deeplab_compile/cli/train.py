@@ -15,7 +15,7 @@ from .common import entry_point
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplab-train", description="Train a compiled DeepLab net with a "
                                 "Caffe-style solver (caffe train --solver=... --weights=...).")
-    p.add_argument("--solver", required=True, help="solver YAML")
+    p.add_argument("--solver", required=True, help="solver YAML, or a Caffe solver.prototxt")
     p.add_argument("--weights", help="initial weights: .pt state dict or snapshot, or .caffemodel "
                                      "(overrides the solver's 'weights')")
     p.add_argument("--resume", metavar="SNAPSHOT", help="continue from a <prefix>_iter_<N>.pt snapshot")

@@ -10,7 +10,9 @@ everything is read from the environment, with the defaults of the dataset's entr
 ``EXP``             the experiment folder (``experiments/voc12``); configs are read from
                     ``${EXP}/config/<NET_ID>``, else from ``EXPERIMENT_HOME`` (the
                     script's folder), else from ``experiments/common/config``
-``NET_ID``          ``config/<NET_ID>/{solver,solver2,train,test,crf}.yaml``
+``NET_ID``          ``config/<NET_ID>/{solver,solver2,train,test,crf}.yaml``, or a DeepLab
+                    user's own ``{train,test,solver,solver2}.prototxt`` used as they are
+                    (:mod:`.caffe_config`)
 ``NUM_LABELS``      classes (the dataset's: 21, 19, 150)
 ``DATA_ROOT``       the dataset; empty (VOC only): the synthetic set, made once in
                     ``${CACHE_DIR}`` (``${EXP}/cache``)
@@ -49,8 +51,9 @@ read, all missing ones named in one line (exit 2).  ``RUN_*`` switches are 1/0
 
 A step that fails stops the run with its name and its log file (exit status 1).
 
-The modules: :mod:`.settings` (the variables and configs), :mod:`.runner` (a step's
-log and errors), :mod:`.steps` (data, train, test, CRF, evaluation), :mod:`.provenance` (the records), :mod:`.report`
+The modules: :mod:`.settings` (the variables and configs), :mod:`.caffe_config` (a
+folder of DeepLab's prototxts), :mod:`.runner` (a step's log and errors), :mod:`.steps`
+(data, train, test, CRF, evaluation), :mod:`.provenance` (the records), :mod:`.report`
 (the table and the picture), :mod:`.driver` (the order of the steps, exit codes).
 """
 from .driver import main

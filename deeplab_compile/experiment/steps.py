@@ -21,6 +21,7 @@ from ..io.mat import FEATURE_SUFFIX
 from ..training.loop import train
 from ..training.solver import load_solver
 from ..test import run_test
+from . import caffe_config
 from . import provenance as prov
 from .runner import Runner, StepFailed, say
 from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, typed
@@ -187,6 +188,8 @@ def _list_options(s: Settings) -> dict:
 
 def solver_of(s: Settings, stage: int):
     """(solver path, its -D values, the checked solver) of a training stage."""
+    if caffe_config.is_caffe(s.config_dir):         # DeepLab's own prototxts
+        return caffe_config.solver_of(s, stage)
     path = os.path.join(s.config_dir, "solver.yaml" if stage == 1 else "solver2.yaml")
     values = {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "LIST_DIR": s.list_dir,
               "TRAIN_SET": s.train_set if stage == 1 else s.train_set2, "CONFIG_DIR": s.config_dir,
@@ -221,7 +224,8 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
         solver, values, sv = solver_of(s, stage)
         init = _init_weights(s) if stage == 1 else final_snapshot(solver_of(s, 1)[2])
     except Exception as e:
-        raise StepFailed(name, os.path.join(s.config_dir, "solver.yaml" if stage == 1 else "solver2.yaml"),
+        raise StepFailed(name, os.path.join(s.config_dir, ("solver" if stage == 1 else "solver2")
+                                            + (".prototxt" if caffe_config.is_caffe(s.config_dir) else ".yaml")),
                          f"    {e}") from None
     final = final_snapshot(sv)
     record = sv.snapshot_prefix + "." + prov.RECORD
@@ -287,7 +291,7 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
     if not os.path.isfile(lst):
         raise StepFailed(name, "-", f"    no list {lst}")
     entries = list_entries(lst)
-    net = os.path.join(s.config_dir, "test.yaml")
+    net = os.path.join(s.config_dir, "test.prototxt" if caffe_config.is_caffe(s.config_dir) else "test.yaml")
     record = os.path.join(feats, prov.RECORD)
     now = {"data_root": s.data_root, "list": prov.file_digest(lst), "net": prov.file_digest(net),
            "model": prov.file_digest(model), "defines": {k: str(v) for k, v in s.defines.items()}}
@@ -318,15 +322,25 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
             f.write("".join(e[1] + (" " + e[2] if e[2] else "") + "\n" for e in todo))
         say(f"[{name}] {len(entries) - len(todo)} of {len(entries)} feature files are complete; "
             f"testing the other {len(todo)}")
-    values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
-                                   "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
-                                   "EXP": s.exp, **s.defines})
+    doc, data_args, data_kw = None, [], {}
+    if caffe_config.is_caffe(s.config_dir):         # DeepLab's own test.prototxt, filled in
+        try:
+            net, doc = caffe_config.test_net(s, stage, test_set, feats)
+        except Exception as e:
+            raise StepFailed(name, os.path.join(s.config_dir, "test.prototxt"), f"    {e}") from None
+        values = {}
+        data_args, data_kw = ["--list", use, "--root", s.data_root], {"list_path": use, "root": s.data_root}
+    else:
+        values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
+                                       "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
+                                       "EXP": s.exp, **s.defines})
 
     def work():
-        res = run_test(net, model, vars=typed(values), gpu=s.dev_id, progress=False)
+        res = run_test(doc if doc is not None else net, model, vars=typed(values), gpu=s.dev_id, progress=False,
+                       **data_kw)
         print(f"{res.images} images tested ({res.blob}); {len(res.files)} files written")
-    r.run(name, ["deeplab-test", "--net", net, "--weights", model, *define_args(values), "--gpu", s.dev_id,
-                 "--no-progress"], work)
+    r.run(name, ["deeplab-test", "--net", net, "--weights", model, *data_args, *define_args(values), "--gpu",
+                 s.dev_id, "--no-progress"], work)
     missing = [e[0] for e in entries if not feature_ok(os.path.join(feats, e[0] + FEATURE_SUFFIX))]
     if missing:
         raise StepFailed(name, r.log_path(name), f"    no features for {len(missing)} ids (first: {missing[0]})")

@@ -25,7 +25,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
     # expanded with the netdef's own variables first, to learn those of its includes too
     own = {k: v for k, v in solver.vars.items() if k in (text.get("vars") or {})}
     doc = load_netdef(text, vars=own)
-    net_vars = solver.net_vars(doc.get("vars") or {})
+    net_vars = solver.net_vars(doc.get("vars") or {}, sed=bool(getattr(text, "sed_vars", False)))
     if net_vars != own:
         doc = load_netdef(text, vars=net_vars)
     ir = net_from_doc(doc, phase="train", source=net_path)

@@ -31,20 +31,21 @@ What the fields drive lives beside this module: the rates in :mod:`.lr_policy` (
 included), the update in :mod:`.optim`, hard-pixel mining (``top_k_percent_pixels``,
 ``hard_example_mining_step``) in :mod:`.mining`, ``sync_bn`` in :mod:`.distributed`.
 
-:func:`load_solver` reads a YAML file; :func:`convert_caffe` checks a Caffe
-``solver.prototxt`` that :mod:`deeplab_compile.caffe.solver` has mapped onto these fields,
-so a converted file is one this loader accepts.
+:func:`load_solver` reads a YAML file, or a Caffe ``solver.prototxt`` mapped onto these
+fields by :mod:`deeplab_compile.caffe.solver`; :func:`convert_caffe` checks such a mapping
+for ``deeplab-convert``, so a converted file is one this loader accepts.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import DeepLabError, Loc
 from ..schema import P
-from ..netdef.errors import did_you_mean
+from ..netdef.errors import did_you_mean, near_miss
 from ..netdef.parse import Map, load, loc_of
 from .lr_policy import POLICIES, learning_rate
 
@@ -152,20 +153,28 @@ class Solver:
     defines: dict = field(default_factory=dict, repr=False)     # -D overrides
     used_vars: set = field(default_factory=set, repr=False)     # names ${...} in the solver read
 
-    def net_vars(self, declared: Mapping[str, Any]) -> dict:
+    def net_vars(self, declared: Mapping[str, Any], *, sed: bool = False) -> dict:
         """The variables for the netdef: ``vars`` and ``-D`` values whose names the netdef
         declares.  A name that neither the netdef declares nor a ``${...}`` of the solver
-        reads is an error (a typo would otherwise pass silently)."""
+        reads is an error (a typo would otherwise pass silently).  With ``sed`` (a Caffe
+        prototxt net, which takes DeepLab's one variable set as sed does) such a name is
+        ignored with a note, unless it is a near miss of a name the net uses."""
         out = {}
+        unused = []
         for name, value in self.vars.items():
             if name in declared:
                 out[name] = value
+            elif sed and name not in self.used_vars and near_miss(str(name), list(declared)) is None:
+                unused.append(str(name))
             elif name not in self.used_vars:
                 where = "-D" if name in self.defines else "vars"
                 raise SolverError(f"variable '{name}' ({where}) is not a variable of the netdef and not "
                                   "used by the solver", loc=self.locs.get("vars") if where == "vars" else None,
                                   hint=did_you_mean(str(name), list(declared))
                                   or "netdef variables: " + (", ".join(declared) or "none"))
+        if unused:
+            print(f"note: {self.net} uses no " + ", ".join("${%s}" % n for n in unused)
+                  + "; -D ignored for it (as sed would)", file=sys.stderr)
         return out
 
     def lr(self, it: int) -> float:
@@ -312,14 +321,23 @@ def _check(s: Solver, sec: _Section) -> None:
 
 
 def load_solver(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Solver:
-    """Read and check a solver YAML file.  ``overrides`` set ``vars`` (``-D name=value``)."""
+    """Read and check a solver file: YAML, or a Caffe ``solver.prototxt`` (read with
+    :func:`deeplab_compile.caffe.solver.convert`, its ``${VAR}`` placeholders filled like
+    a YAML solver's).  ``overrides`` set ``vars`` (``-D name=value``)."""
     path = os.fspath(path)
     try:
-        doc = load(path)
+        doc = _load_caffe(path) if path.lower().endswith(".prototxt") else load(path)
     except DeepLabError as e:
         raise SolverError(str(e)) from None
     s = parse_solver(doc, path, overrides)
     return s
+
+
+def _load_caffe(path: str) -> Map:
+    from ..caffe.solver import convert
+    from ..netdef.parse import read_text
+    fields, _notes, locs = convert(read_text(path), path)
+    return Map(fields, loc=Loc(path, 1, 1), key_locs=locs)
 
 
 def resolve_path(s: Solver, rel: str, *, must_exist: bool = True) -> str:
