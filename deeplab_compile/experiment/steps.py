@@ -22,7 +22,7 @@ from ..training.loop import train
 from ..training.solver import load_solver
 from ..test import run_test
 from .runner import Runner, StepFailed, say
-from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, typed
+from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, test_options, typed
 
 CRF_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 
@@ -234,12 +234,18 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
     values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
                                    "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
                                    "EXP": s.exp, **s.defines})
+    opts = test_options(net, values)              # v3/v3+: TF DeepLab's eval scales and flip
+    extra = []
+    if opts["scales"] != [1.0] or opts["flip"]:
+        extra += ["--scales", ",".join(f"{v:g}" for v in opts["scales"])] + (["--flip"] if opts["flip"] else [])
+    if "data" in opts:
+        extra += ["--preprocess", opts["data"]["preprocess"]]
 
     def work():
-        res = run_test(net, model, vars=typed(values), gpu=s.dev_id, progress=False)
+        res = run_test(net, model, vars=typed(values), gpu=s.dev_id, progress=False, **opts)
         print(f"{res.images} images tested ({res.blob}); {len(res.files)} files written")
     r.run(name, ["deeplab-test", "--net", net, "--weights", model, *define_args(values), "--gpu", s.dev_id,
-                 "--no-progress"], work)
+                 "--no-progress", *extra], work)
     missing = [e[0] for e in entries if not feature_ok(os.path.join(feats, e[0] + FEATURE_SUFFIX))]
     if missing:
         raise StepFailed(name, r.log_path(name), f"    no features for {len(missing)} ids (first: {missing[0]})")
