@@ -24,7 +24,7 @@ def _flag(name: str, default: bool) -> bool:
 
 #: environment variables passed with -D to the configs that declare them
 DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SIZE", "TRAIN_OUTPUT_STRIDE",
-           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP")
+           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE")
 
 
 @dataclass
@@ -156,7 +156,7 @@ def crf_settings(s: Settings) -> tuple[dict, int]:
     return cfg, int(cfg.get("iterations", 10))
 
 
-def test_options(path: str, values: dict) -> dict:
+def eval_options(path: str, values: dict) -> dict:
     """How a test config is run: its ``EVAL_SCALES`` (comma-separated, default 1),
     ``EVAL_FLIP`` (default off) and ``PREPROCESS`` (``caffe`` or ``tf``, default the data
     layer's), each from the config's ``vars`` unless ``values`` (the -D values) set it."""

@@ -22,7 +22,7 @@ from ..training.loop import train
 from ..training.solver import load_solver
 from ..test import run_test
 from .runner import Runner, StepFailed, say
-from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, test_options, typed
+from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, eval_options, typed
 
 CRF_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 
@@ -234,7 +234,7 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
     values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
                                    "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
                                    "EXP": s.exp, **s.defines})
-    opts = test_options(net, values)              # v3/v3+: TF DeepLab's eval scales and flip
+    opts = eval_options(net, values)              # v3/v3+: TF DeepLab's eval scales and flip
     extra = []
     if opts["scales"] != [1.0] or opts["flip"]:
         extra += ["--scales", ",".join(f"{v:g}" for v in opts["scales"])] + (["--flip"] if opts["flip"] else [])
