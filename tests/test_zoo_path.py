@@ -93,6 +93,9 @@ def test_a_bare_zoo_name_compiles_from_any_folder(tmp_path, no_path, monkeypatch
     assert compile_cli.main(["deeplab_v3plus_mobilenetv2"]) == 0
     out = capsys.readouterr().out
     assert "2,271,109" in out                      # the zoo net's published count (README)
+    # the loader the other tools share (deeplab-convert --netdef, deeplab-test --net) too
+    doc = load_netdef("deeplab_v3_mobilenetv2", {"num_classes": 19})
+    assert doc["name"] == "deeplab_v3_mobilenetv2" and doc["vars"]["num_classes"] == 19
 
 
 def test_a_bare_name_is_looked_up_along_the_path_before_the_zoo(tmp_path, monkeypatch):
