@@ -149,11 +149,43 @@ SMOKE = {"NUM_IMAGES": "6", "IMAGE_MIN": "64", "IMAGE_MAX": "80", "MAX_ITER": "2
          "NUM_LABELS": "21", "LABEL_MAP": "voc"}
 
 
+def _frozen_bn_init(ds, net, path):
+    """An init.pt for a net with frozen BatchNorm (DeepLab v2's ResNet-101): from the
+    fillers alone its activations grow to ~1e7 and the first update gives NaN (the
+    "initial weights are missing" error).  Each frozen BatchNorm gets the statistics of a
+    random batch at its input, as ImageNet weights would bring sane ones."""
+    from deeplab_compile.compiler import compile_net
+    from deeplab_compile.layers.batch_norm import CaffeBatchNorm
+    train = config(ds, net, "train.yaml")
+    v = dict(values(train, 21), TRAIN_CROP=int(SMOKE["TRAIN_CROP"]))
+    crop = int(SMOKE["TRAIN_CROP"])
+    m = compile_net(train, phase="train", vars=v, inputs={"data": (2, 3, crop, crop), "label": (2, 1, crop, crop)})
+    frozen = [b for b in m.modules() if isinstance(b, CaffeBatchNorm) and b.use_global_stats]
+    if not frozen:
+        return False
+
+    def calibrate(bn, args):
+        x = args[0]
+        bn.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        bn.running_var.copy_(x.var(dim=(0, 2, 3)))
+        bn.running_weight.fill_(1.0)
+    hooks = [b.register_forward_pre_hook(calibrate) for b in frozen]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m(torch.randn(2, 3, crop, crop) * 60, torch.randint(0, 21, (2, 1, crop, crop)).float())
+    for h in hooks:
+        h.remove()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"state_dict": m.state_dict()}, path)
+    return True
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ds,net,classes", CONFIGS, ids=IDS)
 def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tmp_path):
     """Train (MAX_ITER=2), test, CRF and evaluation of each config through
     run_experiment.sh; Cityscapes and ADE20K configs read the synthetic VOC-layout set."""
+    _frozen_bn_init(ds, net, str(tmp_path / "model" / net / "init.pt"))
     env = dict(os.environ, EXP=str(tmp_path), PYTHON=sys.executable, NET_ID=net,
                CONFIG_DIR=os.path.join(EXPERIMENTS, ds, "config", net), **SMOKE)
     r = subprocess.run(["bash", VOC], env=env, capture_output=True, text=True, timeout=1800)
