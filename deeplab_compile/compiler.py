@@ -27,6 +27,7 @@ from .netdef import expand as _expand
 from .netdef import parse as _parse
 from .netdef.errors import Loc, NetDefError, ShapeError, WiringError, did_you_mean
 from .netdef.nodes import Map, loc_of
+from .netdef.search import find_netdef
 from .validation import RESERVED_KEYS, as_list, validate
 
 PHASES = ("train", "test")
@@ -62,8 +63,9 @@ def loads(text: str, filename: str = "<string>") -> Map:
 
 def load(path: str | os.PathLike) -> Map:
     """Read and parse the netdef file at ``path``: a YAML netdef, or a Caffe prototxt
-    (new or V1 layer syntax) read into the same document."""
-    name = os.fspath(path)
+    (new or V1 layer syntax) read into the same document.  A bare name that is no file
+    is a zoo netdef (:func:`deeplab_compile.netdef.search.find_netdef`)."""
+    name = find_netdef(path)
     return loads(_parse.read_text(name), name)
 
 
@@ -73,8 +75,9 @@ def load_netdef(source: str | os.PathLike | Mapping, vars: Mapping[str, Any] | N
         doc = source
         base = None
     else:
-        doc = load(source)
-        base = os.path.dirname(os.path.abspath(os.fspath(source)))
+        path = find_netdef(source)
+        doc = load(path)
+        base = os.path.dirname(os.path.abspath(path))
     return _expand.expand(doc, overrides=dict(vars or {}), base_dir=base)
 
 

@@ -96,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if not args.netdef:
         build_parser().error("the netdef path is required (or --info, --layers)")
+    from ..netdef.search import find_netdef, zoo_names
+    args.netdef = find_netdef(args.netdef)
     if not os.path.isfile(args.netdef):
-        raise DeepLabError(f"{args.netdef}: no such file", hint="give the path of a .yaml or .prototxt netdef")
+        raise DeepLabError(f"{args.netdef}: no such file", hint="give the path of a .yaml or .prototxt netdef, "
+                           "or a zoo name: " + ", ".join(zoo_names()))
 
     from .. import compiler, emit, summary
 

@@ -26,8 +26,11 @@ everything is read from the environment, with the defaults of the dataset's entr
 and the folders, each overridable: ``CONFIG_DIR``, ``LIST_DIR`` (``${EXP}/list``),
 ``MODEL_DIR``, ``LOG_DIR``, ``FEATURE_DIR``, ``FEATURE2_DIR``, ``RES_DIR``
 (``${EXP}/<folder>/<NET_ID>``).  ``TEST_SET`` (val) and ``TEST_SET2`` (test) name the
-lists tested; ``MAX_ITER``, ``MAX_ITER2``, ``SEED``, ``TEST_CROP`` are passed to the
-configs with ``-D`` when set; ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
+lists tested; ``MAX_ITER``, ``MAX_ITER2``, ``SEED``, ``TEST_CROP``, ``TRAIN_CROP``,
+``BATCH_SIZE``, ``ITER_SIZE``, ``TRAIN_OUTPUT_STRIDE``, ``OUTPUT_STRIDE``, ``EVAL_SCALES``
+and ``EVAL_FLIP`` are passed with ``-D`` to the configs that declare them, when set (a
+test config's ``EVAL_SCALES``, ``EVAL_FLIP`` and ``PREPROCESS`` also pick the test
+step's scales, flip and preprocessing); ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
 synthetic set; ``LABEL_MAP`` and ``PALETTE`` override the dataset's label mapping and
 colours; ``CRF_JOBS`` the images the CRF runs at once; ``SBD_ROOT`` (VOC) SBD's lists.
 

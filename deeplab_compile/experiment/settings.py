@@ -29,6 +29,11 @@ def _flag(name: str, default: bool) -> bool:
     raise DataError(f"{name}={os.environ[name]!r} is not a switch", hint="set it to 1 or 0")
 
 
+#: environment variables passed with -D to the configs that declare them
+DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SIZE", "TRAIN_OUTPUT_STRIDE",
+           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE")
+
+
 @dataclass
 class Settings:
     exp: str
@@ -81,8 +86,7 @@ class Settings:
                                      .format(**params))
         d = lambda var, folder: os.path.abspath(_env(var, os.path.join(exp, folder, net_id)))  # noqa: E731
         list_dir = _env("LIST_DIR", os.path.join(data_root, "list") if synthetic else os.path.join(exp, "list"))
-        defines = {k: os.environ[k] for k in ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP")
-                   if os.environ.get(k, "") != ""}
+        defines = {k: os.environ[k] for k in DEFINES if os.environ.get(k, "") != ""}
         run = {"train": _flag("RUN_TRAIN", True), "test": _flag("RUN_TEST", True),
                "train2": _flag("RUN_TRAIN2", False), "test2": _flag("RUN_TEST2", False),
                "crf": _flag("RUN_CRF", True), "eval": _flag("RUN_EVAL", True)}
@@ -157,3 +161,19 @@ def crf_settings(s: Settings) -> tuple[dict, int]:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f) or {}
     return cfg, int(cfg.get("iterations", 10))
+
+
+def eval_options(path: str, values: dict) -> dict:
+    """How a test config is run: its ``EVAL_SCALES`` (comma-separated, default 1),
+    ``EVAL_FLIP`` (default off) and ``PREPROCESS`` (``caffe`` or ``tf``, default the data
+    layer's), each from the config's ``vars`` unless ``values`` (the -D values) set it."""
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        own = (yaml.safe_load(f) or {}).get("vars") or {}
+    pick = lambda name, default: values.get(name, own.get(name, default))  # noqa: E731
+    scales = [float(v) for v in str(pick("EVAL_SCALES", "1")).split(",") if v.strip()]
+    flip = str(pick("EVAL_FLIP", False)).strip().lower() in ("1", "true", "yes", "on")
+    out = {"scales": scales or [1.0], "flip": flip}
+    if pick("PREPROCESS", None):
+        out["data"] = {"preprocess": str(pick("PREPROCESS", None))}
+    return out

@@ -24,7 +24,7 @@ from ..test import run_test
 from . import caffe_config
 from . import provenance as prov
 from .runner import Runner, StepFailed, say
-from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, typed
+from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, eval_options, typed
 
 CRF_KEYS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
 
@@ -322,7 +322,7 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
             f.write("".join(e[1] + (" " + e[2] if e[2] else "") + "\n" for e in todo))
         say(f"[{name}] {len(entries) - len(todo)} of {len(entries)} feature files are complete; "
             f"testing the other {len(todo)}")
-    doc, data_args, data_kw = None, [], {}
+    doc, data_args, data_kw, extra = None, [], {}, []
     if caffe_config.is_caffe(s.config_dir):         # DeepLab's own test.prototxt, filled in
         try:
             net, doc = caffe_config.test_net(s, stage, test_set, feats)
@@ -334,13 +334,18 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
         values = declared_values(net, {"NUM_LABELS": s.num_labels, "DATA_ROOT": s.data_root, "TEST_LIST": use,
                                        "FEATURE_DIR": feats, "LIST_DIR": s.list_dir, "TEST_SET": test_set,
                                        "EXP": s.exp, **s.defines})
+        data_kw = eval_options(net, values)         # v3/v3+: TF DeepLab's eval scales and flip
+        if data_kw["scales"] != [1.0] or data_kw["flip"]:
+            extra += ["--scales", ",".join(f"{v:g}" for v in data_kw["scales"])] + (["--flip"] if data_kw["flip"] else [])
+        if "data" in data_kw:
+            extra += ["--preprocess", data_kw["data"]["preprocess"]]
 
     def work():
         res = run_test(doc if doc is not None else net, model, vars=typed(values), gpu=s.dev_id, progress=False,
                        **data_kw)
         print(f"{res.images} images tested ({res.blob}); {len(res.files)} files written")
     r.run(name, ["deeplab-test", "--net", net, "--weights", model, *data_args, *define_args(values), "--gpu",
-                 s.dev_id, "--no-progress"], work)
+                 s.dev_id, "--no-progress", *extra], work)
     missing = [e[0] for e in entries if not feature_ok(os.path.join(feats, e[0] + FEATURE_SUFFIX))]
     if missing:
         raise StepFailed(name, r.log_path(name), f"    no features for {len(missing)} ids (first: {missing[0]})")

@@ -34,8 +34,10 @@ Substitution reaches into nested lists and mappings (``weight_filler: {std: ${s}
 keys are never substituted.  ``$$`` is a literal ``$``; a ``$`` followed by anything
 other than ``{`` or ``$`` stays as it is.
 
-**Includes.**  ``include: lib/vgg16.yaml`` or a list of paths, relative to the directory
-of the file that includes them (``base_dir`` for text given to ``loads``).  An included
+**Includes.**  ``include: lib/vgg16.yaml`` or a list of paths, looked up relative to the
+directory of the file that includes them (``base_dir`` for text given to ``loads``),
+then in each folder of ``DEEPLAB_NETDEF_PATH``, then in the installed zoo
+(:mod:`.search`).  An included
 file may define only ``vars``, ``templates`` and ``include``.  Its variables are
 defaults: the including file's own variables and the overrides win, and among
 included files the first definition (in include order, depth first) wins.  A file
@@ -99,6 +101,8 @@ from .errors import (IncludeError, Loc, NetDefError, NetDefSyntaxError, Paramete
 from .expr import IDENT_RE, Scope, substitute_text
 from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
+from . import search
+from .search import find_include
 
 __all__ = ["expand", "filter_phase", "note_call_site", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
            "MAX_STEPS"]
@@ -330,7 +334,8 @@ class _Expander:
             if "${" in path:
                 raise IncludeError(f"include path '{path}' uses ${{...}}", loc=where,
                                    hint="include paths are literal; variables are read after includes")
-            full = os.path.normpath(os.path.join(base_dir, path))
+            found, searched = find_include(path, base_dir)
+            full = found or os.path.normpath(os.path.join(base_dir, path))
             key_path = os.path.realpath(full)
             if key_path in chain:
                 shown = [p if p.startswith("<") else os.path.relpath(p, self.root_dir)
@@ -343,9 +348,12 @@ class _Expander:
             if full.lower().endswith(".prototxt"):
                 raise IncludeError(f"cannot include the prototxt '{full}'", loc=where,
                                    hint="only YAML files with vars and templates can be included")
-            if not os.path.isfile(full):
+            if found is None:
+                others = [d for d in searched if d != base_dir]
                 raise IncludeError(f"included file '{full}' does not exist", loc=where,
-                                   hint=f"paths are relative to {base_dir or '.'}")
+                                   hint=f"paths are relative to {base_dir or '.'}"
+                                        + (", then looked up in " + ", ".join(others) if others else "")
+                                        + f" (the folders of {search.ENV}, then the zoo)")
             try:
                 sub = load(full)
             except NetDefError as err:

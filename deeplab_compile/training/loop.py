@@ -131,6 +131,7 @@ class _Run:
     opt: CaffeSGD | None = None
     miners: list = field(default_factory=list)
     last_snapshot: str | None = None
+    from_fillers: bool = False              # neither weights nor a snapshot: the netdef's fillers
 
     @property
     def main(self) -> bool:
@@ -163,7 +164,7 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     log_dir = log_dir or solver.log_dir or os.path.join(os.path.dirname(prefix) or ".", "log")
     log = RunLog(log_dir, enabled=main_proc, echo=(echo or _echo) if main_proc else None, resume=snap is not None)
     run = _Run(solver, net, spec, device=device, rank=rank, world=world, seed=seed, prefix=prefix, log=log,
-               resume=resume)
+               resume=resume, from_fillers=not weights and not resume)
     try:
         return _run(run, snap, weights=weights, progress=progress and main_proc, num_workers=num_workers,
                     stop_at=max_iter)
@@ -338,7 +339,10 @@ def _check_loss(run: _Run, it: int, loss_value: float, stop: _StopFlag) -> bool:
             f"loss is {loss_value} at iteration {it}" + (f" (on {int(flags[0])} process(es))"
                                                           if run.world > 1 else ""),
             hint=(f"the last good snapshot is {keep}; " if keep else "no snapshot was written; ")
-            + "lower base_lr, or check the data and the weights")
+            + ("this run started from the netdef's fillers, without initial weights: a full-size net "
+               "needs them (--weights FILE, or model/<NET_ID>/init.pt in the experiment tree; each config's "
+               "header gives its deeplab-convert --from command), else lower base_lr"
+               if run.from_fillers else "lower base_lr, or check the data and the weights"))
     return bool(flags[1] > 0)
 
 

@@ -1,0 +1,198 @@
+"""The experiment tree's configs for every zoo net: each train and test netdef compiles
+(on the meta device: shapes and parameters, nothing large allocated) into the zoo net's
+own parameters, v3/v3+ train at output stride 16 and test at 8 with TF's evaluation
+scales, each header documents its published mIOU and initial weights; slow: a 2-iteration
+run of each config through run_experiment.sh on the synthetic set."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deeplab_compile.codegen import generate
+from deeplab_compile.compiler import build_net
+from deeplab_compile.experiment.settings import declared_vars, eval_options
+from deeplab_compile.zoo.mappings import SOURCES
+
+from conftest import NETDEF, ROOT
+
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+# (dataset, NET_ID, classes): every zoo net on VOC, v3+ on Cityscapes and ADE20K
+CONFIGS = [("voc12", n, 21) for n in (
+    "deeplab_largefov", "deeplab_v2_vgg16_aspp_l", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc",
+    "deeplab_v3_resnet101", "deeplab_v3_mobilenetv2", "deeplab_v3plus_resnet101", "deeplab_v3plus_xception65",
+    "deeplab_v3plus_mobilenetv2")] + [
+    (ds, n, c) for ds, c in (("cityscapes", 19), ("ade20k", 150))
+    for n in ("deeplab_v3plus_xception65", "deeplab_v3plus_mobilenetv2")]
+MODERN = [c for c in CONFIGS if "_v3" in c[1]]
+# the blob each v3/v3+ backbone hands to its head: its stride is the output stride
+HEAD_INPUT = {"resnet101": "res5c", "xception65": "exit2_sep3_pw", "mobilenetv2": "ir17_project"}
+TF_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+IDS = [f"{ds}/{n}" for ds, n, _ in CONFIGS]
+
+
+def config(ds, net, name):
+    return os.path.join(EXPERIMENTS, ds, "config", net, name)
+
+
+def values(path, classes):
+    v = {"NUM_LABELS": classes, "DATA_ROOT": "/data", "LIST_DIR": "/lists", "TRAIN_SET": "train_aug",
+         "TEST_LIST": "/lists/val.txt", "FEATURE_DIR": "/features"}
+    return {k: x for k, x in v.items() if k in declared_vars(path)}
+
+
+def meta_params(ir):
+    with torch.device("meta"):
+        gm = generate(ir)
+    return {k: tuple(p.shape) for k, p in gm.named_parameters()}
+
+
+def blob_stride(ir, name):
+    return [b.stride for b in ir.blobs.values() if b.name == name][-1]
+
+
+@pytest.fixture(scope="module")
+def zoo_params():
+    cache = {}
+
+    def get(net, classes):
+        if (net, classes) not in cache:
+            cache[net, classes] = meta_params(build_net(os.path.join(NETDEF, net + ".yaml"), phase="train",
+                                                        vars={"num_classes": classes}))
+        return cache[net, classes]
+    return get
+
+
+@pytest.mark.parametrize("ds,net,classes", CONFIGS, ids=IDS)
+def test_train_and_test_nets_compile_into_the_zoo_nets_parameters(ds, net, classes, zoo_params):
+    """Same names and shapes as netdef/<NET_ID>.yaml: weights converted with
+    ``deeplab-convert --netdef <NET_ID> -D num_classes=N`` load into either phase."""
+    want = zoo_params(net, classes)
+    for name, phase in (("train.yaml", "train"), ("test.yaml", "test")):
+        path = config(ds, net, name)
+        ir = build_net(path, phase=phase, vars=values(path, classes))
+        assert meta_params(ir) == want, f"{path} differs from netdef/{net}.yaml"
+        if phase == "train":
+            assert any(lay.type == "SoftmaxWithLoss" for lay in ir.layers)
+        else:
+            assert any(lay.type == "MatWrite" for lay in ir.layers)
+
+
+@pytest.mark.parametrize("ds,net,classes", MODERN, ids=[f"{ds}/{n}" for ds, n, _ in MODERN])
+def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, classes):
+    head = HEAD_INPUT[net.rsplit("_", 1)[1]]
+    train = config(ds, net, "train.yaml")
+    test = config(ds, net, "test.yaml")
+    assert blob_stride(build_net(train, phase="train", vars=values(train, classes)), head) == 16
+    assert blob_stride(build_net(test, phase="test", vars=values(test, classes)), head) == 8
+    v = dict(values(test, classes), OUTPUT_STRIDE=16)          # -D OUTPUT_STRIDE=16: the training stride
+    assert blob_stride(build_net(test, phase="test", vars=v), head) == 16
+    opts = eval_options(test, {})
+    want = [0.75, 1.0, 1.25] if ds == "cityscapes" else TF_SCALES     # model_zoo.md, per dataset
+    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}}
+    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0}) == {
+        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}}
+
+
+@pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc"])
+def test_v1_v2_test_single_scale_without_flip(net):
+    assert eval_options(config("voc12", net, "test.yaml"), {}) == {"scales": [1.0], "flip": False}
+
+
+def header(path):
+    lines = []
+    with open(path) as f:
+        for ln in f:
+            if not ln.startswith("#"):
+                break
+            lines.append(ln[1:].strip())
+    return " ".join(lines)
+
+
+NEW = [c for c in CONFIGS if c[1] not in ("deeplab_largefov", "deeplab_v2_vgg16_aspp_l")]
+
+
+@pytest.mark.parametrize("ds,net,classes", NEW, ids=[f"{ds}/{n}" for ds, n, _ in NEW])
+def test_headers_give_the_published_miou_and_the_initial_weights(ds, net, classes):
+    text = header(config(ds, net, "train.yaml"))
+    assert "Published" in text and ("%" in text or "none found" in text.lower() or "Published: none" in text)
+    assert "Initial weights" in text
+    cmd = re.search(r"deeplab-convert (\S+) (--from (\S+) )?--netdef (\S+) (.*?)-o (\S+)", text)
+    assert cmd, text
+    if cmd.group(3):
+        assert cmd.group(3) in SOURCES
+    assert os.path.isfile(os.path.join(NETDEF, cmd.group(4) + ".yaml"))
+    assert cmd.group(6) == f"experiments/{ds}/model/{net}/init.pt"
+    if classes != 21:                            # the zoo netdef defaults to VOC's 21 classes
+        assert f"-D num_classes={classes}" in cmd.group(5)
+    for name in ("solver.yaml", "test.yaml", "crf.yaml"):
+        assert os.path.isfile(config(ds, net, name))
+    assert os.path.isfile(config(ds, net, "solver2.yaml")) == (ds == "voc12")
+
+
+def test_readme_lists_every_config():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## The experiment tree", 1)[1].split("\n## ", 1)[0]
+    for ds, net, _ in CONFIGS:
+        assert re.search(rf"\|\s*{ds}\s*\|\s*`{net}`\s*\|", section), f"{ds}/{net} missing from the README table"
+
+
+# --------------------------------------------------------------------------- slow
+
+VOC = os.path.join(EXPERIMENTS, "voc12", "run_experiment.sh")
+SMOKE = {"NUM_IMAGES": "6", "IMAGE_MIN": "64", "IMAGE_MAX": "80", "MAX_ITER": "2", "TRAIN_CROP": "65",
+         "BATCH_SIZE": "2", "ITER_SIZE": "1", "TEST_CROP": "81", "QUIET": "1", "CRF_JOBS": "1", "DATA_ROOT": "",
+         "NUM_LABELS": "21", "LABEL_MAP": "voc"}
+
+
+def _frozen_bn_init(ds, net, path):
+    """An init.pt for a net with frozen BatchNorm (DeepLab v2's ResNet-101): from the
+    fillers alone its activations grow to ~1e7 and the first update gives NaN (the
+    "initial weights are missing" error).  Each frozen BatchNorm gets the statistics of a
+    random batch at its input, as ImageNet weights would bring sane ones."""
+    from deeplab_compile.compiler import compile_net
+    from deeplab_compile.layers.batch_norm import CaffeBatchNorm
+    train = config(ds, net, "train.yaml")
+    v = dict(values(train, 21), TRAIN_CROP=int(SMOKE["TRAIN_CROP"]))
+    crop = int(SMOKE["TRAIN_CROP"])
+    m = compile_net(train, phase="train", vars=v, inputs={"data": (2, 3, crop, crop), "label": (2, 1, crop, crop)})
+    frozen = [b for b in m.modules() if isinstance(b, CaffeBatchNorm) and b.use_global_stats]
+    if not frozen:
+        return False
+
+    def calibrate(bn, args):
+        x = args[0]
+        bn.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        bn.running_var.copy_(x.var(dim=(0, 2, 3)))
+        bn.running_weight.fill_(1.0)
+    hooks = [b.register_forward_pre_hook(calibrate) for b in frozen]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m(torch.randn(2, 3, crop, crop) * 60, torch.randint(0, 21, (2, 1, crop, crop)).float())
+    for h in hooks:
+        h.remove()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"state_dict": m.state_dict()}, path)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ds,net,classes", CONFIGS, ids=IDS)
+def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tmp_path):
+    """Train (MAX_ITER=2), test, CRF and evaluation of each config through
+    run_experiment.sh; Cityscapes and ADE20K configs read the synthetic VOC-layout set."""
+    _frozen_bn_init(ds, net, str(tmp_path / "model" / net / "init.pt"))
+    env = dict(os.environ, EXP=str(tmp_path), PYTHON=sys.executable, NET_ID=net,
+               CONFIG_DIR=os.path.join(EXPERIMENTS, ds, "config", net), **SMOKE)
+    r = subprocess.run(["bash", VOC], env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "model" / net / "train_iter_2.pt")
+    with open(tmp_path / "res" / net / "val" / "fc8.json") as f:
+        assert json.load(f)["images"] >= 1
+    log = (tmp_path / "log" / net / "test.log").read_text()
+    if "_v3" in net:                              # trained at OS 16, tested at OS 8 with scales and flip
+        assert "--scales" in log and "--flip" in log and "--preprocess tf" in log
