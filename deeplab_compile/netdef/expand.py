@@ -67,7 +67,9 @@ list.  The index ``${i}`` (``var: j`` renames it) runs from ``start`` (default 1
 ``start + N - 1``; ``N`` and ``start`` may be expressions, ``N`` must be an integer from
 1 to :data:`MAX_REPEAT`.  ``phase:`` applies to every produced layer.  In all, an
 expansion may take at most :data:`MAX_STEPS` steps (layers, template calls and repeat
-iterations).
+iterations), and substitution may produce at most :data:`MAX_VALUES` values (mappings,
+lists and scalars, every copy of a template argument or of a whole-value ``${...}``
+counted), so aliases and arguments that multiply stop with a located error.
 
 **Layers.**  Each entry is a mapping with ``name`` and ``type`` (text after
 substitution), or a ``use:`` / ``repeat:`` entry.  ``bottom`` and ``top`` are text or a
@@ -101,7 +103,7 @@ from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
 
 __all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
-           "MAX_STEPS"]
+           "MAX_STEPS", "MAX_VALUES"]
 
 TOP_KEYS = ("name", "vars", "inputs", "outputs", "include", "templates", "layers")
 INCLUDE_KEYS = ("vars", "templates", "include")
@@ -113,6 +115,7 @@ PHASES = ("train", "test")
 MAX_TEMPLATE_DEPTH = 50
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
+MAX_VALUES = 500_000     # values substitution may produce (the zoo's largest net: about 30,000)
 _MAX_VAR_DEPTH = 200
 
 
@@ -143,6 +146,20 @@ def _copy(value: Any) -> Any:
                    item_locs=getattr(value, "item_locs", None),
                    value_locs=getattr(value, "value_locs", None))
     return value
+
+
+def _size(value: Any, limit: int) -> int:
+    """The values in ``value`` (itself, and every item of its lists and mappings); stops
+    counting past ``limit``."""
+    n, stack = 0, [value]
+    while stack and n <= limit:
+        v = stack.pop()
+        n += 1
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n
 
 
 def _is_int(value: Any) -> bool:
@@ -241,18 +258,39 @@ class _Expander:
         self.loaded: set[str] = set()
         self.root_dir = os.getcwd()
         self.steps = 0
+        self.values = 0
         self.out: list[Map] = []
         self.globals = Scope(self.vars)
 
     # -- substitution
 
+    def count(self, n: int, loc: Loc | None) -> None:
+        """Add ``n`` produced values; past :data:`MAX_VALUES` a located TemplateError."""
+        self.values += n
+        if self.values > MAX_VALUES:
+            raise TemplateError(f"the expansion is too large (more than {MAX_VALUES:,} values "
+                                "produced by substitution)", loc=loc,
+                                hint="check for large lists or aliases passed to templates, "
+                                     "repeated or inserted with ${...} many times")
+
+    def copy(self, value: Any, loc: Loc | None) -> Any:
+        """:func:`_copy` of a whole-value ``${...}`` result, its values counted first."""
+        if isinstance(value, (dict, list)):
+            self.count(_size(value, MAX_VALUES - self.values + 1), loc)
+            return _copy(value)
+        return value
+
     def subst(self, value: Any, scope: Scope, container: Any = None, key: Any = None) -> Any:
         """``value`` (found at ``container[key]``) with every ``${...}`` replaced."""
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.count(0, loc_of(container, key) if container is not None else loc_of(value))
         if isinstance(value, str):
             if self.literal or "$" not in value:
                 return value
             base, exact = value_pos(container, key) if container is not None else (None, None)
-            return substitute_text(value, scope, base, exact, copy=_copy)
+            return substitute_text(value, scope, base, exact,
+                                   copy=lambda v: self.copy(v, base))
         if isinstance(value, dict):
             out = Map(loc=getattr(value, "loc", None), key_locs=getattr(value, "key_locs", None),
                       value_locs=getattr(value, "value_locs", None))
