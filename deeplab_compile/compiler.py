@@ -319,7 +319,8 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
 
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-                inputs: Mapping[str, Any] | None = None, fuse: bool | None = None):
+                inputs: Mapping[str, Any] | None = None, fuse: bool | None = None,
+                max_param_gib: float | None = None):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -345,6 +346,10 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             checkpoints and caffemodels load into both; ``fuse=False`` gives
             ``gm.net.layers`` exactly as the netdef wrote them, which the exporters
             (``deeplab-compile --emit``) and code that walks the layers need.
+        max_param_gib: the most GiB of tensors building the module may allocate, checked
+            from the shape rules before anything is allocated (a one-line ``SizeError``
+            over it).  Default: ``$DEEPLAB_MAX_PARAM_GIB``, else 4 (:mod:`deeplab_compile.sizes`).
     """
     from .codegen import generate
-    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse))
+    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse),
+                    max_param_gib=max_param_gib)

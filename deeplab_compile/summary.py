@@ -1,11 +1,17 @@
-"""The layer table ``deeplab-compile`` prints: shapes, parameters, FLOPs, stride, RF."""
+"""The layer table ``deeplab-compile`` prints: shapes, parameters, FLOPs, stride, RF.
+
+Everything in it comes from the shaped IR and the shape rules (:mod:`.sizes`): no module
+is built and no tensor allocated, so the table of a net too large to build still prints.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .codegen import CompiledNet, module_name
+from .codegen import CompiledNet, io_names
+from .graph import Net
 from .layers import registry
+from .sizes import layer_params
 
 
 @dataclass
@@ -38,23 +44,22 @@ def human(n: float) -> str:
     return str(int(n))
 
 
-def rows(gm: CompiledNet) -> list[Row]:
-    net = gm.net
-    seen: set[int] = set()
+def _net(net: Net | CompiledNet) -> Net:
+    return net.net if isinstance(net, CompiledNet) else net
+
+
+def rows(net: Net | CompiledNet) -> list[Row]:
+    """One row per graph input and per layer of a shaped net (or a compiled one's)."""
+    net = _net(net)
+    inputs, _ = io_names(net)
+    params = layer_params(net)
     out = []
     for name, shape in net.inputs.items():
-        if name in gm.input_names:
+        if name in inputs:
             out.append(Row(name, "(input)", f"-> {name}", _fmt_shape(shape), 0, 0, "1", "1"))
     for lay in net.layers:
         spec = registry.get(lay.type)
-        mname = module_name(lay.name)
-        n_params = 0
-        mods = [getattr(gm, m) for m in [mname] + [module_name(a.name) for a in lay.absorbed] if hasattr(gm, m)]
-        for mod in mods:
-            for p in mod.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    n_params += p.numel()
+        n_params = params[lay.name]
         tops = lay.top_ids
         blob = net.blobs[tops[0]] if tops else None
         wiring = ",".join(lay.bottoms) + " -> " + ",".join(lay.tops)
@@ -69,8 +74,10 @@ def rows(gm: CompiledNet) -> list[Row]:
     return out
 
 
-def format_table(gm: CompiledNet) -> str:
-    rs = rows(gm)
+def format_table(net: Net | CompiledNet) -> str:
+    """The table of a shaped :class:`Net` (or of a compiled net's ``.net``)."""
+    net = _net(net)
+    rs = rows(net)
     head = ("layer", "type", "bottoms -> tops", "top shape", "params", "FLOPs (MAdds)", "stride", "RF", "")
     body = [(r.name, r.type, r.wiring, r.shape, f"{r.params:,}" if r.params else "-",
              human(r.flops) if r.flops else "-", r.stride, r.rf, r.note) for r in rs]
@@ -83,9 +90,9 @@ def format_table(gm: CompiledNet) -> str:
 
     total_params = sum(r.params for r in rs)
     total_flops = sum(r.flops for r in rs)
-    net = gm.net
-    inputs = ", ".join(f"{n} {_fmt_shape(net.blobs[net.input_ids[n]].shape)}" for n in gm.input_names)
-    outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(gm.output_names, net.outputs))
+    input_names, output_names = io_names(net)
+    inputs = ", ".join(f"{n} {_fmt_shape(net.blobs[net.input_ids[n]].shape)}" for n in input_names)
+    outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(output_names, net.outputs))
     sep = "-" * len(line(head))
     lines = [f"{net.name}  (phase {net.phase}; {len(net.layers)} layers)", sep, line(head), sep]
     lines += [line(b) for b in body]

@@ -77,6 +77,12 @@ class _ConvBase(LayerType):
                               cls=ShapeError)
         return x
 
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        k, *_ = self.geom(layer)
+        c, co, g = layer.in_shapes[0][1], layer.params["num_output"], layer.params["group"]
+        weight = (co, c // g, *k) if self.type_name == "Convolution" else (c, co // g, *k)
+        return {"weight": weight, **({"bias": (co,)} if layer.params["bias_term"] else {})}
+
     def _fill(self, layer: Layer, mod: nn.Module) -> nn.Module:
         check_fill(layer, "weight_filler", tuple(mod.weight.shape))
         apply_filler(mod.weight, layer.params["weight_filler"])
