@@ -161,12 +161,14 @@ def io_names(net: Net) -> tuple[list[str], list[str]]:
     """``(input_names, output_names)`` of the module :func:`generate` makes for ``net``:
     the inputs a layer reads or the net returns, and the keys of the dict ``forward``
     returns (a blob name, or its SSA id when an in-place name is returned twice)."""
-    consumed = {b for lay in net.layers for b in lay.bottom_ids}
-    inputs = [name for name, bid in net.input_ids.items() if bid in consumed or bid in net.outputs]
+    consumed = {b for lay in net.layers for b in lay.bottom_ids} | set(net.outputs)
+    inputs = [name for name, bid in net.input_ids.items() if bid in consumed]
     outputs: list[str] = []
+    taken: set[str] = set()
     for bid in net.outputs:
         key = net.blobs[bid].name
-        outputs.append(bid if key in outputs else key)
+        outputs.append(bid if key in taken else key)
+        taken.add(outputs[-1])
     return inputs, outputs
 
 

@@ -172,19 +172,22 @@ def _outputs(net: Net, doc: Mapping, consumed: set[str], current: dict[str, str]
         spec = registry.get(lay.type)
         if spec.is_loss or spec.is_metric or any(lay.loss_weight):
             outs += lay.top_ids
+    chosen = set(outs)
     explicit = doc.get("outputs")
     if explicit is not None:
         for name in as_list(explicit):
             if name not in current:
                 raise NetDefError(f"output '{name}' is not a blob of this net in the {net.phase} phase",
                                   loc=loc_of(doc, "outputs"), hint=did_you_mean(str(name), list(current)))
-            if current[name] not in outs:
+            if current[name] not in chosen:
                 outs.append(current[name])
+                chosen.add(current[name])
         return outs
     data_tops = {tid for lay in net.layers if registry.get(lay.type).is_data for tid in lay.top_ids}
     for bid, blob in net.blobs.items():
-        if bid not in consumed and bid not in outs and blob.producer is not None and bid not in data_tops:
+        if bid not in consumed and bid not in chosen and blob.producer is not None and bid not in data_tops:
             outs.append(bid)
+            chosen.add(bid)
     return outs
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from decimal import Decimal
 from typing import Iterable
 
 from .errors import DeepLabError
@@ -111,8 +112,10 @@ def max_param_gib(value: float | None = None) -> float:
 
 
 def _gib(n: int) -> str:
-    gib = n / 2**30
-    return f"{gib:,.0f} GiB" if gib >= 100 else f"{gib:.3g} GiB"
+    gib = Decimal(int(n)) / 2 ** 30           # exact for any integer: no float overflow
+    if gib >= 10 ** 12:
+        return f"{gib:.2E} GiB"
+    return f"{gib:,.0f} GiB" if gib >= 100 else f"{float(gib):.3g} GiB"
 
 
 def check_memory(net: Net, max_gib: float | None = None) -> int:

@@ -6,6 +6,7 @@ is built and no tensor allocated, so the table of a net too large to build still
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 
 from .codegen import CompiledNet, io_names
@@ -37,11 +38,22 @@ def _fmt_stride(f: Fraction) -> str:
     return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
-def human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+def human(n: int) -> str:
+    """``1234567`` -> ``1.23M``; exact for any integer (no float overflow), with an
+    exponent past ``999999G``."""
+    n = Decimal(int(n))
+    if abs(n) >= 10 ** 15:
+        return f"{n:.2E}"
+    for unit, div in (("G", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
-    return str(int(n))
+    return str(n)
+
+
+def mib(n_bytes: int) -> str:
+    """Bytes as MiB with one decimal, exact for any integer."""
+    value = Decimal(int(n_bytes)) / 2 ** 20
+    return f"{value:.1f}" if value < 10 ** 12 else f"{value:.2E}"
 
 
 def _net(net: Net | CompiledNet) -> Net:
@@ -97,7 +109,7 @@ def format_table(net: Net | CompiledNet) -> str:
     lines = [f"{net.name}  (phase {net.phase}; {len(net.layers)} layers)", sep, line(head), sep]
     lines += [line(b) for b in body]
     lines += [sep,
-              f"total: {total_params:,} parameters ({total_params * 4 / 2**20:.1f} MiB fp32), "
+              f"total: {total_params:,} parameters ({mib(total_params * 4)} MiB fp32), "
               f"{human(total_flops)} multiply-adds",
               f"inputs: {inputs or '-'}",
               f"outputs: {outs or '-'}"]

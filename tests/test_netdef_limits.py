@@ -153,3 +153,34 @@ def test_long_text_is_fine_until_substitution_makes_more():
     with pytest.raises(VariableError, match="longer than"):
         expand(loads(f"name: n\nvars: {{s: {long}}}\nlayers:\n  - {{name: a, type: ReLU, bottom: data, "
                      f"note: 'a${{s}}'}}\n", "long.yaml"))
+
+
+@pytest.mark.parametrize("how", ["repeat", "vars"])
+def test_text_made_in_all_is_limited(how):
+    # each text is under MAX_TEXT, but 100 of them make more than MAX_CHARS in all
+    s = "x" * 60_000
+    if how == "repeat":
+        text = (f"name: n\nvars: {{s: {s}}}\nlayers:\n  - repeat: 100\n"
+                f"    layers: [{{name: \"a${{i}}\", type: ReLU, bottom: data, note: \"${{s}}${{i}}\"}}]\n")
+    else:
+        many = "\n".join(f'  v{i}: "${{s}}{i}"' for i in range(100))
+        text = f"name: n\nvars:\n  s: {s}\n{many}\nlayers: []\n"
+    err, peak = _traced(lambda: expand(loads(text, "vol.yaml")))
+    assert isinstance(err, VariableError), err
+    msg = str(err)
+    assert "\n" not in msg and msg.startswith("vol.yaml:")
+    assert f"substitution made more than {expand_mod.MAX_CHARS:,} characters of text in all" in msg
+    assert peak < 4 * expand_mod.MAX_CHARS
+    assert 60_000 * 100 > expand_mod.MAX_CHARS > 60_000 * 60
+
+
+def test_layer_count_is_limited():
+    text = ("name: n\nlayers:\n  - repeat: 10000\n"
+            "    layers: [{name: \"a${i}\", type: ReLU, bottom: data}]   #!\n")
+    with pytest.raises(TemplateError) as info:
+        expand(loads(text, "many.yaml"))
+    msg = str(info.value)
+    assert msg.startswith("many.yaml:4:14:") and "\n" not in msg
+    assert f"the net has more than {expand_mod.MAX_LAYERS:,} layers" in msg
+    few = text.replace("10000", str(expand_mod.MAX_LAYERS))
+    assert len(expand(loads(few, "few.yaml"))["layers"]) == expand_mod.MAX_LAYERS

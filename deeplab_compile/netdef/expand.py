@@ -65,11 +65,14 @@ other phase is an error.
 **Repeat.**  ``- repeat: N`` with either ``use:`` + ``with:`` or an inline ``layers:``
 list.  The index ``${i}`` (``var: j`` renames it) runs from ``start`` (default 1) to
 ``start + N - 1``; ``N`` and ``start`` may be expressions, ``N`` must be an integer from
-1 to :data:`MAX_REPEAT`.  ``phase:`` applies to every produced layer.  In all, an
-expansion may take at most :data:`MAX_STEPS` steps (layers, template calls and repeat
-iterations), and substitution may produce at most :data:`MAX_VALUES` values (mappings,
-lists and scalars, every copy of a template argument or of a whole-value ``${...}``
-counted), so aliases and arguments that multiply stop with a located error.
+1 to :data:`MAX_REPEAT`.
+
+**Limits.**  An expansion takes at most :data:`MAX_STEPS` steps (layers, template calls
+and repeat iterations) and makes at most :data:`MAX_LAYERS` layers; substitution
+produces at most :data:`MAX_VALUES` values (mappings, lists and scalars, every copy of a
+template argument or of a whole-value ``${...}`` counted) and :data:`MAX_CHARS`
+characters of text (each text at most ``expr.MAX_TEXT``).  So aliases, arguments and
+text that multiply stop with a located error, long before time or memory run out.
 
 **Layers.**  Each entry is a mapping with ``name`` and ``type`` (text after
 substitution), or a ``use:`` / ``repeat:`` entry.  ``bottom`` and ``top`` are text or a
@@ -92,6 +95,7 @@ escaped, so reading and expanding that text gives the same document.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -103,7 +107,7 @@ from .nodes import Map, Seq, loc_of, value_pos
 from .parse import load
 
 __all__ = ["expand", "filter_phase", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
-           "MAX_STEPS", "MAX_VALUES"]
+           "MAX_STEPS", "MAX_LAYERS", "MAX_VALUES", "MAX_CHARS"]
 
 TOP_KEYS = ("name", "vars", "inputs", "outputs", "include", "templates", "layers")
 INCLUDE_KEYS = ("vars", "templates", "include")
@@ -115,7 +119,9 @@ PHASES = ("train", "test")
 MAX_TEMPLATE_DEPTH = 50
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
-MAX_VALUES = 500_000     # values substitution may produce (the zoo's largest net: about 30,000)
+MAX_LAYERS = 5_000       # layers of the expanded net (DeepLab's largest, ResNet-101 MSC: about 1,400)
+MAX_VALUES = 250_000     # values substitution may produce (the zoo's largest net: about 30,000)
+MAX_CHARS = 2 ** 22      # characters of text substitution may make in all (the zoo's: under 200,000)
 _MAX_VAR_DEPTH = 200
 
 
@@ -199,6 +205,7 @@ class _Vars(dict):
         self.where: dict[str, tuple[Map | None, str]] = {}   # name -> (container, key)
         self.done: dict[str, Any] = {}
         self.stack: list[str] = []
+        self.on_text = None          # called with the length of each text made by substitution
 
     def define(self, name: str, value: Any, container: Any, key: str) -> None:
         self[name] = value
@@ -226,6 +233,8 @@ class _Vars(dict):
             if isinstance(raw, str) and not self.literal:
                 base, exact = value_pos(container, key) if container is not None else (None, None)
                 value = substitute_text(raw, Scope(self), base, exact)
+                if isinstance(value, str) and "$" in raw and self.on_text is not None:
+                    self.on_text(len(value), base)
                 if not isinstance(value, (bool, int, float, str)):
                     raise VariableError(f"variable '{name}' must be a number, boolean or text",
                                         loc=loc_of(container, key),
@@ -254,6 +263,8 @@ class _Expander:
     def __init__(self, literal: bool):
         self.literal = literal
         self.vars = _Vars(literal)
+        self.vars.on_text = self.count_text
+        self.chars = 0
         self.templates: dict[str, _Template] = {}
         self.loaded: set[str] = set()
         self.root_dir = os.getcwd()
@@ -273,6 +284,15 @@ class _Expander:
                                 hint="check for large lists or aliases passed to templates, "
                                      "repeated or inserted with ${...} many times")
 
+    def count_text(self, n: int, loc: Loc | None) -> None:
+        """Add ``n`` characters of text made by substitution; past :data:`MAX_CHARS` in
+        all, a located VariableError."""
+        self.chars += n
+        if self.chars > MAX_CHARS:
+            raise VariableError(f"substitution made more than {MAX_CHARS:,} characters of text in all",
+                                loc=loc, hint="check for long text variables used in many places "
+                                              "or in a repeat")
+
     def copy(self, value: Any, loc: Loc | None) -> Any:
         """:func:`_copy` of a whole-value ``${...}`` result, its values counted first."""
         if isinstance(value, (dict, list)):
@@ -289,8 +309,10 @@ class _Expander:
             if self.literal or "$" not in value:
                 return value
             base, exact = value_pos(container, key) if container is not None else (None, None)
-            return substitute_text(value, scope, base, exact,
-                                   copy=lambda v: self.copy(v, base))
+            out = substitute_text(value, scope, base, exact, copy=lambda v: self.copy(v, base))
+            if isinstance(out, str):
+                self.count_text(len(out), base)
+            return out
         if isinstance(value, dict):
             out = Map(loc=getattr(value, "loc", None), key_locs=getattr(value, "key_locs", None),
                       value_locs=getattr(value, "value_locs", None))
@@ -550,6 +572,9 @@ class _Expander:
 
     def layer(self, entry: dict, scope: Scope, phase) -> None:
         self.step(loc_of(entry))
+        if len(self.out) >= MAX_LAYERS:
+            raise TemplateError(f"the net has more than {MAX_LAYERS:,} layers", loc=loc_of(entry),
+                                hint="check the repeat counts and template recursion")
         for bad, hint in (("with", "'with' belongs to a template call; add 'use: <template>'"),
                           ("layers", "inline layers belong to a repeat; add 'repeat: N'")):
             if bad in entry:
@@ -640,6 +665,10 @@ def expand(doc: dict, *, overrides: dict | None = None, base_dir: str | os.PathL
     ``overrides`` replaces variables (``{"num_classes": 59}``); ``base_dir`` is where
     the document's includes are looked up (default: its file's directory, or the current
     directory for text).  Returns a new :class:`Map`; ``doc`` is not changed."""
+    # The expansion builds trees without cycles, which reference counting frees; the
+    # cycle collector would only walk them again and again (3x the time of a large one).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _expand(doc, overrides, base_dir)
     except NetDefError as err:
@@ -648,6 +677,9 @@ def expand(doc: dict, *, overrides: dict | None = None, base_dir: str | os.PathL
     except RecursionError:
         raise NetDefSyntaxError("the netdef nests too deeply to expand", loc=loc_of(doc),
                                 hint="flatten nested lists, mappings or template calls") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
