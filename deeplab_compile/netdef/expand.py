@@ -95,6 +95,7 @@ escaped, so reading and expanding that text gives the same document.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -665,10 +666,24 @@ def expand(doc: dict, *, overrides: dict | None = None, base_dir: str | os.PathL
     ``overrides`` replaces variables (``{"num_classes": 59}``); ``base_dir`` is where
     the document's includes are looked up (default: its file's directory, or the current
     directory for text).  Returns a new :class:`Map`; ``doc`` is not changed."""
-    # The expansion builds trees without cycles, which reference counting frees; the
-    # cycle collector would only walk them again and again (3x the time of a large one).
+    with _no_cycle_collector():
+        return _checked_expand(doc, overrides, base_dir)
+
+
+@contextlib.contextmanager
+def _no_cycle_collector():
+    """Expansion builds trees without cycles, which reference counting frees; the cycle
+    collector would only walk them again and again (3x the time of a large one)."""
     collecting = gc.isenabled()
     gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _checked_expand(doc: dict, overrides: dict | None, base_dir) -> Map:
     try:
         return _expand(doc, overrides, base_dir)
     except NetDefError as err:
@@ -677,9 +692,6 @@ def expand(doc: dict, *, overrides: dict | None = None, base_dir: str | os.PathL
     except RecursionError:
         raise NetDefSyntaxError("the netdef nests too deeply to expand", loc=loc_of(doc),
                                 hint="flatten nested lists, mappings or template calls") from None
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _expand(doc: dict, overrides: dict | None, base_dir) -> Map:
@@ -793,7 +805,8 @@ def filter_phase(doc: dict, phase: str) -> Map:
     if not isinstance(doc, dict) or not isinstance(doc.get("layers", []), list):
         raise NetDefSyntaxError("filter_phase needs an expanded netdef", loc=loc_of(doc),
                                 hint="run expand() first")
-    out = _copy(doc)
+    with _no_cycle_collector():
+        out = _copy(doc)
     out.expanded = bool(getattr(doc, "expanded", False))
     layers = out.get("layers", Seq())
     kept = Seq(loc=getattr(layers, "loc", None))
