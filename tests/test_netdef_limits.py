@@ -184,3 +184,21 @@ def test_layer_count_is_limited():
     assert f"the net has more than {expand_mod.MAX_LAYERS:,} layers" in msg
     few = text.replace("10000", str(expand_mod.MAX_LAYERS))
     assert len(expand(loads(few, "few.yaml"))["layers"]) == expand_mod.MAX_LAYERS
+
+
+def test_the_documented_limits_are_the_limits():
+    import os
+    import re
+
+    from deeplab_compile import sizes
+    from conftest import ROOT
+    doc = open(os.path.join(ROOT, "docs", "netdef.md")).read()
+    table = {m.group(1): int(m.group(2).replace(",", ""))
+             for m in re.finditer(r"^\| (MAX_[A-Z_]+) \(([\d,]+)\) \|", doc, re.M)}
+    assert table == {"MAX_DEPTH": parse.MAX_DEPTH, "MAX_NODES": parse.MAX_NODES,
+                     "MAX_TEMPLATE_DEPTH": expand_mod.MAX_TEMPLATE_DEPTH,
+                     "MAX_REPEAT": expand_mod.MAX_REPEAT, "MAX_STEPS": expand_mod.MAX_STEPS,
+                     "MAX_LAYERS": expand_mod.MAX_LAYERS, "MAX_VALUES": expand_mod.MAX_VALUES,
+                     "MAX_TEXT": expr.MAX_TEXT, "MAX_CHARS": expand_mod.MAX_CHARS}
+    assert f"| {sizes.DEFAULT_MAX_PARAM_GIB:g} GiB |" in doc
+    assert f"| {parse._MAX_INT_DIGITS:,} digits |" in doc
