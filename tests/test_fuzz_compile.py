@@ -139,6 +139,28 @@ HUGE_INTS = [200000, 10 ** 6, 10 ** 9, 2 ** 31, 2 ** 32 + 1, 2 ** 53 + 1, 2 ** 6
 SIZE_FIELDS = ["num_output", "kernel_size", "pad", "stride", "dilation", "group", "zoom_factor",
                "shrink_factor", "height", "width", "axis", "concat_dim", "lr_mult", "decay_mult", "std",
                "value", "coeff", "ignore_label", "num_axes", "pad_beg", "pad_end"]
+# layers whose numbers (integers and floats) take a huge value: V
+HUGE_LAYERS = [
+    "{name: big, type: Convolution, bottom: data, num_output: 2, kernel_size: 1, param: {lr_mult: V}}",
+    "{name: big, type: Convolution, bottom: data, num_output: 2, kernel_size: 1, weight_filler: {type: gaussian, std: V}}",
+    "{name: big, type: Deconvolution, bottom: data, num_output: 2, kernel_size: 2, stride: V}",
+    "{name: big, type: Deconvolution, bottom: data, num_output: 2, kernel_size: 2, dilation: V}",
+    "{name: big, type: Pooling, bottom: data, pool: AVE, kernel_size: V}",
+    "{name: big, type: Pooling, bottom: data, pool: MAX, kernel_size: 2, pad: V}",
+    "{name: big, type: Interp, bottom: data, zoom_factor: V}",
+    "{name: big, type: Interp, bottom: data, height: V, width: 3}",
+    "{name: big, type: InnerProduct, bottom: data, num_output: V}",
+    "{name: big, type: Dropout, bottom: data, dropout_ratio: V}",
+    "{name: big, type: ReLU, bottom: data, negative_slope: V}",
+    "{name: big, type: BatchNorm, bottom: data, eps: V}",
+    "{name: big, type: Eltwise, bottom: [data, data], coeff: [V, 1]}",
+    "{name: big, type: Clip, bottom: data, min: 0, max: V}",
+    "{name: big, type: Reshape, bottom: data, shape: [V, -1]}",
+    "{name: big, type: Slice, bottom: data, slice_point: [V]}",
+    "{name: big, type: Crop, bottom: [data, data], offset: [V]}",
+    "{name: big, type: SoftmaxWithLoss, bottom: [fc, label], loss_weight: V, phase: train}",
+    "{name: big, type: SegAccuracy, bottom: [fc, label], ignore_label: [V], phase: train}",
+]
 
 
 def _alias_chain(rnd: random.Random, indent: str) -> tuple[str, str]:
@@ -216,6 +238,9 @@ def huge_sizes(rnd: random.Random) -> tuple[str, str]:
         field = rnd.choice(SIZE_FIELDS)
         text += f"  - {{name: big, type: Convolution, bottom: data, num_output: 2, kernel_size: 1, " \
                 f"{field}: {rnd.choice(HUGE_INTS)}}}\n"
+    elif not prototxt and rnd.random() < 0.5:
+        value = rnd.choice(HUGE_INTS + ["1e308", "1.7e308", "-1e308", ".inf", "-.inf", ".nan"])
+        text += "  - " + rnd.choice(HUGE_LAYERS).replace("V", str(value)) + "\n"
     return text, ".prototxt" if prototxt else ".yaml"
 
 

@@ -9,7 +9,6 @@ DeepLab v1's ``hole`` is an alias of ``dilation``.  ``engine`` is accepted and i
 from __future__ import annotations
 
 from fractions import Fraction
-from math import ceil
 
 from torch import nn
 
@@ -155,4 +154,4 @@ class Deconvolution(_ConvBase):
 
     def geometry(self, layer: Layer):
         k, s, _, d = self.geom(layer)
-        return ceil((d[0] * (k[0] - 1) + 1) / s[0]), Fraction(1, s[0])
+        return -(-(d[0] * (k[0] - 1) + 1) // s[0]), Fraction(1, s[0])     # ceil, exact for any size

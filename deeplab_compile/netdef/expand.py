@@ -121,7 +121,7 @@ MAX_TEMPLATE_DEPTH = 50
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
 MAX_LAYERS = 5_000       # layers of the expanded net (DeepLab's largest, ResNet-101 MSC: about 1,400)
-MAX_VALUES = 250_000     # values substitution may produce (the zoo's largest net: about 30,000)
+MAX_VALUES = 150_000     # values substitution may produce (the zoo's largest net: about 30,000)
 MAX_CHARS = 2 ** 22      # characters of text substitution may make in all (the zoo's: under 200,000)
 _MAX_VAR_DEPTH = 200
 
