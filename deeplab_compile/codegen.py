@@ -29,6 +29,7 @@ from torch import fx, nn
 from .graph import Net
 from .layers import registry
 from .netdef.errors import ParameterError, WiringError
+from .sizes import check_memory, holders, param_layers  # noqa: F401  (holders, param_layers: re-exported)
 
 _RESERVED_ATTRS = set(dir(nn.Module)) | {"graph", "code", "net", "phase", "loss_weights", "input_names",
                                          "output_names", "param_groups", "param_info"}
@@ -156,23 +157,32 @@ def _share(root: nn.Module, net: Net) -> dict[str, tuple[float, float]]:
     return info
 
 
-def holders(lay) -> list:
-    """The layers a fused layer absorbed whose modules codegen keeps, under their own
-    names, as holders of the tensors the fused module reads (``Layer.absorbed``)."""
-    return [a for a in lay.absorbed if a.name != lay.name and registry.get(a.type).blobs]
+def io_names(net: Net) -> tuple[list[str], list[str]]:
+    """``(input_names, output_names)`` of the module :func:`generate` makes for ``net``:
+    the inputs a layer reads or the net returns, and the keys of the dict ``forward``
+    returns (a blob name, or its SSA id when an in-place name is returned twice)."""
+    consumed = {b for lay in net.layers for b in lay.bottom_ids} | set(net.outputs)
+    inputs = [name for name, bid in net.input_ids.items() if bid in consumed]
+    outputs: list[str] = []
+    taken: set[str] = set()
+    for bid in net.outputs:
+        key = net.blobs[bid].name
+        outputs.append(bid if key in taken else key)
+        taken.add(outputs[-1])
+    return inputs, outputs
 
 
-def param_layers(net: Net) -> list:
-    """Every layer whose module is in the graph module: the net's layers and the holders."""
-    return [l for lay in net.layers for l in (lay, *holders(lay))]
+def generate(net: Net, *, max_param_gib: float | None = None) -> CompiledNet:
+    """Build the GraphModule for a shaped :class:`Net`.
 
-
-def generate(net: Net) -> CompiledNet:
-    """Build the GraphModule for a shaped :class:`Net`."""
+    First the tensors the modules would hold are sized from the shape rules
+    (:func:`deeplab_compile.sizes.check_memory`): over ``max_param_gib`` GiB (default:
+    ``$DEEPLAB_MAX_PARAM_GIB``, else 4) it raises a one-line ``SizeError`` before
+    anything is allocated."""
+    check_memory(net, max_param_gib)
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
-    consumed = {b for lay in net.layers for b in lay.bottom_ids}
 
     taken: dict[str, str] = {}
     for lay in param_layers(net):
@@ -182,11 +192,10 @@ def generate(net: Net) -> CompiledNet:
                             hint="rename one of them", cls=WiringError)
         taken[m] = lay.name
 
-    input_names = []
-    for name, bid in net.input_ids.items():
-        if bid in consumed or bid in net.outputs:
-            env[bid] = graph.placeholder(module_name(name))
-            input_names.append(name)
+    input_names = io_names(net)[0]
+    for name in input_names:
+        bid = net.input_ids[name]
+        env[bid] = graph.placeholder(module_name(name))
 
     for lay in net.layers:
         spec = registry.get(lay.type)
@@ -211,10 +220,7 @@ def generate(net: Net) -> CompiledNet:
     outputs: dict[str, fx.Node] = {}
     loss_weights: dict[str, float] = {}
     top_weight = {tid: w for lay in net.layers for tid, w in zip(lay.top_ids, lay.loss_weight)}
-    for bid in net.outputs:
-        key = net.blobs[bid].name
-        if key in outputs:          # an in-place rebound name returned twice: keep the latest
-            key = bid
+    for bid, key in zip(net.outputs, io_names(net)[1]):
         outputs[key] = env[bid]
         if top_weight.get(bid):
             loss_weights[key] = top_weight[bid]

@@ -175,19 +175,22 @@ def _outputs(net: Net, doc: Mapping, consumed: set[str], current: dict[str, str]
         spec = registry.get(lay.type)
         if spec.is_loss or spec.is_metric or any(lay.loss_weight):
             outs += lay.top_ids
+    chosen = set(outs)
     explicit = doc.get("outputs")
     if explicit is not None:
         for name in as_list(explicit):
             if name not in current:
                 raise NetDefError(f"output '{name}' is not a blob of this net in the {net.phase} phase",
                                   loc=loc_of(doc, "outputs"), hint=did_you_mean(str(name), list(current)))
-            if current[name] not in outs:
+            if current[name] not in chosen:
                 outs.append(current[name])
+                chosen.add(current[name])
         return outs
     data_tops = {tid for lay in net.layers if registry.get(lay.type).is_data for tid in lay.top_ids}
     for bid, blob in net.blobs.items():
-        if bid not in consumed and bid not in outs and blob.producer is not None and bid not in data_tops:
+        if bid not in consumed and bid not in chosen and blob.producer is not None and bid not in data_tops:
             outs.append(bid)
+            chosen.add(bid)
     return outs
 
 
@@ -326,7 +329,8 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
 
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
-                inputs: Mapping[str, Any] | None = None, fuse: bool | None = None):
+                inputs: Mapping[str, Any] | None = None, fuse: bool | None = None,
+                max_param_gib: float | None = None):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -352,6 +356,10 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             checkpoints and caffemodels load into both; ``fuse=False`` gives
             ``gm.net.layers`` exactly as the netdef wrote them, which the exporters
             (``deeplab-compile --emit``) and code that walks the layers need.
+        max_param_gib: the most GiB of tensors building the module may allocate, checked
+            from the shape rules before anything is allocated (a one-line ``SizeError``
+            over it).  Default: ``$DEEPLAB_MAX_PARAM_GIB``, else 4 (:mod:`deeplab_compile.sizes`).
     """
     from .codegen import generate
-    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse))
+    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse),
+                    max_param_gib=max_param_gib)

@@ -63,7 +63,11 @@ class P:
             elif kind == "float":
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise bad(f"must be a number, got {v!r}", f"write e.g. '{key}: 0.5'")
-                v = float(v)
+                try:
+                    v = float(v)
+                except OverflowError:       # an integer past 1e308
+                    raise bad(f"is too large for a number ({len(str(abs(v)))} digits)",
+                              f"write e.g. '{key}: 0.5'") from None
             elif kind == "bool":
                 if not isinstance(v, bool):
                     raise bad(f"must be true or false, got {v!r}", f"write '{key}: true' or '{key}: false'")

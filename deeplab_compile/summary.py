@@ -1,11 +1,18 @@
-"""The layer table ``deeplab-compile`` prints: shapes, parameters, FLOPs, stride, RF."""
+"""The layer table ``deeplab-compile`` prints: shapes, parameters, FLOPs, stride, RF.
+
+Everything in it comes from the shaped IR and the shape rules (:mod:`.sizes`): no module
+is built and no tensor allocated, so the table of a net too large to build still prints.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 
-from .codegen import CompiledNet, module_name
+from .codegen import CompiledNet, io_names
+from .graph import Net
 from .layers import registry
+from .sizes import layer_params
 
 
 @dataclass
@@ -31,30 +38,40 @@ def _fmt_stride(f: Fraction) -> str:
     return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
-def human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+def human(n: int) -> str:
+    """``1234567`` -> ``1.23M``; exact for any integer (no float overflow), with an
+    exponent past ``999999G``."""
+    n = Decimal(int(n))
+    if abs(n) >= 10 ** 15:
+        return f"{n:.2E}"
+    for unit, div in (("G", 10 ** 9), ("M", 10 ** 6), ("K", 10 ** 3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
-    return str(int(n))
+    return str(n)
 
 
-def rows(gm: CompiledNet) -> list[Row]:
-    net = gm.net
-    seen: set[int] = set()
+def mib(n_bytes: int) -> str:
+    """Bytes as MiB with one decimal, exact for any integer."""
+    value = Decimal(int(n_bytes)) / 2 ** 20
+    return f"{value:.1f}" if value < 10 ** 12 else f"{value:.2E}"
+
+
+def _net(net: Net | CompiledNet) -> Net:
+    return net.net if isinstance(net, CompiledNet) else net
+
+
+def rows(net: Net | CompiledNet) -> list[Row]:
+    """One row per graph input and per layer of a shaped net (or a compiled one's)."""
+    net = _net(net)
+    inputs, _ = io_names(net)
+    params = layer_params(net)
     out = []
     for name, shape in net.inputs.items():
-        if name in gm.input_names:
+        if name in inputs:
             out.append(Row(name, "(input)", f"-> {name}", _fmt_shape(shape), 0, 0, "1", "1"))
     for lay in net.layers:
         spec = registry.get(lay.type)
-        mname = module_name(lay.name)
-        n_params = 0
-        mods = [getattr(gm, m) for m in [mname] + [module_name(a.name) for a in lay.absorbed] if hasattr(gm, m)]
-        for mod in mods:
-            for p in mod.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    n_params += p.numel()
+        n_params = params[lay.name]
         tops = lay.top_ids
         blob = net.blobs[tops[0]] if tops else None
         wiring = ",".join(lay.bottoms) + " -> " + ",".join(lay.tops)
@@ -69,8 +86,10 @@ def rows(gm: CompiledNet) -> list[Row]:
     return out
 
 
-def format_table(gm: CompiledNet) -> str:
-    rs = rows(gm)
+def format_table(net: Net | CompiledNet) -> str:
+    """The table of a shaped :class:`Net` (or of a compiled net's ``.net``)."""
+    net = _net(net)
+    rs = rows(net)
     head = ("layer", "type", "bottoms -> tops", "top shape", "params", "FLOPs (MAdds)", "stride", "RF", "")
     body = [(r.name, r.type, r.wiring, r.shape, f"{r.params:,}" if r.params else "-",
              human(r.flops) if r.flops else "-", r.stride, r.rf, r.note) for r in rs]
@@ -83,14 +102,14 @@ def format_table(gm: CompiledNet) -> str:
 
     total_params = sum(r.params for r in rs)
     total_flops = sum(r.flops for r in rs)
-    net = gm.net
-    inputs = ", ".join(f"{n} {_fmt_shape(net.blobs[net.input_ids[n]].shape)}" for n in gm.input_names)
-    outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(gm.output_names, net.outputs))
+    input_names, output_names = io_names(net)
+    inputs = ", ".join(f"{n} {_fmt_shape(net.blobs[net.input_ids[n]].shape)}" for n in input_names)
+    outs = ", ".join(f"{k} {_fmt_shape(net.blobs[b].shape)}" for k, b in zip(output_names, net.outputs))
     sep = "-" * len(line(head))
     lines = [f"{net.name}  (phase {net.phase}; {len(net.layers)} layers)", sep, line(head), sep]
     lines += [line(b) for b in body]
     lines += [sep,
-              f"total: {total_params:,} parameters ({total_params * 4 / 2**20:.1f} MiB fp32), "
+              f"total: {total_params:,} parameters ({mib(total_params * 4)} MiB fp32), "
               f"{human(total_flops)} multiply-adds",
               f"inputs: {inputs or '-'}",
               f"outputs: {outs or '-'}"]

@@ -24,6 +24,15 @@ RESERVED_KEYS = ("name", "type", "bottom", "top", "phase", "param", "loss_weight
 PARAM_SPEC_KEYS = ("lr_mult", "decay_mult", "name")
 
 
+def _fits_float(v: int | float) -> bool:
+    """Whether ``v`` converts to a float (an integer past 1e308 does not)."""
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
 def as_list(value: Any) -> list:
     """``None`` -> ``[]``, a list or tuple -> a list, anything else -> ``[value]``."""
     if value is None:
@@ -48,7 +57,7 @@ def _check_param_entries(node: Any, layer: Layer) -> list:
         for k in ("lr_mult", "decay_mult"):
             if k in entry:
                 v = entry[k]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not _fits_float(v):
                     raise ParameterError(f"param entry {i}: '{k}' must be a number >= 0, got {v!r}",
                                          loc=loc_of(entry, k) or loc, layer=layer.name, type=layer.type)
         if "name" in entry:
@@ -109,7 +118,8 @@ def _validate_layer(node: Any, seen_names: dict[str, Loc | None]) -> Map:
         loss_weight = [1.0 if spec.is_loss else 0.0] * len(lay.tops)
     else:
         lws = as_list(lw)
-        if len(lws) != len(lay.tops) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in lws):
+        if len(lws) != len(lay.tops) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                and _fits_float(w) for w in lws):
             raise lay.error(f"loss_weight must be one number per top ({len(lay.tops)}), got {lw!r}",
                             key="loss_weight", cls=ParameterError)
         loss_weight = [float(w) for w in lws]

@@ -1,6 +1,7 @@
 """Shared plumbing for the console scripts: one-line user errors, exit code 2."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -38,6 +39,24 @@ def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[
         return int(rc or 0)
 
     return main
+
+
+class _ParamLimit(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..sizes import ENV_VAR, parse_gib
+        value = parse_gib(values, option_string)
+        os.environ[ENV_VAR] = repr(value)      # read by every build, torchrun's workers too
+        setattr(namespace, self.dest, value)
+
+
+def add_param_limit(parser: argparse.ArgumentParser) -> None:
+    """``--max-param-gib N``: the most GiB of parameters a net may allocate when built
+    (default 4, or ``$DEEPLAB_MAX_PARAM_GIB``); checked from the shape rules before
+    anything is allocated (:mod:`deeplab_compile.sizes`).  The flag sets the variable for
+    this process and the processes it starts."""
+    parser.add_argument("--max-param-gib", action=_ParamLimit, metavar="GIB",
+                        help="the most GiB of parameters building the net may allocate (default 4, "
+                             "or $DEEPLAB_MAX_PARAM_GIB); a larger net is refused before allocating")
 
 
 def parse_scales(text: str) -> list[float]:

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import DeepLabError
-from .common import entry_point
+from .common import add_param_limit, entry_point
 
 
 def parse_defines(items: list[str]) -> dict:
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "test phase (never for --phase train); the graph is then exactly the netdef's "
                         "layers.  Parameter names are the same either way.  --emit always writes "
                         "the unfused graph (portable: no deeplab:: custom ops)")
+    add_param_limit(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the layer table")
     p.add_argument("--info", action="store_true", help="print versions and the active kernel backends")
     p.add_argument("--layers", nargs="?", const="", metavar="TYPE",
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DeepLabError(f"{args.netdef}: no such file", hint="give the path of a .yaml or .prototxt netdef, "
                            "or a zoo name: " + ", ".join(zoo_names()))
 
-    from .. import compiler, emit, summary
+    from .. import compiler, emit, sizes, summary
 
     defines = parse_defines(args.defines)
     doc = compiler.load_netdef(args.netdef, defines)        # kept for --emit yaml
@@ -110,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     # Otherwise fuse as compile_net does: the test phase unless --no-fuse (args.fuse None).
     net = compiler.net_from_doc(doc, phase=args.phase, inputs=parse_inputs(args.inputs),
                                 fuse=False if args.emit else args.fuse, source=args.netdef)
-    from ..codegen import generate
-    gm = generate(net)
+    # the table and the memory check come from the shape rules; a module is built
+    # (and its parameters allocated) only to write an artifact
+    sizes.check_memory(net)
     if not args.quiet:
-        print(summary.format_table(gm))
+        print(summary.format_table(net))
     if args.emit:
+        from ..codegen import generate
         path = args.output or emit.default_path(args.netdef, args.emit)
-        emit.emit(gm, args.emit, path, doc=doc)
+        emit.emit(generate(net), args.emit, path, doc=doc)
         print(f"wrote {args.emit}: {path}", file=sys.stderr)
     elif args.output:
         raise DeepLabError("-o given without --emit", hint="add --emit python|yaml|onnx|torchscript|dot")

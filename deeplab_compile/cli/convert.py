@@ -17,7 +17,7 @@ import sys
 from typing import Callable
 
 from ..errors import DeepLabError, Loc
-from .common import atomic_path, atomic_write, entry_point
+from .common import add_param_limit, atomic_path, atomic_write, entry_point
 from .compile import parse_defines
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchvision:resnet101, torchvision:deeplabv3_resnet101, torchvision:vgg16, "
                         "timm:xception65, timm:mobilenetv2_100 (deeplab_compile.zoo.mappings); "
                         "torchvision:deeplabv3_resnet101 needs -D layout=torchvision")
+    add_param_limit(p)
     return p
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepLabError
-from .common import atomic_path, entry_point, parse_scales
+from .common import add_param_limit, atomic_path, entry_point, parse_scales
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write C x H x W probabilities (.npy)")
     p.add_argument("--preprocess", choices=("caffe", "imagenet", "tf"), help="input normalisation")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
+    add_param_limit(p)
     return p
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import entry_point
+from .common import add_param_limit, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", help="CUDA device index, or 'cpu'")
     p.add_argument("--workers", type=int)
     p.add_argument("--no-progress", action="store_true")
+    add_param_limit(p)
     return p
 
 

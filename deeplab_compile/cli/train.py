@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import entry_point
+from .common import add_param_limit, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: the solver's log_dir, else log/ beside the snapshots)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the data section's, 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_param_limit(p)
     return p
 
 

@@ -41,6 +41,9 @@ class PReLU(_Elementwise):
                               hint="use channel_shared: true", cls=ShapeError)
         return [in_shapes[0]]
 
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        return {"weight": (1 if layer.params["channel_shared"] else layer.in_shapes[0][1],)}
+
     def build(self, layer: Layer) -> nn.Module:
         n = 1 if layer.params["channel_shared"] else layer.in_shapes[0][1]
         mod = nn.PReLU(num_parameters=n)

@@ -18,6 +18,11 @@ Contract for a subclass
                    tensor, or a tuple with one tensor per top.  Learnable tensors are
                    attributes named as in ``blobs`` (so parameters read ``fc6.weight``);
                    the module is created with the layer's fillers already applied.
+``param_shapes(layer) -> {blob: shape}``  the learnable tensors ``build`` would make,
+                   from the parameters and ``layer.in_shapes`` alone (nothing is
+                   allocated); every type with ``blobs`` overrides it.
+``buffer_bytes(layer) -> int``  bytes of the other tensors ``build`` allocates (running
+                   statistics, a confusion matrix); default 0.
 ``flops(layer) -> int``  multiply-adds for the whole batch (convs and inner products only,
                    as counted in the literature); default 0.
 ``geometry(layer) -> (kernel_extent, stride)``  for receptive-field / output-stride
@@ -119,10 +124,16 @@ class LayerType:
         return 1, 1
 
     def param_shapes(self, layer: Layer) -> dict[str, Shape]:
-        """Shapes of the learnable tensors, keyed by ``blobs`` names (for counting and
-        weight import).  Default: read them off a built module."""
-        mod = self.build(layer)
-        return {n: tuple(getattr(mod, n).shape) for n in self.blobs if getattr(mod, n, None) is not None}
+        """Shapes of the learnable tensors ``build`` makes, keyed by ``blobs`` names, from
+        the shape rules alone (``layer.in_shapes`` set; nothing is allocated).  Counting
+        and the memory check rely on it, so a type with ``blobs`` must override it."""
+        if self.blobs:
+            raise NotImplementedError(f"{type(self).__name__} has blobs but no param_shapes")
+        return {}
+
+    def buffer_bytes(self, layer: Layer) -> int:
+        """Bytes of the non-learnable tensors ``build`` allocates; default none."""
+        return 0
 
 
 def positive_size(layer: Layer, shape: Shape, what: str = "output") -> Shape:

@@ -101,6 +101,9 @@ class BatchNorm(LayerType):
     def param_shapes(self, layer: Layer) -> dict[str, Shape]:
         return {}       # no learnable tensors
 
+    def buffer_bytes(self, layer: Layer) -> int:
+        return 4 * (2 * layer.in_shapes[0][1] + 1)     # running mean and variance, the scalar weight
+
     def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         x = in_shapes[0]
         if len(x) < 2:

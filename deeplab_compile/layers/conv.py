@@ -9,7 +9,6 @@ DeepLab v1's ``hole`` is an alias of ``dilation``.  ``engine`` is accepted and i
 from __future__ import annotations
 
 from fractions import Fraction
-from math import ceil
 
 from torch import nn
 
@@ -76,6 +75,12 @@ class _ConvBase(LayerType):
                               key="group", hint="use a group that divides the input channels",
                               cls=ShapeError)
         return x
+
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        k, *_ = self.geom(layer)
+        c, co, g = layer.in_shapes[0][1], layer.params["num_output"], layer.params["group"]
+        weight = (co, c // g, *k) if self.type_name == "Convolution" else (c, co // g, *k)
+        return {"weight": weight, **({"bias": (co,)} if layer.params["bias_term"] else {})}
 
     def _fill(self, layer: Layer, mod: nn.Module) -> nn.Module:
         check_fill(layer, "weight_filler", tuple(mod.weight.shape))
@@ -149,4 +154,4 @@ class Deconvolution(_ConvBase):
 
     def geometry(self, layer: Layer):
         k, s, _, d = self.geom(layer)
-        return ceil((d[0] * (k[0] - 1) + 1) / s[0]), Fraction(1, s[0])
+        return -(-(d[0] * (k[0] - 1) + 1) // s[0]), Fraction(1, s[0])     # ceil, exact for any size

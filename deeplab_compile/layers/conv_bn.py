@@ -63,6 +63,9 @@ class ConvolutionBN(LayerType):
         return FoldedConv2d(self._conv.build(self.conv_layer(layer)), unit_meta(unit, leaves),
                             mode_bns(unit, leaves))
 
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        return self._conv.param_shapes(self.conv_layer(layer))
+
     def tensor_refs(self, layer: Layer) -> list[tuple[str, str]]:
         """Tensors read from other layers' modules (after the module's own weight and bias)."""
         conv = self.conv_layer(layer).name

@@ -50,7 +50,11 @@ def check_filler(value: Any, key: str, layer: Layer) -> dict:
         if kind is float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise bad(f"field '{k}' must be a number, got {v!r}", f"write '{k}: 0.01'")
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError:       # an integer past 1e308
+                raise bad(f"field '{k}' is too large for a number ({len(str(abs(v)))} digits)",
+                          f"write '{k}: 0.01'") from None
         elif kind is int:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise bad(f"field '{k}' must be an integer, got {v!r}", f"write '{k}: 1'")

@@ -62,6 +62,12 @@ class InnerProduct(LayerType):
             apply_filler(mod.bias, p["bias_filler"])
         return mod
 
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        x = layer.in_shapes[0]
+        p = layer.params
+        k, n = count(x, canonical_axis(layer, p["axis"], len(x))), p["num_output"]
+        return {"weight": (k, n) if p["transpose"] else (n, k), **({"bias": (n,)} if p["bias_term"] else {})}
+
     def flops(self, layer: Layer) -> int:
         x = layer.in_shapes[0]
         axis = canonical_axis(layer, layer.params["axis"], len(x))

@@ -96,6 +96,11 @@ class Scale(_ScaleLike):
     }
     blobs = ("weight", "bias")
 
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        _, shape = self.param_shape(layer, layer.in_shapes)
+        out = {"weight": shape} if len(layer.in_shapes) == 1 else {}
+        return {**out, **({"bias": shape} if layer.params["bias_term"] else {})}
+
     def build(self, layer: Layer) -> nn.Module:
         axis, shape = self.param_shape(layer, layer.in_shapes)
         mod = CaffeScale(axis=axis, shape=shape, learned_scale=len(layer.in_shapes) == 1,
@@ -115,6 +120,10 @@ class Bias(_ScaleLike):
         "filler": P("filler", {"type": "constant", "value": 0.0}, doc="Caffe's default: constant 0"),
     }
     blobs = ("bias",)
+
+    def param_shapes(self, layer: Layer) -> dict[str, Shape]:
+        _, shape = self.param_shape(layer, layer.in_shapes)
+        return {"bias": shape} if len(layer.in_shapes) == 1 else {}
 
     def build(self, layer: Layer) -> nn.Module:
         axis, shape = self.param_shape(layer, layer.in_shapes)

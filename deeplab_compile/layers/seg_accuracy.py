@@ -91,6 +91,9 @@ class SegAccuracy(LayerType):
                 hint="resize the label or the scores (Interp) so that H and W agree", cls=ShapeError)
         return [(1, 1, 1, 3)]
 
+    def buffer_bytes(self, layer: Layer) -> int:
+        return 8 * layer.in_shapes[0][1] ** 2           # the float64 confusion matrix
+
     def build(self, layer: Layer) -> nn.Module:
         return CaffeSegAccuracy(num_classes=layer.in_shapes[0][1], ignore_label=layer.params["ignore_label"],
                                 reset=layer.params["reset"])

@@ -12,7 +12,7 @@ from ..errors import DeepLabError, Loc, did_you_mean
 
 __all__ = [
     "Loc", "NetDefError", "NetDefSyntaxError", "IncludeError", "VariableError", "TemplateError",
-    "UnknownLayerError", "ParameterError", "WiringError", "ShapeError", "did_you_mean",
+    "UnknownLayerError", "ParameterError", "WiringError", "ShapeError", "SizeError", "did_you_mean",
     "near_miss",
 ]
 
@@ -51,6 +51,10 @@ class WiringError(NetDefError):
 
 class ShapeError(NetDefError):
     """A shape rule failed: mismatched inputs, or an output size that would be <= 0."""
+
+
+class SizeError(NetDefError):
+    """Building the net would allocate more parameter memory than the limit allows."""
 
 
 def near_miss(word: str, choices: Iterable[str]) -> str | None:

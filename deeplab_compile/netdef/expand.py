@@ -67,9 +67,14 @@ other phase is an error.
 **Repeat.**  ``- repeat: N`` with either ``use:`` + ``with:`` or an inline ``layers:``
 list.  The index ``${i}`` (``var: j`` renames it) runs from ``start`` (default 1) to
 ``start + N - 1``; ``N`` and ``start`` may be expressions, ``N`` must be an integer from
-1 to :data:`MAX_REPEAT`.  ``phase:`` applies to every produced layer.  In all, an
-expansion may take at most :data:`MAX_STEPS` steps (layers, template calls and repeat
-iterations).
+1 to :data:`MAX_REPEAT`.
+
+**Limits.**  An expansion takes at most :data:`MAX_STEPS` steps (layers, template calls
+and repeat iterations) and makes at most :data:`MAX_LAYERS` layers; substitution
+produces at most :data:`MAX_VALUES` values (mappings, lists and scalars, every copy of a
+template argument or of a whole-value ``${...}`` counted) and :data:`MAX_CHARS`
+characters of text (each text at most ``expr.MAX_TEXT``).  So aliases, arguments and
+text that multiply stop with a located error, long before time or memory run out.
 
 **Layers.**  Each entry is a mapping with ``name`` and ``type`` (text after
 substitution), or a ``use:`` / ``repeat:`` entry.  ``bottom`` and ``top`` are text or a
@@ -92,6 +97,8 @@ escaped, so reading and expanding that text gives the same document.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 from typing import Any
@@ -105,7 +112,7 @@ from . import search
 from .search import find_include
 
 __all__ = ["expand", "filter_phase", "note_call_site", "TOP_KEYS", "MAX_TEMPLATE_DEPTH", "MAX_REPEAT",
-           "MAX_STEPS"]
+           "MAX_STEPS", "MAX_LAYERS", "MAX_VALUES", "MAX_CHARS"]
 
 TOP_KEYS = ("name", "vars", "inputs", "outputs", "preprocess", "include", "templates", "layers")
 INCLUDE_KEYS = ("vars", "templates", "include")
@@ -117,6 +124,9 @@ PHASES = ("train", "test")
 MAX_TEMPLATE_DEPTH = 50
 MAX_REPEAT = 10_000
 MAX_STEPS = 100_000
+MAX_LAYERS = 5_000       # layers of the expanded net (DeepLab's largest, ResNet-101 MSC: about 1,400)
+MAX_VALUES = 150_000     # values substitution may produce (the zoo's largest net: about 30,000)
+MAX_CHARS = 2 ** 22      # characters of text substitution may make in all (the zoo's: under 200,000)
 _MAX_VAR_DEPTH = 200
 
 
@@ -147,6 +157,20 @@ def _copy(value: Any) -> Any:
                    item_locs=getattr(value, "item_locs", None),
                    value_locs=getattr(value, "value_locs", None))
     return value
+
+
+def _size(value: Any, limit: int) -> int:
+    """The values in ``value`` (itself, and every item of its lists and mappings); stops
+    counting past ``limit``."""
+    n, stack = 0, [value]
+    while stack and n <= limit:
+        v = stack.pop()
+        n += 1
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n
 
 
 def _is_int(value: Any) -> bool:
@@ -186,6 +210,7 @@ class _Vars(dict):
         self.where: dict[str, tuple[Map | None, str]] = {}   # name -> (container, key)
         self.done: dict[str, Any] = {}
         self.stack: list[str] = []
+        self.on_text = None          # called with the length of each text made by substitution
 
     def define(self, name: str, value: Any, container: Any, key: str) -> None:
         self[name] = value
@@ -218,6 +243,8 @@ class _Vars(dict):
             if isinstance(raw, str) and not self.literal:
                 base, exact = value_pos(container, key) if container is not None else (None, None)
                 value = substitute_text(raw, Scope(self), base, exact)
+                if isinstance(value, str) and "$" in raw and self.on_text is not None:
+                    self.on_text(len(value), base)
                 if not isinstance(value, (bool, int, float, str)):
                     raise VariableError(f"variable '{name}' must be a number, boolean or text",
                                         loc=loc_of(container, key),
@@ -246,23 +273,57 @@ class _Expander:
     def __init__(self, literal: bool):
         self.literal = literal
         self.vars = _Vars(literal)
+        self.vars.on_text = self.count_text
+        self.chars = 0
         self.templates: dict[str, _Template] = {}
         self.loaded: set[str] = set()
         self.root_dir = os.getcwd()
         self.steps = 0
+        self.values = 0
         self.out: list[Map] = []
         self.calls: dict[int, list] = {}     # index in out -> the template calls that made it, innermost first
         self.globals = Scope(self.vars)
 
     # -- substitution
 
+    def count(self, n: int, loc: Loc | None) -> None:
+        """Add ``n`` produced values; past :data:`MAX_VALUES` a located TemplateError."""
+        self.values += n
+        if self.values > MAX_VALUES:
+            raise TemplateError(f"the expansion is too large (more than {MAX_VALUES:,} values "
+                                "produced by substitution)", loc=loc,
+                                hint="check for large lists or aliases passed to templates, "
+                                     "repeated or inserted with ${...} many times")
+
+    def count_text(self, n: int, loc: Loc | None) -> None:
+        """Add ``n`` characters of text made by substitution; past :data:`MAX_CHARS` in
+        all, a located VariableError."""
+        self.chars += n
+        if self.chars > MAX_CHARS:
+            raise VariableError(f"substitution made more than {MAX_CHARS:,} characters of text in all",
+                                loc=loc, hint="check for long text variables used in many places "
+                                              "or in a repeat")
+
+    def copy(self, value: Any, loc: Loc | None) -> Any:
+        """:func:`_copy` of a whole-value ``${...}`` result, its values counted first."""
+        if isinstance(value, (dict, list)):
+            self.count(_size(value, MAX_VALUES - self.values + 1), loc)
+            return _copy(value)
+        return value
+
     def subst(self, value: Any, scope: Scope, container: Any = None, key: Any = None) -> Any:
         """``value`` (found at ``container[key]``) with every ``${...}`` replaced."""
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.count(0, loc_of(container, key) if container is not None else loc_of(value))
         if isinstance(value, str):
             if self.literal or "$" not in value:
                 return value
             base, exact = value_pos(container, key) if container is not None else (None, None)
-            return substitute_text(value, scope, base, exact, copy=_copy)
+            out = substitute_text(value, scope, base, exact, copy=lambda v: self.copy(v, base))
+            if isinstance(out, str):
+                self.count_text(len(out), base)
+            return out
         if isinstance(value, dict):
             out = Map(loc=getattr(value, "loc", None), key_locs=getattr(value, "key_locs", None),
                       value_locs=getattr(value, "value_locs", None))
@@ -529,6 +590,9 @@ class _Expander:
 
     def layer(self, entry: dict, scope: Scope, phase) -> None:
         self.step(loc_of(entry))
+        if len(self.out) >= MAX_LAYERS:
+            raise TemplateError(f"the net has more than {MAX_LAYERS:,} layers", loc=loc_of(entry),
+                                hint="check the repeat counts and template recursion")
         for bad, hint in (("with", "'with' belongs to a template call; add 'use: <template>'"),
                           ("layers", "inline layers belong to a repeat; add 'repeat: N'")):
             if bad in entry:
@@ -619,6 +683,24 @@ def expand(doc: dict, *, overrides: dict | None = None, base_dir: str | os.PathL
     ``overrides`` replaces variables (``{"num_classes": 59}``); ``base_dir`` is where
     the document's includes are looked up (default: its file's directory, or the current
     directory for text).  Returns a new :class:`Map`; ``doc`` is not changed."""
+    with _no_cycle_collector():
+        return _checked_expand(doc, overrides, base_dir)
+
+
+@contextlib.contextmanager
+def _no_cycle_collector():
+    """Expansion builds trees without cycles, which reference counting frees; the cycle
+    collector would only walk them again and again (3x the time of a large one)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _checked_expand(doc: dict, overrides: dict | None, base_dir) -> Map:
     try:
         return _expand(doc, overrides, base_dir)
     except NetDefError as err:
@@ -756,7 +838,8 @@ def filter_phase(doc: dict, phase: str) -> Map:
     if not isinstance(doc, dict) or not isinstance(doc.get("layers", []), list):
         raise NetDefSyntaxError("filter_phase needs an expanded netdef", loc=loc_of(doc),
                                 hint="run expand() first")
-    out = _copy(doc)
+    with _no_cycle_collector():
+        out = _copy(doc)
     out.expanded = bool(getattr(doc, "expanded", False))
     layers = out.get("layers", Seq())
     kept = Seq(loc=getattr(layers, "loc", None))

@@ -25,7 +25,9 @@ must be an integer (booleans are not integers); results must stay within 64 bits
 In a text value, ``$$`` stands for one literal ``$``; a ``$`` followed by neither ``{``
 nor ``$`` is kept as it is.  A text that is exactly one ``${...}`` takes the value of the
 expression: an integer, or for a bare name the variable's own value (text, float, list,
-...).  Anywhere else, ``${...}`` is replaced by the value written as text.
+...).  Anywhere else, ``${...}`` is replaced by the value written as text, and the
+text made that way may be at most :data:`MAX_TEXT` characters long (so variables that
+double each other, ``v2: "${v1}${v1}"``, stop with a located error).
 """
 from __future__ import annotations
 
@@ -35,13 +37,14 @@ from typing import Any, Callable, Mapping
 
 from .errors import Loc, VariableError, did_you_mean
 
-__all__ = ["Scope", "substitute_text", "IDENT_RE"]
+__all__ = ["Scope", "substitute_text", "IDENT_RE", "MAX_TEXT"]
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN_RE = re.compile(r"\s*(?:(?P<int>[0-9]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
                        r"|(?P<op>//|[-+*/%()\[\]]))")
 _MAX_NEST = 50
 _LIMIT = 2 ** 63
+MAX_TEXT = 65_536        # characters in one text made by ${...} substitution
 
 
 class Scope:
@@ -375,6 +378,7 @@ def substitute_text(text: str, scope: Scope, base: Loc | None = None,
         expr, offset = pieces[0][1]
         return copy(_expression(expr, offset, scope, base, exact))
     out = []
+    size = 0
     for kind, value in pieces:
         if kind == "text":
             out.append(value)
@@ -382,4 +386,11 @@ def substitute_text(text: str, scope: Scope, base: Loc | None = None,
             expr, offset = value
             result = _expression(expr, offset, scope, base, exact)
             out.append(_as_text(result, expr, _at(base, exact, offset - 2)))
+        size += len(out[-1])
+        if size > MAX_TEXT:
+            where = _at(base, exact, value[1] - 2) if kind == "expr" else base
+            raise VariableError(f"the text made by substitution is longer than {MAX_TEXT:,} "
+                                "characters", loc=where,
+                                hint="a variable probably repeats another one that is already "
+                                     "long (v2: \"${v1}${v1}\" doubles at each step)")
     return "".join(out)

@@ -18,6 +18,10 @@ The reader is strict where YAML is forgiving:
 * anchors and aliases (``&w`` / ``*w``) work, but an alias inside its own anchor, YAML
   merge keys (``<<``), explicit tags such as ``!!set`` and nesting deeper than
   :data:`MAX_DEPTH` levels are errors;
+* a document may hold at most :data:`MAX_NODES` values (mappings, lists and scalars)
+  counted as if every alias were written out in full; the count is kept while the text
+  is read, so nested aliases that multiply (an "alias bomb") stop at the alias that
+  crosses the limit, before anything is copied;
 * a syntax error, an empty file and a top level that is not a mapping raise
   :class:`NetDefSyntaxError` as one line: ``file:line:col: what; how to fix``.
 
@@ -44,9 +48,10 @@ from .errors import Loc, NetDefError, NetDefSyntaxError
 from .nodes import Map, Seq, loc_of, value_pos
 
 __all__ = ["Map", "Seq", "loc_of", "value_pos", "read_text", "load", "loads", "dump", "parse_scalar",
-           "MAX_DEPTH"]
+           "MAX_DEPTH", "MAX_NODES"]
 
 MAX_DEPTH = 100          # mappings/lists nested deeper than this are refused
+MAX_NODES = 200_000      # values in one document, aliases counted in full (the zoo's largest file: 538)
 _MAX_INT_DIGITS = 4000   # below Python's int/str conversion limit
 
 
@@ -123,6 +128,8 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
         self.filename = filename
         self._depth = 0
         self._open_anchors: set[str] = set()
+        self._nodes = 0                       # values so far, every alias counted in full
+        self._sizes: dict[int, int] = {}      # id(anchored node) -> the values it holds
 
     def scan_plain(self):
         # PyYAML's plain-scalar scanner, except that a ``${...}`` on one line is read as
@@ -166,6 +173,14 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
     def _error(self, mark, what: str, hint: str) -> NetDefSyntaxError:
         return NetDefSyntaxError(what, loc=_loc(self.filename, mark), hint=hint)
 
+    def _count(self, n: int, mark, what: str) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise self._error(mark, f"{what} makes the document hold more than {MAX_NODES:,} values "
+                              "(each alias counts as a full copy of its anchor)",
+                              "aliases of aliases multiply; write the values out once, or use "
+                              "a template or a repeat")
+
     def compose_node(self, parent, index):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
@@ -173,20 +188,27 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
                 raise self._error(event.start_mark, f"alias '*{event.anchor}' is used inside "
                                   f"its own anchor '&{event.anchor}'",
                                   "a value cannot contain itself; copy the part you need")
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1), event.start_mark, f"alias '*{event.anchor}'")
+            return node
         anchor = getattr(event, "anchor", None)
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise self._error(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels",
                               "flatten the structure or use templates")
+        before = self._nodes
+        self._count(1, event.start_mark, "this value")
         if anchor:
             self._open_anchors.add(anchor)
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
             if anchor:
                 self._open_anchors.discard(anchor)
+        if anchor:
+            self._sizes[id(node)] = self._nodes - before
+        return node
 
     def _value_pos(self, node) -> tuple[Loc, Loc | None]:
         start = _loc(self.filename, node.start_mark)
