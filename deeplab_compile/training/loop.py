@@ -357,7 +357,7 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
     stream = iter(pipe)
     report = _Report(run, start, end, progress)
     it, loss_value, outputs = start, float("nan"), {}
-    interrupted = False
+    interrupted, stop_all = False, 0
     try:
         with _StopFlag() as stop:
             while it < end:
@@ -377,10 +377,11 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
                 report.iteration(it, rate, loss_value, outputs)
                 if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
                     _snapshot(run, it)
-                if stop_all or (run.world == 1 and stop.set):
+                if stop_all:
                     break
-            interrupted = stop.set
-            run.signum = stop.signum
+            # every process stops alike, whichever of them received the signal
+            interrupted = bool(stop_all) if run.world > 1 else stop.set
+            run.signum = stop_all or stop.signum
     except KeyboardInterrupt:
         interrupted = True
         run.signum = stop.signum
@@ -418,23 +419,26 @@ def _iteration(run: _Run, pipe, stream, stop: _StopFlag) -> tuple[float, dict] |
 
 
 def _check_loss(run: _Run, it: int, loss_value: float, outputs: dict,
-                stop: _StopFlag) -> tuple[bool, float, dict]:
+                stop: _StopFlag) -> tuple[int, float, dict]:
     """Raise :class:`TrainingDiverged` when the loss of any process is not finite.
-    Returns whether any process was asked to stop, and the loss and the net outputs
-    averaged over the processes (what is logged and kept in the history)."""
+    Returns the signal that asked any process to stop (0: none; SIGTERM when one
+    process received it), and the loss and the net outputs averaged over the processes
+    (what is logged and kept in the history)."""
     names = sorted(outputs)
-    packed = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, 1.0 if stop.set else 0.0, loss_value]
+    packed = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, 1.0 if stop.set else 0.0,
+                           1.0 if stop.set and stop.signum == signal.SIGTERM else 0.0, loss_value]
                           + [outputs[k] for k in names], dtype=torch.float64)
     if run.world > 1:
         dist.all_reduce(packed)
-        packed[2:] /= run.world
-    loss_value = float(packed[2])
+        packed[3:] /= run.world
+    loss_value = float(packed[3])
     if packed[0] > 0:
         raise TrainingDiverged(
             f"loss is {loss_value} at iteration {it}" + (f" (on {int(packed[0])} process(es))"
                                                           if run.world > 1 else ""),
             hint=_last_good(run, it) + "; lower base_lr, or check the data and the weights")
-    return bool(packed[1] > 0), loss_value, {k: float(v) for k, v in zip(names, packed[3:].tolist())}
+    signum = 0 if packed[1] == 0 else int(signal.SIGTERM if packed[2] > 0 else signal.SIGINT)
+    return signum, loss_value, {k: float(v) for k, v in zip(names, packed[4:].tolist())}
 
 
 def _last_good(run: _Run, diverged_at: int) -> str:
