@@ -377,7 +377,7 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
                 report.iteration(it, rate, loss_value, outputs)
                 if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
                     _snapshot(run, it)
-                if stop_all:
+                if stop_all or (run.world == 1 and stop.set):
                     break
             # every process stops alike, whichever of them received the signal
             interrupted = bool(stop_all) if run.world > 1 else stop.set
