@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(solver, weights=args.weights, resume=args.resume, gpu=args.gpu, log_dir=args.log_dir,
                        progress=not args.no_progress and sys.stderr.isatty(), num_workers=args.workers)
     except TrainingInterrupted as e:
-        print(f"deeplab-train: {e}", file=sys.stderr)
-        return 130
+        if e.main:                     # under torchrun, process 0 says it for all
+            print(f"deeplab-train: {e}", file=sys.stderr)
+        return 128 + e.signum          # 130 after Ctrl-C, 143 after SIGTERM
     if result.snapshot:
         print(f"iteration {result.iter}, loss {result.loss:.6g}; snapshot {result.snapshot}")
     return 0

@@ -5,7 +5,8 @@ everything needed to continue the run bit for bit::
 
     {"format": "deeplab-compile-snapshot", "version": 1,
      "iter": N,                      # iterations done
-     "model": state_dict,            # parameters and buffers, by layer name (fc6.weight)
+     "model": state_dict,            # parameters and buffers, by layer name (fc6.weight,
+                                     # bn1.running_mean; never a DDP or SyncBN wrapper's)
      "optimizer": state_dict,        # CaffeSGD momentum history
      "rng": [per-process RNG states],# torch (+ CUDA) generator of every process
      "seed": int, "world_size": int,

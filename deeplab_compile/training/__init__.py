@@ -7,7 +7,7 @@ solver.py       the solver file: schema, ``${VAR}`` substitution, loading, the c
                 of a converted Caffe ``solver.prototxt``
 optim.py        ``CaffeSGD``, Caffe's SGD update
 mining.py       hard-pixel mining: ``TopKSoftmaxLoss`` and its annealed ratio
-distributed.py  torchrun's processes, the device choice, ``SyncCaffeBatchNorm``
+distributed.py  torchrun's processes, the device choice, ``SyncCaffeBatchNorm``, a dead rank
 runlog.py       ``train.log``, TensorBoard events, the loss plot
 net.py          ``build_train_net``: the solver's net compiled in the TRAIN phase
 loop.py         ``train()``: setting up, resume, iterations, snapshots, the end

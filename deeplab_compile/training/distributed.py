@@ -5,12 +5,21 @@ device each process uses, and BatchNorm synchronized across processes (``sync_bn
 joins them (gloo on CPU, NCCL on GPUs), the loop wraps the net in
 DistributedDataParallel, and ``sync_bn: true`` swaps every BatchNorm for
 :class:`SyncCaffeBatchNorm` (:func:`convert_sync_bn`), so that its statistics are those
-of the whole batch.  :func:`pick_device` is the ``--gpu`` choice, shared with
+of the whole batch; the swap keeps the layer's name and tensors, so snapshots hold the
+net's own names.  :func:`pick_device` is the ``--gpu`` choice, shared with
 ``deeplab-test``.
+
+When a process dies (killed, out of memory, its own error), a collective of the others
+fails with gloo's or NCCL's error.  :func:`peer_lost` turns that into one
+:class:`PeerLost` line naming the dead rank: each process learns every other one's host
+and pid at start (:func:`process_table`), and a process of the same machine that is no
+longer running is the one that died.
 """
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import DeepLabError
+from ..layers.batch_norm import CaffeBatchNorm
 
 if TYPE_CHECKING:
     from .solver import Solver
@@ -36,21 +46,29 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-class SyncCaffeBatchNorm(nn.Module):
-    """Wraps a CaffeBatchNorm so that, in training with batch statistics, mean and
-    variance are those of the whole batch across processes (the gradient flows through
-    the all-reduce).  Running estimates are updated exactly as Caffe's layer would with
-    the global batch."""
+class SyncCaffeBatchNorm(CaffeBatchNorm):
+    """A CaffeBatchNorm whose batch statistics, in training, are those of the whole batch
+    across processes (the gradient flows through the all-reduce).  Running estimates are
+    updated exactly as Caffe's layer would with the global batch.
 
-    def __init__(self, bn: nn.Module):
-        super().__init__()
-        self.bn = bn
+    It is the same layer with another forward: :meth:`of` shares the buffers of the
+    layer it replaces, so the net's tensor names (``bn1.running_mean``) do not change and
+    a snapshot of a SyncBN run loads into the plain net."""
+
+    @classmethod
+    def of(cls, bn: CaffeBatchNorm) -> "SyncCaffeBatchNorm":
+        new = cls(channels=bn.channels, use_global_stats=bn.use_global_stats,
+                  moving_average_fraction=bn.moving_average_fraction, eps=bn.eps,
+                  update_global_stats=bn.update_global_stats)
+        for name, buf in bn.named_buffers(recurse=False):
+            setattr(new, name, buf)
+        new.train(bn.training)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bn = self.bn
-        use_global = (not self.training) if bn.use_global_stats is None else bn.use_global_stats
+        use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
         if use_global or not dist.is_initialized() or dist.get_world_size() == 1:
-            return bn(x)
+            return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -60,31 +78,106 @@ class SyncCaffeBatchNorm(nn.Module):
         n = packed[-1]
         mean = packed[:c] / n
         var = (packed[c:2 * c] / n - mean * mean).clamp_min(0)
-        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
         if self.training:
             with torch.no_grad():
                 unbiased = var * (n / (n - 1)) if n > 1 else var
-                lam = bn.moving_average_fraction
-                w_new = lam * bn.running_weight + 1.0
-                keep = lam * bn.running_weight / w_new
-                bn.running_mean.mul_(keep).add_(mean.detach() / w_new)
-                bn.running_var.mul_(keep).add_(unbiased.detach() / w_new)
-                bn.running_weight.copy_(w_new)
+                lam = self.moving_average_fraction
+                w_new = lam * self.running_weight + 1.0
+                keep = lam * self.running_weight / w_new
+                self.running_mean.mul_(keep).add_(mean.detach() / w_new)
+                self.running_var.mul_(keep).add_(unbiased.detach() / w_new)
+                self.running_weight.copy_(w_new)
         return y
 
 
 def convert_sync_bn(net: nn.Module) -> int:
-    """Swap every BatchNorm of a compiled net for its synchronized form; returns how many."""
-    from ..layers.batch_norm import CaffeBatchNorm
+    """Swap every BatchNorm of a compiled net for its synchronized form, under the same
+    name and with the same tensors; returns how many."""
     n = 0
     for name, mod in list(net.named_children()):
-        if isinstance(mod, CaffeBatchNorm):
-            setattr(net, name, SyncCaffeBatchNorm(mod))
+        if isinstance(mod, CaffeBatchNorm) and not isinstance(mod, SyncCaffeBatchNorm):
+            setattr(net, name, SyncCaffeBatchNorm.of(mod))
             n += 1
-        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and not isinstance(mod, nn.SyncBatchNorm):
             setattr(net, name, nn.SyncBatchNorm.convert_sync_batchnorm(mod))
             n += 1
     return n
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The net inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# --------------------------------------------------------------------------- a process that dies
+
+class PeerLost(DeepLabError):
+    """Another process of the run died: this one stops too."""
+
+
+def process_table() -> list[tuple[str, int]]:
+    """(host, pid) of every process, by rank (a collective: every process calls it)."""
+    me = (socket.gethostname(), os.getpid())
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [me]
+    table: list = [None] * dist.get_world_size()
+    dist.all_gather_object(table, me)
+    return [tuple(t) for t in table]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def dead_ranks(table: list[tuple[str, int]], rank: int, wait: float = 5.0) -> list[int]:
+    """The ranks of this machine's processes that are no longer running, waiting up to
+    ``wait`` seconds for one to end (a process whose socket just closed is still exiting)."""
+    host = socket.gethostname()
+    peers = [(r, pid) for r, (h, pid) in enumerate(table) if r != rank and h == host]
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [r for r, pid in peers if not _alive(pid)]
+        if dead or time.monotonic() >= deadline or not peers:
+            return dead
+        time.sleep(0.1)
+
+
+_LINK_WORDS = ("connection", "gloo", "nccl", "peer", "broken pipe", "timed out", "timeout", "socket")
+
+
+def peer_lost(err: BaseException, table: list[tuple[str, int]] | None, rank: int, at: int | None) -> PeerLost | None:
+    """The one-line error for a collective that failed because another process died, or
+    None when ``err`` is not such a failure."""
+    if not isinstance(err, RuntimeError) or not table or len(table) < 2:
+        return None
+    text = str(err).lower()
+    is_link = isinstance(err, getattr(dist, "DistError", ())) or any(w in text for w in _LINK_WORDS)
+    dead = dead_ranks(table, rank, wait=5.0 if is_link else 1.0)
+    where = f" at iteration {at}" if at is not None else ""
+    if dead:
+        who = ", ".join(f"rank {r} (pid {table[r][1]})" for r in dead)
+        return PeerLost(f"the process of {who} died{where}; rank {rank} stops too",
+                        hint="see that process's own message above (or torchrun's summary) for why; "
+                             "continue with --resume from the last snapshot")
+    if is_link:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return PeerLost(f"rank {rank} lost contact with the other processes{where} ({first[:160]})",
+                        hint="another process stopped or the network failed; "
+                             "continue with --resume from the last snapshot")
+    return None
 
 
 def pick_device(gpu: str | int | None, solver: Solver | None = None) -> torch.device:

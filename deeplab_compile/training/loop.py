@@ -13,20 +13,29 @@ and :class:`.optim.CaffeSGD` applies Caffe's update.  The steps, in this file's 
   (DataLoader workers; the batches depend only on the seed and the iteration);
 * one iteration (:func:`_iteration`, :func:`_check_loss`): forward/backward passes; a
   NaN or infinite loss stops before the update with :class:`TrainingDiverged`, naming
-  the iteration and the last good snapshot; nothing is written;
+  the iteration and the last good snapshot (:func:`_last_good`: all its tensors finite,
+  and written before the diverging iteration, since one written at it holds the
+  weights that gave the NaN) or saying there is none; nothing is written;
 * the report (:class:`_Report`): every ``display`` iterations the loss smoothed over
   ``average_loss`` iterations as Caffe prints it, the rate, and every net output
   (SegAccuracy's accuracy / mean recall / mean IoU); a tqdm bar shows loss and rate;
 * snapshots (:func:`_snapshot`): ``<snapshot_prefix>_iter_<N>.pt`` every ``snapshot``
-  iterations and at the end, written atomically, with model, optimizer, iteration and
-  RNG states; ``resume=`` continues a run exactly (N straight iterations give the same
-  weights as N/2, a resume, and N/2 more);
-* the end (:func:`_finish`): the last snapshot and the loss curve.  Ctrl-C abandons the
-  current iteration, writes a snapshot of the last finished one and raises
-  :class:`TrainingInterrupted` (exit 130 from the command).
+  iterations and at the end, written atomically, with model (under the net's own
+  tensor names: no DDP or SyncBN wrapper in them), optimizer, iteration and RNG
+  states; ``resume=`` continues a run exactly (N straight iterations give the same
+  weights as N/2, a resume, and N/2 more).  Temporary files that a run killed while
+  writing one left beside the snapshots are removed at start
+  (:func:`_remove_stale_temp_files`);
+* the end (:func:`_finish`): the last snapshot and the loss curve.  Ctrl-C or SIGTERM
+  abandons the current iteration, writes a snapshot of the last finished one and
+  raises :class:`TrainingInterrupted` (exit 128 + the signal from the command: 130,
+  143), whose message says how to resume.
 
 Under ``torchrun --nproc_per_node=N`` each process reads its DistributedSampler share of
-the data, and the processes agree on stopping and on divergence.
+the data; the processes agree on stopping and on divergence, and the loss and outputs
+logged are their mean over the processes.  When a process dies, a collective of the
+others fails: they stop with one line naming the dead rank
+(:func:`.distributed.peer_lost`).
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -51,7 +61,7 @@ from ..data.preprocess import of_spec
 from ..errors import DeepLabError
 from ..io.checkpoint import CheckpointError, rng_state, save_snapshot, set_rng_state
 from ..weights import init_weights, load_snapshot
-from .distributed import convert_sync_bn, init_distributed, pick_device
+from .distributed import convert_sync_bn, init_distributed, peer_lost, pick_device, process_table, unwrap
 from .mining import hard_pixel_ratio, install_hard_mining
 from .net import build_train_net
 from .optim import CaffeSGD
@@ -64,7 +74,12 @@ class TrainingDiverged(DeepLabError):
 
 
 class TrainingInterrupted(DeepLabError):
-    """Ctrl-C: a snapshot of the last finished iteration was written."""
+    """Ctrl-C or SIGTERM: a snapshot of the last finished iteration was written.
+    ``signum`` is the signal (the command exits with 128 + signum)."""
+
+    def __init__(self, message: str, *, signum: int = signal.SIGINT, main: bool = True, **kw):
+        super().__init__(message, **kw)
+        self.signum, self.main = int(signum), main
 
 
 @dataclass
@@ -88,27 +103,34 @@ def default_prefix(solver: Solver) -> str:
 
 
 class _StopFlag:
-    """SIGINT sets a flag checked between iterations; a second Ctrl-C interrupts at once."""
+    """SIGINT (Ctrl-C) and SIGTERM (``timeout``, ``docker stop``, SLURM, Kubernetes, and
+    torchrun passing either on) set a flag checked between iterations; a second signal
+    interrupts at once.  ``signum`` is the first signal received."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.set = False
-        self._old = None
+        self.signum = signal.SIGINT
+        self._old: dict = {}
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:          # not the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:          # not the main thread
+                pass
         return self
 
     def _handler(self, signum, frame):
         if self.set:
             raise KeyboardInterrupt
-        self.set = True
+        self.set, self.signum = True, signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
 
 
@@ -132,6 +154,12 @@ class _Run:
     miners: list = field(default_factory=list)
     last_snapshot: str | None = None
     from_fillers: bool = False              # neither weights nor a snapshot: the netdef's fillers
+    # (iteration, path) of the snapshots whose tensors were all finite: the resumed one
+    # and those this run wrote, oldest first
+    finite_snapshots: list = field(default_factory=list)
+    it: int | None = None                   # the iteration under way, for error messages
+    signum: int = signal.SIGINT             # the signal that stopped the run
+    processes: list | None = None           # (host, pid) by rank, to name a process that dies
 
     @property
     def main(self) -> bool:
@@ -166,10 +194,36 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     run = _Run(solver, net, spec, device=device, rank=rank, world=world, seed=seed, prefix=prefix, log=log,
                resume=resume, from_fillers=not weights and not resume)
     try:
+        if world > 1:
+            run.processes = process_table()
         return _run(run, snap, weights=weights, progress=progress and main_proc, num_workers=num_workers,
                     stop_at=max_iter)
+    except RuntimeError as err:
+        if world == 1:
+            raise
+        # a collective that failed because another process died: one line naming it.
+        # torchrun sends this process SIGTERM as soon as it sees the death; it is
+        # stopping already, so that signal must not kill it before it has said why.
+        old = _hold_sigterm()
+        lost = peer_lost(err, run.processes, rank, run.it)
+        if lost is None:
+            _restore_sigterm(old)
+            raise
+        raise lost from None
     finally:
         log.close()
+
+
+def _hold_sigterm():
+    try:
+        return signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:              # not the main thread
+        return None
+
+
+def _restore_sigterm(old) -> None:
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _seed(solver: Solver, snap: dict | None, resume: str | None, world: int) -> int:
@@ -201,6 +255,8 @@ def _echo(text: str) -> None:
 def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_at) -> TrainResult:
     from ..data import pipeline_for
     solver, spec = run.solver, run.spec
+    if run.main:
+        _remove_stale_temp_files(run)
     start = _start(run, snap, weights)
     _prepare(run, snap)
     per_iter = spec.batch_size * solver.iter_size
@@ -219,6 +275,38 @@ def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_a
 
 # --------------------------------------------------------------------------- starting
 
+def _remove_stale_temp_files(run: _Run) -> None:
+    """Remove the temporary files a run killed while writing a snapshot left beside the
+    snapshots (``.<prefix>_iter_<N>.<random>.tmp.pt``, see :mod:`..io.atomic`)."""
+    folder = os.path.dirname(run.prefix) or "."
+    stale = re.compile(r"\." + re.escape(os.path.basename(run.prefix)) + r"_iter_\d+\.[A-Za-z0-9_]+\.tmp\.pt")
+    try:
+        names = sorted(f for f in os.listdir(folder) if stale.fullmatch(f))
+    except FileNotFoundError:
+        return
+    removed = []
+    for name in names:
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        run.log.line(f"Removed {len(removed)} temporary file(s) left by an interrupted snapshot write in "
+                     f"{folder}: {', '.join(removed)}")
+
+
+def _all_finite(state: dict) -> bool:
+    """Whether every floating tensor of a (nested) state is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return True
+
+
 def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
     """Resume from the snapshot, or load the initial weights; returns the first iteration."""
     log = run.log
@@ -233,6 +321,8 @@ def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
     with torch.no_grad():
         run.net.load_state_dict(state)
     start = int(snap["iter"])
+    if _all_finite(snap["model"]) and _all_finite(snap.get("optimizer")):
+        run.finite_snapshots.append((start, run.resume))
     run.history = {k: list(v) for k, v in snap.get("history", run.history).items()}
     log.line(f"Resuming from {run.resume} at iteration {start}")
     return start
@@ -269,10 +359,11 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
     stream = iter(pipe)
     report = _Report(run, start, end, progress)
     it, loss_value, outputs = start, float("nan"), {}
-    interrupted = False
+    interrupted, stop_all = False, 0
     try:
         with _StopFlag() as stop:
             while it < end:
+                run.it = it
                 rate = solver.lr(it)
                 run.opt.set_rate(rate, solver.weight_decay)
                 for m in run.miners:
@@ -282,18 +373,20 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
                 if done is None:
                     break
                 loss_value, outs = done
-                stop_all = _check_loss(run, it, loss_value, stop)
+                stop_all, loss_value, outputs = _check_loss(run, it, loss_value, dict(outs), stop)
                 run.opt.step()
                 it += 1
-                outputs = dict(outs)
                 report.iteration(it, rate, loss_value, outputs)
                 if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
                     _snapshot(run, it)
                 if stop_all or (run.world == 1 and stop.set):
                     break
-            interrupted = stop.set
+            # every process stops alike, whichever of them received the signal
+            interrupted = bool(stop_all) if run.world > 1 else stop.set
+            run.signum = stop_all or stop.signum
     except KeyboardInterrupt:
         interrupted = True
+        run.signum = stop.signum
     finally:
         report.close()
         del stream
@@ -327,23 +420,42 @@ def _iteration(run: _Run, pipe, stream, stop: _StopFlag) -> tuple[float, dict] |
     return total / iter_size, outs
 
 
-def _check_loss(run: _Run, it: int, loss_value: float, stop: _StopFlag) -> bool:
-    """Raise :class:`TrainingDiverged` when the loss of any process is not finite;
-    returns whether any process was asked to stop."""
-    flags = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, 1.0 if stop.set else 0.0])
+def _check_loss(run: _Run, it: int, loss_value: float, outputs: dict,
+                stop: _StopFlag) -> tuple[int, float, dict]:
+    """Raise :class:`TrainingDiverged` when the loss of any process is not finite.
+    Returns the signal that asked any process to stop (0: none; SIGTERM when one
+    process received it), and the loss and the net outputs averaged over the processes
+    (what is logged and kept in the history)."""
+    names = sorted(outputs)
+    packed = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0, 1.0 if stop.set else 0.0,
+                           1.0 if stop.set and stop.signum == signal.SIGTERM else 0.0, loss_value]
+                          + [outputs[k] for k in names], dtype=torch.float64)
     if run.world > 1:
-        dist.all_reduce(flags)
-    if flags[0] > 0:
-        keep = run.last_snapshot or (run.resume if run.resume else None)
+        dist.all_reduce(packed)
+        packed[3:] /= run.world
+    loss_value = float(packed[3])
+    if packed[0] > 0:
         raise TrainingDiverged(
-            f"loss is {loss_value} at iteration {it}" + (f" (on {int(flags[0])} process(es))"
+            f"loss is {loss_value} at iteration {it}" + (f" (on {int(packed[0])} process(es))"
                                                           if run.world > 1 else ""),
-            hint=(f"the last good snapshot is {keep}; " if keep else "no snapshot was written; ")
+            hint=_last_good(run, it) + "; "
             + ("this run started from the netdef's fillers, without initial weights: a full-size net "
                "needs them (--weights FILE, or model/<NET_ID>/init.pt in the experiment tree; each config's "
                "header gives its deeplab-convert --from command), else lower base_lr"
                if run.from_fillers else "lower base_lr, or check the data and the weights"))
-    return bool(flags[1] > 0)
+    signum = 0 if packed[1] == 0 else int(signal.SIGTERM if packed[2] > 0 else signal.SIGINT)
+    return signum, loss_value, {k: float(v) for k, v in zip(names, packed[4:].tolist())}
+
+
+def _last_good(run: _Run, diverged_at: int) -> str:
+    """Name the newest snapshot whose tensors are all finite and whose weights gave a
+    finite loss: one written at the iteration that diverged holds the weights that did."""
+    good = [path for at, path in run.finite_snapshots if at < diverged_at]
+    if good:
+        return f"the last good snapshot is {good[-1]}"
+    if run.last_snapshot or run.resume:
+        return "no good snapshot exists (the weights of every snapshot of this run give a non-finite loss)"
+    return "no snapshot was written"
 
 
 class _Report:
@@ -398,23 +510,27 @@ class _Report:
 
 # --------------------------------------------------------------------------- snapshots and the end
 
-def _snapshot(run: _Run, at: int) -> str | None:
-    """Write ``<prefix>_iter_<at>.pt`` (process 0; every process's RNG state in it)."""
+def _snapshot(run: _Run, at: int) -> str:
+    """Write ``<prefix>_iter_<at>.pt`` (process 0; every process's RNG state in it).
+    Every process returns its path and records it (the weights are the same in all)."""
     states = [rng_state()]
     if run.world > 1:
         gathered = [None] * run.world
         dist.all_gather_object(gathered, states[0])
         states = gathered
-    if not run.main:
-        return None
-    solver = run.solver
     path = snapshot_path(run.prefix, at)
-    save_snapshot(path, {"iter": at, "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
-                         "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
-                         "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars),
-                         "preprocess": of_spec(run.spec).to_dict()})
-    run.log.line(f"Snapshotting to {path}")
+    # the net's own tensor names: outside DDP, and SyncBN keeps the BatchNorm names
+    model, optimizer = unwrap(run.model or run.net).state_dict(), run.opt.state_dict()
+    if run.main:
+        solver = run.solver
+        save_snapshot(path, {"iter": at, "model": model, "optimizer": optimizer,
+                             "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
+                             "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars),
+                             "preprocess": of_spec(run.spec).to_dict()})
+        run.log.line(f"Snapshotting to {path}")
     run.last_snapshot = path
+    if _all_finite(model) and _all_finite(optimizer):
+        run.finite_snapshots.append((at, path))
     return path
 
 
@@ -422,13 +538,15 @@ def _finish(run: _Run, it: int, loss_value: float, outputs: dict, interrupted: b
     """The last snapshot and the loss curve; :class:`TrainingInterrupted` after Ctrl-C."""
     solver, log, history = run.solver, run.log, run.history
     if interrupted:
+        run.it = it
         path = _snapshot(run, it)
+        why = "stopped by SIGTERM" if run.signum == signal.SIGTERM else "interrupted"
         if run.main:
-            log.line(f"Interrupted at iteration {it}")
+            log.line(f"Interrupted ({signal.Signals(run.signum).name}) at iteration {it}")
             if log.enabled:
                 plot_losses(history, os.path.join(log.dir, "loss.png"), solver.average_loss)
-        raise TrainingInterrupted(f"interrupted at iteration {it}; snapshot {path or run.last_snapshot}",
-                                  hint=f"continue with --resume {path or run.last_snapshot}")
+        raise TrainingInterrupted(f"{why} at iteration {it}; snapshot {path}",
+                                  hint=f"continue with --resume {path}", signum=run.signum, main=run.main)
     if it >= solver.max_iter and solver.snapshot_after_train and (
             run.last_snapshot is None or not run.last_snapshot.endswith(f"_iter_{it}.pt")):
         _snapshot(run, it)
