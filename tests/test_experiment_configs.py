@@ -153,7 +153,8 @@ def _frozen_bn_init(ds, net, path):
     """An init.pt for a net with frozen BatchNorm (DeepLab v2's ResNet-101): from the
     fillers alone its activations grow to ~1e7 and the first update gives NaN (the
     "initial weights are missing" error).  Each frozen BatchNorm gets the statistics of a
-    random batch at its input, as ImageNet weights would bring sane ones."""
+    random batch at its input and each residual branch starts at zero, so that the
+    scores start small, as ImageNet weights would bring them."""
     from deeplab_compile.compiler import compile_net
     from deeplab_compile.layers.batch_norm import CaffeBatchNorm
     train = config(ds, net, "train.yaml")
@@ -169,6 +170,10 @@ def _frozen_bn_init(ds, net, path):
         bn.running_mean.copy_(x.mean(dim=(0, 2, 3)))
         bn.running_var.copy_(x.var(dim=(0, 2, 3)))
         bn.running_weight.fill_(1.0)
+    with torch.no_grad():                 # each residual branch starts at zero (Goyal et al. 2017),
+        for name, mod in m.named_modules():   # so 33 blocks of sums do not grow the scores to ~1e3
+            if name.startswith("scale") and "_branch2c" in name:
+                mod.weight.zero_()
     hooks = [b.register_forward_pre_hook(calibrate) for b in frozen]
     torch.manual_seed(0)
     with torch.no_grad():
