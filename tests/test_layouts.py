@@ -114,6 +114,11 @@ def test_table_entries_must_be_single_values():
         _vars("name: t\nvars:\n  t: {a: [1, 2]}\nlayers: []\n")
     with pytest.raises(VariableError, match="is a list"):
         _vars("name: t\nvars:\n  t: [1, 2]\nlayers: []\n")
+    # entries are literal: a ${...} inside one would come out of an expanded, dumped and
+    # re-read netdef escaped, so it is refused where it is written
+    with pytest.raises(VariableError, match="entry 'x' holds") as err:
+        _vars('name: t\nvars:\n  crop: 321\n  half: {x: "${crop / 2}"}\nlayers: []\n')
+    assert err.value.loc is not None and err.value.loc.line == 4
 
 
 # ---------------------------------------------------------------- the zoo's layouts

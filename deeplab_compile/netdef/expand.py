@@ -363,6 +363,12 @@ class _Expander:
                         raise VariableError(f"variable '{name}': entry '{bad[0]}' is not a number, boolean "
                                             "or text under a name or integer", loc=loc_of(value, bad[0]),
                                             hint="a table variable maps names to single values")
+                    subst = [k for k, v in value.items() if isinstance(v, str) and "${" in v]
+                    if subst:                    # entries are literal: nothing substitutes inside a table
+                        raise VariableError(f"variable '{name}': entry '{subst[0]}' holds '${{...}}'; a table "
+                                            "entry is a literal value", loc=loc_of(value, subst[0]),
+                                            hint="write the value itself, and compute from it in another variable, "
+                                                 "e.g. y: \"${table[key] * 2}\"")
                 elif value is not None and not isinstance(value, (bool, int, float, str)):
                     raise VariableError(f"variable '{name}' is a list", loc=loc_of(variables, name),
                                         hint="a variable holds a number, a boolean or text, a table "
