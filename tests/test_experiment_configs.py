@@ -158,8 +158,10 @@ def _frozen_bn_init(ds, net, path):
     from deeplab_compile.compiler import compile_net
     from deeplab_compile.layers.batch_norm import CaffeBatchNorm
     train = config(ds, net, "train.yaml")
-    v = dict(values(train, 21), TRAIN_CROP=int(SMOKE["TRAIN_CROP"]))
     crop = int(SMOKE["TRAIN_CROP"])
+    v = values(train, 21)
+    if "TRAIN_CROP" in declared_vars(train):      # the v1/v2 VGG16 nets take their crop from the data layer
+        v["TRAIN_CROP"] = crop
     m = compile_net(train, phase="train", vars=v, inputs={"data": (2, 3, crop, crop), "label": (2, 1, crop, crop)})
     frozen = [b for b in m.modules() if isinstance(b, CaffeBatchNorm) and b.use_global_stats]
     if not frozen:
