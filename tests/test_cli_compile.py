@@ -78,6 +78,22 @@ def test_missing_file(capsys, tmp_path):
     assert rc == 2 and "no such file" in err
 
 
+@pytest.mark.parametrize("typed,meant", [
+    ("deeplab_largefov.yml", "deeplab_largefov.yaml"),        # another suffix beside it
+    ("deeplab_largefv.yaml", "deeplab_largefov.yaml"),        # a near name beside it
+])
+def test_a_mistyped_netdef_path_names_the_file_meant(capsys, typed, meant):
+    rc, _, err = run(capsys, os.path.join(NETDEF, typed))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"did you mean '{os.path.join(NETDEF, meant)}'?" in err
+
+
+def test_a_mistyped_zoo_name_names_the_zoo_net(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "deeplab_largefv")
+    assert rc == 2 and "did you mean 'deeplab_largefov'?" in err
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ninputs: {data: [3, 8, 8]}\nlayers:\n  - {name: a, type: Relu, bottom: data}\n")

@@ -22,6 +22,7 @@ import random
 import pytest
 import torch
 
+import test_passes
 from deeplab_compile.ops import _ext
 from deeplab_compile.ops.aspp_sum import aspp_sum_reference
 from deeplab_compile.ops.aspp_v3_head import aspp_v3_head_reference
@@ -356,17 +357,8 @@ def _randomize(gm, seed=0):
     return sd
 
 
-V3 = """
-name: golden_v3
-inputs: {{data: [3, 33, 33]}}
-include: [{lib}/aspp.yaml]
-layers:
-  - use: conv_bn_act
-    with: {{name: stem, bottom: data, num_output: 8, kernel_size: 3}}
-  - use: aspp_v3
-    with: {{bottom: stem, in_channels: 8, rate1: 2, rate2: 4, rate3: 20, num_output: 6}}
-  - {{name: logits, type: Convolution, bottom: aspp, num_output: 5, kernel_size: 1, weight_filler: {{type: msra}}}}
-"""
+# test_passes.py's v3 head on a small trunk, at 33x33 here
+V3 = test_passes.V3.replace("[3, 17, 17]", "[3, 33, 33]")
 
 
 @needs_kernels
