@@ -237,3 +237,13 @@ def test_bad_kernel_setting_is_a_one_line_error_before_any_work(capsys, monkeypa
     with pytest.raises(SystemExit) as exit_:          # --help still works, to find the fix
         main(["--help"])
     assert exit_.value.code == 0
+
+
+def test_deeplab_predict_takes_zoo_names_and_names_the_one_meant(tmp_path, monkeypatch, capsys):
+    from deeplab_compile.cli import predict
+    from deeplab_compile.netdef.search import find_netdef
+    monkeypatch.chdir(tmp_path)
+    assert find_netdef("deeplab_largefov_tiny").endswith(os.path.join("netdef", "deeplab_largefov_tiny.yaml"))
+    rc = predict.main(["--netdef", "deeplab_largefov_tny", str(tmp_path), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did you mean 'deeplab_largefov_tiny'?" in err and "Traceback" not in err

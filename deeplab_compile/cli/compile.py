@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ..errors import DeepLabError, did_you_mean
+from ..errors import DeepLabError
 from .common import add_param_limit, entry_point
 
 
@@ -84,23 +84,6 @@ def print_info() -> None:
         print(f"  {op}: {backend}")
 
 
-def _missing_netdef_hint(path: str, zoo: list[str]) -> str:
-    """The nearest netdef file beside ``path`` (by name, or by stem with another suffix),
-    else the nearest zoo name; then the rule."""
-    folder, name = os.path.split(path)
-    here = sorted(f for f in (os.listdir(folder or ".") if os.path.isdir(folder or ".") else [])
-                  if f.endswith((".yaml", ".yml", ".prototxt")))
-    by_stem = {os.path.splitext(f)[0]: f for f in here}
-    guess = did_you_mean(name, here) or did_you_mean(os.path.splitext(name)[0], by_stem)
-    if guess:
-        found = guess.split("'")[1]
-        guess = f"did you mean '{os.path.join(folder, by_stem.get(found, found))}'?"
-    else:
-        guess = did_you_mean(os.path.splitext(name)[0], zoo)
-    rule = "give the path of a .yaml or .prototxt netdef, or a zoo name: " + ", ".join(zoo)
-    return f"{guess} {rule}" if guess else rule
-
-
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -114,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if not args.netdef:
         build_parser().error("the netdef path is required (or --info, --layers)")
-    from ..netdef.search import find_netdef, zoo_names
+    from ..netdef.search import find_netdef, missing_netdef_hint
     args.netdef = find_netdef(args.netdef)
     if not os.path.isfile(args.netdef):
-        raise DeepLabError(f"{args.netdef}: no such file", hint=_missing_netdef_hint(args.netdef, zoo_names()))
+        raise DeepLabError(f"{args.netdef}: no such file", hint=missing_netdef_hint(args.netdef))
 
     from .. import compiler, emit, sizes, summary
 

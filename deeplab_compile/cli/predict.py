@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     scales = parse_scales(args.scales)
     palette = args.palette or "voc"
     get_palette(palette)
+    from ..netdef.search import find_netdef, missing_netdef_hint
+    args.netdef = find_netdef(args.netdef)          # a path, or a zoo name
     if not os.path.isfile(args.netdef):
-        raise DeepLabError(f"{args.netdef}: no such netdef")
+        raise DeepLabError(f"{args.netdef}: no such netdef", hint=missing_netdef_hint(args.netdef))
     state, meta = _load_weights(args.weights)
     from ..compiler import load
     text = load(args.netdef)                  # parsed once; the Predictor expands it

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from ..errors import did_you_mean
+
 ENV = "DEEPLAB_NETDEF_PATH"
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # deeplab_compile/
 
@@ -75,3 +77,21 @@ def zoo_names() -> list[str]:
     if not os.path.isdir(d):
         return []
     return sorted(os.path.splitext(f)[0] for f in os.listdir(d) if f.endswith(".yaml"))
+
+
+def missing_netdef_hint(path: str) -> str:
+    """The nearest netdef file beside ``path`` (by name, or by stem with another suffix),
+    else the nearest zoo name; then the rule."""
+    zoo = zoo_names()
+    folder, name = os.path.split(path)
+    here = sorted(f for f in (os.listdir(folder or ".") if os.path.isdir(folder or ".") else [])
+                  if f.endswith((".yaml", ".yml", ".prototxt")))
+    by_stem = {os.path.splitext(f)[0]: f for f in here}
+    guess = did_you_mean(name, here) or did_you_mean(os.path.splitext(name)[0], by_stem)
+    if guess:
+        found = guess.split("'")[1]
+        guess = f"did you mean '{os.path.join(folder, by_stem.get(found, found))}'?"
+    else:
+        guess = did_you_mean(os.path.splitext(name)[0], zoo)
+    rule = "give the path of a .yaml or .prototxt netdef, or a zoo name: " + ", ".join(zoo)
+    return f"{guess} {rule}" if guess else rule
