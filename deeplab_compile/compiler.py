@@ -278,7 +278,7 @@ def reshape(net: Net, inputs: Mapping[str, Any]) -> Net:
     fused = [lay.name for lay in net.layers if lay.fused_from]
     if fused:
         raise ValueError(f"reshape the net before the passes: layer '{fused[0]}' is fused")
-    return infer_shapes(copy.deepcopy(net), inputs)
+    return infer_shapes(net, inputs)          # infer_shapes works on its own copy
 
 
 def _geometry(net: Net, lay: Layer, spec) -> None:
