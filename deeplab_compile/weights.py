@@ -226,7 +226,8 @@ def init_weights(net, path: str | os.PathLike, *, progress: bool = False) -> Ini
     have = {_layer(k) for k in state}
     partial = [k for k in own if k not in state and _layer(k) in have]
     if partial:
-        problems = Problems(path)
+        problems = Problems(path, loose_hint="a layer the file has must come whole (a BatchNorm "
+                                             "with its running statistics); give a file made for this net")
         for k in partial:
             problems.add("missing", _layer(k), k, "-", "x".join(map(str, own[k].shape)) or "scalar")
         problems.raise_if_any(False)

@@ -198,7 +198,7 @@ def test_missing_is_strict_unless_allowed(tmp_path):
     m, _ = caffe_msc(skip=("fc1",))
     path = write(tmp_path, m)
     msg = check_error(lambda: dc.load_weights(msc_net(), path), "fc1.weight", "--allow-missing")
-    assert "\n" in msg and msg.splitlines()[0].endswith("to load what matches")
+    assert "\n" in msg and msg.splitlines()[0].endswith("loads what matches")
     dc.load_weights(msc_net(), path, allow_missing=True)
 
 

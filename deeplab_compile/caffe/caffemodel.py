@@ -351,8 +351,14 @@ def _fits(blob_shape: tuple, target: tuple, ltype: str, slot_index: int) -> bool
 class Problems:
     """Missing, unexpected and mismatched blobs, reported together as one error."""
 
-    def __init__(self, source: str):
+    # Said where missing or unexpected blobs fail; only deeplab-convert and the Python API
+    # can load a partial match.
+    LOOSE_HINT = ("the weights were made for another net (check the netdef and its vars); "
+                  "deeplab-convert --allow-missing, or allow_missing=True in Python, loads what matches")
+
+    def __init__(self, source: str, loose_hint: str | None = None):
         self.source = source
+        self.loose_hint = loose_hint or self.LOOSE_HINT
         self.rows: list[tuple[str, str, str, str, str]] = []   # kind, layer, blob, file, net
         self.where: list[str | None] = []
 
@@ -379,7 +385,7 @@ class Problems:
                     "unexpected": f"the file has {file_side} for it, and the net has no such layer",
                     "shape": f"{blob} is {file_side} in the file but {net_side} in the net",
                     "count": f"the file has {file_side} for it but the net expects {net_side}"}[kind]
-            hint = ("pass --allow-missing (allow_missing=True) to load the rest"
+            hint = (self.loose_hint
                     if kind in ("missing", "unexpected") else
                     "the weights were made for a different net; rename the layer so it is not "
                     "matched, or fix its parameters")
@@ -395,7 +401,7 @@ class Problems:
         if n_count:
             parts.append(f"{n_count} with the wrong blob count")
         how = ("shape and count mismatches always fail; rename the layers so they are not matched"
-               if fatal else "pass --allow-missing (allow_missing=True) to load what matches")
+               if fatal else self.loose_hint)
         head = f"{self.source}: the weights do not fit the net ({', '.join(parts)}); {how}"
         table = [("problem", "layer", "blob", "in the file", "in the net")] + [
             (k, l, b, f, n) for k, l, b, f, n in rows]
@@ -493,11 +499,13 @@ def _batch_norm(cl: CaffeLayer, exp: ExpectedLayer, state: dict, problems: Probl
 
 # ---------------------------------------------------------------- state_dict checks
 
-def check_state_dict(net, state: dict, source: str, *, allow_missing: bool = False) -> dict:
+def check_state_dict(net, state: dict, source: str, *, allow_missing: bool = False,
+                     loose_hint: str | None = None) -> dict:
     """Compare a checkpoint's state_dict with ``net``'s: the same table of missing,
-    unexpected and wrongly shaped entries.  Returns the entries that fit."""
+    unexpected and wrongly shaped entries.  Returns the entries that fit.  ``loose_hint``
+    replaces the fix said for missing or unexpected entries."""
     own = net.state_dict()
-    problems = Problems(source)
+    problems = Problems(source, loose_hint)
     key_layer = {s.key: e.name for e in expected_layers(net) for s in e.slots}
     out = {}
     for key, t in state.items():

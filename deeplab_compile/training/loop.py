@@ -317,7 +317,9 @@ def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
         if init:
             log.line(init_weights(run.net, init).line(init))
         return 0
-    state = check_state_dict(run.net, snap["model"], run.resume)
+    state = check_state_dict(run.net, snap["model"], run.resume,
+                             loose_hint="a snapshot resumes only the net it was written by: give "
+                                        "the same netdef and vars, or start from it with --weights")
     with torch.no_grad():
         run.net.load_state_dict(state)
     start = int(snap["iter"])
