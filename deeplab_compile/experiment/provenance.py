@@ -39,6 +39,52 @@ def file_digest(path: str | None) -> str | None:
     return h.hexdigest()
 
 
+def included_files(path: str | None) -> list[str]:
+    """The files a YAML netdef includes, depth first, each once (found as the expander
+    finds them: beside the including file, then along ``DEEPLAB_NETDEF_PATH``, then in
+    the zoo).  A file that cannot be read or parsed adds nothing here: compiling it
+    reports the error."""
+    from ..errors import DeepLabError as _Error
+    from ..netdef import parse, search
+
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def walk(name: str) -> None:
+        if not name.lower().endswith((".yaml", ".yml")):
+            return
+        try:
+            doc = parse.load(name)
+        except (_Error, OSError):
+            return
+        inc = doc.get("include") if isinstance(doc, dict) else None
+        for sub in [inc] if isinstance(inc, str) else inc if isinstance(inc, list) else []:
+            if not isinstance(sub, str):
+                continue
+            found, _ = search.find_include(sub, os.path.dirname(name))
+            if found is None or os.path.realpath(found) in seen:
+                continue
+            seen.add(os.path.realpath(found))
+            out.append(found)
+            walk(found)
+
+    if path and os.path.isfile(path):
+        walk(path)
+    return out
+
+
+def includes_digest(path: str | None) -> str | None:
+    """SHA-256 over the contents of the files a netdef includes (None when it includes
+    none), so a changed library makes a step's outputs stale like a changed netdef."""
+    files = included_files(path)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update((file_digest(f) or "-").encode())
+    return h.hexdigest()
+
+
 def read(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -75,6 +121,12 @@ def differences(old: dict | None, new: dict) -> list[str]:
         if old.get(key) != new.get(key):
             out.append(f"{key} was {_show(old.get(key))}, now {_show(new.get(key))}")
     return out
+
+
+def predates(old: dict | None, new: dict, key: str) -> bool:
+    """Whether ``old`` is ``new`` as recorded before records had ``key``."""
+    return (old is not None and key not in old and key in new
+            and old == json.loads(json.dumps({k: v for k, v in new.items() if k != key})))
 
 
 def matches(path: str, new: dict) -> bool:

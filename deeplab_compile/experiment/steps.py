@@ -233,9 +233,14 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
            "list": prov.file_digest(os.path.join(s.list_dir, (s.train_set if stage == 1 else s.train_set2) + ".txt")),
            "solver": prov.file_digest(solver), "net": prov.file_digest(sv.net if os.path.isfile(sv.net) else None),
            "init": prov.file_digest(init)}
+    includes = prov.includes_digest(sv.net if os.path.isfile(sv.net) else None)
+    if includes:
+        now["includes"] = includes
     made = snapshots(sv.snapshot_prefix)
     if made:
         old = prov.read(record)
+        if prov.predates(old, now, "includes"):
+            old = None                     # a record from before includes were digested
         if old is None:                    # snapshots from before records were kept: adopt them
             prov.write(record, now)
         elif not prov.matches(record, now):
@@ -295,6 +300,8 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
     record = os.path.join(feats, prov.RECORD)
     now = {"data_root": s.data_root, "list": prov.file_digest(lst), "net": prov.file_digest(net),
            "model": prov.file_digest(model), "defines": {k: str(v) for k, v in s.defines.items()}}
+    if (includes := prov.includes_digest(net)):
+        now["includes"] = includes
     if not prov.matches(record, now):
         old = [e for e in entries if os.path.exists(os.path.join(feats, e[0] + FEATURE_SUFFIX))]
         if old:
