@@ -92,9 +92,9 @@ def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, cla
     assert blob_stride(build_net(test, phase="test", vars=v), head) == 16
     opts = eval_options(test, {})
     want = [0.75, 1.0, 1.25] if ds == "cityscapes" else TF_SCALES     # model_zoo.md, per dataset
-    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}}
-    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0}) == {
-        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}}
+    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}, "precision": "bf16"}
+    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0, "PRECISION": "fp32", "CHANNELS_LAST": "true"}) == {
+        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}, "channels_last": True}
 
 
 @pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc"])
