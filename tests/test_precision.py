@@ -370,3 +370,47 @@ def test_deeplab_predict_bf16_channels_last(tmp_path):
     (la, pa), (lb, pb) = outs["fp32"], outs["bf16"]
     assert lb.shape == la.shape == (37, 45) and np.allclose(pb.sum(0), 1, atol=1e-2)
     assert np.abs(pb.astype(np.float32) - pa.astype(np.float32)).max() < 5e-2
+
+
+@needs_ext
+def test_the_dispatcher_measures_inside_an_autocast_region_apart(monkeypatch):
+    from deeplab_compile.ops import dispatch
+    from deeplab_compile.ops.aspp_sum import aspp_sum_choice
+    monkeypatch.delenv("DEEPLAB_KERNELS", raising=False)
+    x, ws, bs, rates = _aspp_inputs(5)
+    dispatch.clear()
+    try:
+        aspp_sum_choice(x, ws, bs, rates)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            aspp_sum_choice(x, ws, bs, rates)
+        keys = [d["key"] for d in dispatch.decisions() if d["key"][0] == "aspp_sum"]
+        assert sorted(k[-1] is None for k in keys) == [False, True]
+        assert {k[-1] for k in keys} == {None, torch.bfloat16}
+    finally:
+        dispatch.clear()
+
+
+def test_precision_benchmark_reports_both_interleaved_and_writes_its_section(monkeypatch, tmp_path, capsys):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import timing
+    import train as bench
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## benchmarks/train.py\n\nold table\n")
+    monkeypatch.setattr(timing, "RESULTS", str(results))
+    calls = []
+    real = bench.precision_steps
+
+    def spy(*a, **kw):
+        steps = real(*a, **kw)
+        return {k: (lambda f=f, k=k: calls.append(k) or f()) for k, f in steps.items()}
+    monkeypatch.setattr(bench, "precision_steps", spy)
+    assert bench.main(["--precision", "--net", "deeplab_largefov_tiny", "--batch", "1", "--size", "33",
+                       "--repeats", "2", "--threads", "1", "--write"]) == 0
+    assert calls == ["fp32", "bf16"] * 3                 # one warm-up round, then interleaved
+    out = capsys.readouterr().out
+    for want in ("| fp32 |", "| bf16 |", "bf16 / fp32 steps per second:", "load average"):
+        assert want in out
+    text = results.read_text()
+    assert "old table" in text and "## benchmarks/train.py --precision" in text and "| bf16 |" in text

@@ -61,8 +61,8 @@ def aspp_sum_choice(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Se
     measured faster for this device, dtype, shape bucket and grad mode (measured once,
     then cached; see :mod:`.dispatch`)."""
     rates = [int(r) for r in rates]
-    key = ("aspp_sum", x.device.type, x.dtype, _autocast.region(x), dispatch.shape_bucket(x.shape), x.is_contiguous(),
-           tuple(weights[0].shape), tuple(rates), bool(biases))
+    key = ("aspp_sum", x.device.type, x.dtype, dispatch.shape_bucket(x.shape), x.is_contiguous(),
+           tuple(weights[0].shape), tuple(rates), bool(biases), _autocast.region(x))
     ours = _ext.has_kernel("aspp_sum", dispatch.device_key(x))
     return dispatch.choose(key, {"ours": aspp_sum, "library": aspp_sum_reference} if ours
                            else {"library": aspp_sum_reference}, (x, list(weights), list(biases), rates))

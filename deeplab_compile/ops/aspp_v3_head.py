@@ -91,8 +91,9 @@ def aspp_v3_head_auto(*args) -> torch.Tensor:
     if not ours:
         return aspp_v3_head_reference(*args)
     taps = pick_tap_branches(x, weights, biases, rates)
-    key = ("aspp_v3_head", x.device.type, x.dtype, _autocast.region(x), dispatch.shape_bucket(x.shape), x.is_contiguous(),
-           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps))
+    key = ("aspp_v3_head", x.device.type, x.dtype, dispatch.shape_bucket(x.shape), x.is_contiguous(),
+           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps),
+           _autocast.region(x))
     name = dispatch.choose(key, {"ours": lambda *a: aspp_v3_head(*a, tap_branches=taps),
                                  "library": aspp_v3_head_reference}, args)
     return aspp_v3_head(*args, tap_branches=taps) if name == "ours" else aspp_v3_head_reference(*args)
