@@ -37,8 +37,8 @@ DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SI
 def precision_defines(defines: dict, dev_id: str) -> dict:
     """``PRECISION`` and ``CHANNELS_LAST`` as the configs read them: ``CHANNELS_LAST`` a
     switch written true/false; on ``DEV_ID=cpu`` without ``PRECISION``, fp32 (the
-    configs' bf16 default is for GPUs: bf16 on a CPU without bf16 arithmetic is slower,
-    see benchmarks/train.py)."""
+    configs' bf16 default is meant for GPUs; ``benchmarks/train.py --precision`` measures
+    bf16 against fp32 on a given CPU)."""
     out = dict(defines)
     if "CHANNELS_LAST" in out:
         out["CHANNELS_LAST"] = "true" if _flag("CHANNELS_LAST", False) else "false"
