@@ -69,7 +69,8 @@ class Precision:
                 pass
         except (RuntimeError, AssertionError) as err:
             raise PrecisionError(f"precision {self.name}: torch's autocast on '{kind}' does not support "
-                                 f"{self.dtype} ({str(err).splitlines()[0]})", hint="use precision fp32 or bf16") from None
+                                 f"{self.dtype} ({str(err).splitlines()[0]})",
+                                 hint="use precision fp32 or bf16") from None
 
     def autocast(self, device: torch.device | str):
         """The autocast region of the forward (a no-op context in fp32)."""
