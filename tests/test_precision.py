@@ -414,3 +414,18 @@ def test_precision_benchmark_reports_both_interleaved_and_writes_its_section(mon
         assert want in out
     text = results.read_text()
     assert "old table" in text and "## benchmarks/train.py --precision" in text and "| bf16 |" in text
+
+
+def test_a_dtype_that_autocast_disables_is_a_clear_error(monkeypatch):
+    """Some torch versions warn and leave autocast off for a dtype they lack on a device."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def disabled(device_type, dtype=None, **kw):
+        warnings.warn(f"In {device_type} autocast, but the target dtype is not supported. Disabling autocast.")
+        yield
+    monkeypatch.setattr(torch, "autocast", disabled)
+    with pytest.raises(PrecisionError, match=r"precision fp16: .*does not support torch.float16 \(In cpu autocast"):
+        Precision("fp16").check("cpu")
+    Precision("fp32").check("cpu")                   # fp32 needs no autocast

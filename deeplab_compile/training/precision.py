@@ -20,6 +20,7 @@ precision.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,13 +65,18 @@ class Precision:
         if not torch.amp.is_autocast_available(kind):
             raise PrecisionError(f"precision {self.name}: torch has no autocast for device '{kind}'",
                                  hint="use precision fp32")
-        try:
-            with torch.autocast(kind, dtype=self.dtype):
-                pass
-        except (RuntimeError, AssertionError) as err:
+        # torch either raises or warns and disables autocast for a dtype it lacks
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with torch.autocast(kind, dtype=self.dtype):
+                    enabled = torch.is_autocast_enabled(kind)
+                why = None if enabled else (str(caught[-1].message) if caught else "autocast stayed disabled")
+            except (RuntimeError, AssertionError) as err:
+                why = str(err)
+        if why is not None:
             raise PrecisionError(f"precision {self.name}: torch's autocast on '{kind}' does not support "
-                                 f"{self.dtype} ({str(err).splitlines()[0]})",
-                                 hint="use precision fp32 or bf16") from None
+                                 f"{self.dtype} ({why.splitlines()[0]})", hint="use precision fp32 or bf16")
 
     def autocast(self, device: torch.device | str):
         """The autocast region of the forward (a no-op context in fp32)."""
