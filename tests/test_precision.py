@@ -429,3 +429,18 @@ def test_a_dtype_that_autocast_disables_is_a_clear_error(monkeypatch):
     with pytest.raises(PrecisionError, match=r"precision fp16: .*does not support torch.float16 \(In cpu autocast"):
         Precision("fp16").check("cpu")
     Precision("fp32").check("cpu")                   # fp32 needs no autocast
+
+
+@needs_ext
+def test_tracing_sees_the_autocast_casts_of_a_custom_op():
+    """make_fx (what torch.compile's AOT step runs) records the casts before the op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, ws, bs, rates = _aspp_inputs(6)
+
+    def f(x, w0, w1, w2, b0, b1, b2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.ops.deeplab.aspp_sum(x, [w0, w1, w2], [b0, b1, b2], rates)
+    g = make_fx(f)(x, *ws, *bs)
+    calls = [str(n.target) for n in g.graph.nodes if n.op == "call_function"]
+    assert calls[-1] == "deeplab.aspp_sum.default" and calls.count("aten._to_copy.default") == 7
+    assert g(x, *ws, *bs).dtype == torch.bfloat16
