@@ -1,7 +1,10 @@
-"""Training speed: the data pipeline, and a LargeFOV training step compiled vs plain PyTorch.
+"""Training speed: the data pipeline, a LargeFOV training step compiled vs plain PyTorch,
+and (``--precision``) fp32 against bf16 training steps.
 
     python benchmarks/train.py [--iters 3] [--batch 10] [--size 321] [--threads 2]
                                [--device cpu|cuda] [--write]
+    python benchmarks/train.py --precision [--net deeplab_v3_mobilenetv2] [--batch 4] [--size 193]
+                               [--repeats 5] [--channels-last] [--threads 2] [--device cpu|cuda] [--write]
 
 1. Data: images per second through ``pipeline_for`` (ImageSegData rules: random crop
    321, mirror, scale factors 0.5..1.5, 2 DataLoader workers) on a synthetic VOC-sized
@@ -14,6 +17,15 @@
    (max RSS on CPU, ``max_memory_allocated`` on CUDA) is its own.
 The ratio is compiled / plain (seconds per iteration).  ``--write`` appends the table to
 benchmarks/RESULTS.md with the date and the device.
+
+``--precision``: one training step of a zoo net (forward and loss under the precision's
+autocast, backward, Caffe SGD update; :class:`deeplab_compile.training.precision.Precision`,
+as ``deeplab-train`` runs it) in fp32 and in bf16, each on its own copy of the net and
+optimizer with the same batch, interleaved (one step of each in turn per repeat, so a
+change in the load of a shared machine hits both alike).  It reports seconds per step
+(minimum and median), steps per second, the ratio bf16 / fp32 of steps per second, and
+the 1-minute load average before and after.  ``--write`` puts the table in RESULTS.md's
+section "benchmarks/train.py --precision" (replacing an older one).
 """
 from __future__ import annotations
 
@@ -27,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from timing import ROOT, append_results, device_line
+from timing import ROOT, append_results, device_line, interleaved, load_average, min_median, replace_section
 
 
 def step_bench(variant: str, iters: int, batch: int, size: int, device: str) -> dict:
@@ -83,6 +95,65 @@ def step_bench(variant: str, iters: int, batch: int, size: int, device: str) -> 
     return {"s_per_iter": sorted(ts)[len(ts) // 2], "peak_bytes": peak}
 
 
+def precision_steps(net_name: str, batch: int, size: int, device: str, channels_last: bool) -> dict:
+    """name -> one training step (a closure) for fp32 and bf16, each on its own net copy."""
+    import copy
+
+    import torch
+
+    import deeplab_compile
+    from deeplab_compile.training.optim import CaffeSGD
+    from deeplab_compile.training.precision import Precision
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    base = deeplab_compile.compile(os.path.join(ROOT, "netdef", net_name + ".yaml"), phase="train",
+                                   inputs={"data": (batch, 3, size, size), "label": (batch, 1, size, size)})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, size, size, generator=g).to(dev)
+    y = torch.randint(0, 21, (batch, 1, size, size), generator=g).float().to(dev)
+    steps = {}
+    for name in ("fp32", "bf16"):
+        prec = Precision(name, channels_last)
+        prec.check(dev)
+        net = prec.model(copy.deepcopy(base).to(dev).train())
+        opt = CaffeSGD(net.param_groups(), momentum=0.9)
+        opt.set_rate(1e-4, 5e-4)
+        feeds = prec.inputs([x, y])
+
+        def step(net=net, opt=opt, prec=prec, feeds=feeds):
+            opt.zero_grad(set_to_none=True)
+            with prec.autocast(dev):
+                loss = net.total_loss(net(*feeds))
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+        steps[name] = step
+    return steps
+
+
+def precision_bench(a) -> str:
+    import torch
+    steps = precision_steps(a.net, a.batch, a.size, a.device, a.channels_last)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else None
+    load0 = load_average()
+    times = interleaved(steps, a.repeats, warmup=1, sync=sync)
+    load1 = load_average()
+    stats = {k: min_median(v) for k, v in times.items()}
+    rate = {k: 1 / med for k, (_, med) in stats.items()}
+    layout = "channels_last" if a.channels_last else "contiguous"
+    lines = ["## benchmarks/train.py --precision", "",
+             f"### fp32 against bf16 training steps, {datetime.date.today()} ({device_line(a.device, a.threads)})", "",
+             f"{a.net}, train phase, batch {a.batch} x 3 x {a.size} x {a.size}, {layout}: forward and loss under "
+             f"autocast, backward, CaffeSGD update; {a.repeats} interleaved steps of each after one warm-up; "
+             f"load average {load0:.2f} before, {load1:.2f} after.", "",
+             "| precision | s / step (min) | s / step (median) | steps / s (median) |", "|---|---:|---:|---:|"]
+    for k, (mn, med) in stats.items():
+        lines.append(f"| {k} | {mn:.3f} | {med:.3f} | {rate[k]:.3f} |")
+    lines += ["", f"bf16 / fp32 steps per second: {rate['bf16'] / rate['fp32']:.2f} "
+                  f"(minimum times: {stats['fp32'][0] / stats['bf16'][0]:.2f}).", ""]
+    return "\n".join(lines)
+
+
 def data_bench(n_batches: int, batch: int, size: int, workers: int) -> float:
     from deeplab_compile.compiler import build_net
     from deeplab_compile.data import pipeline_for
@@ -105,16 +176,28 @@ def data_bench(n_batches: int, batch: int, size: int, workers: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--size", type=int, default=321)
+    ap.add_argument("--batch", type=int, help="default 10 (--precision: 4)")
+    ap.add_argument("--size", type=int, help="default 321 (--precision: 193)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", action="store_true", help="fp32 against bf16 training steps (interleaved)")
+    ap.add_argument("--net", default="deeplab_v3_mobilenetv2", help="zoo net for --precision")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved steps of each precision")
+    ap.add_argument("--channels-last", action="store_true", help="--precision: both in channels_last")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
+    a.batch = a.batch or (4 if a.precision else 10)
+    a.size = a.size or (193 if a.precision else 321)
+    if a.precision:
+        text = precision_bench(a)
+        print(text)
+        if a.write:
+            replace_section("benchmarks/train.py --precision", text)
+        return 0
     if a.variant:
         print(json.dumps(step_bench(a.variant, a.iters, a.batch, a.size, a.device)))
         return 0

@@ -30,6 +30,11 @@ once); the scores are resized to the image size, turned into probabilities and
 averaged, as TF DeepLab's ``eval_scales`` / ``add_flipped_images``.  The features
 written are then ``log`` of the mean probability at the image size, so a softmax of
 them (what the dense CRF does with scores) gives back the mean probability.
+
+``precision`` (``fp32``, ``bf16``, ``fp16``) runs the net under ``torch.autocast`` on
+its device and ``channels_last`` puts the net and its inputs in that memory layout
+(:mod:`deeplab_compile.training.precision`); what is written (features, PNGs) is
+computed from float32 scores either way.
 """
 from __future__ import annotations
 
@@ -82,7 +87,8 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
              vars: dict | None = None, data: dict | None = None, gpu: Any = None, batch_size: int | None = None,
              scales: Sequence[float] = (1.0,), flip: bool = False, features_dir: str | None = None,
              blob: str | None = None, png_dir: str | None = None, num_workers: int | None = None,
-             progress: bool = True, allow_missing: bool = False) -> TestResult:
+             progress: bool = True, allow_missing: bool = False, precision: str = "fp32",
+             channels_last: bool = False) -> TestResult:
     from .compiler import load_netdef, net_from_doc
     from .data import pipeline_for
     from .data.dataset import collate
@@ -91,8 +97,11 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     from .inference import ScoreError, SizedNets, compile_at, install_capture, multi_scale_probs, score_reader
     from .weights import CHECKPOINT_SUFFIXES, check_state_dict, load_weights, read_state_dict
     from .io.features import feature_path, write_blob
+    from .training.precision import Precision, parse_precision
 
     device = _device(gpu)
+    prec = Precision(parse_precision(precision, "--precision"), bool(channels_last))
+    prec.check(device)
     # read once: the data spec comes from this IR, and every input size is a reshape of it
     doc = load_netdef(net_path, vars)
     ir = net_from_doc(doc, phase="test", source=net_path)
@@ -125,6 +134,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     elif weights:
         load_weights(net, weights, allow_missing=allow_missing)
     net.to(device).eval()
+    prec.model(net)
 
     writers: list[_Writer] = []
     for lay in net.net.layers:
@@ -134,9 +144,12 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
             ids = read_ids(p["source"], p["strip"]) if p["source"] else None
             writers.append(_Writer(prefix=p["prefix"], ids=ids, period=p["period"], capture=cap))
     try:
-        blob_name, score_of = score_reader(net, blob)
+        blob_name, read_score = score_reader(net, blob)
     except ScoreError as err:
         raise TestError(err.message, hint=err.hint) from None
+
+    def score_of(out):          # what is written is float32, whatever the precision
+        return read_score(out).float()
 
     pipe = pipeline_for(net, "test", spec, num_workers=0 if (len(scales) > 1 or flip or scales[0] != 1) else
                         num_workers)
@@ -158,7 +171,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
             for n in range(len(ids)):
                 name = _next_id(w, ids[n])
                 for i, x in enumerate(last):
-                    files.append(write_blob(feature_path(w.prefix, name, i), x[n:n + 1].cpu().numpy()))
+                    files.append(write_blob(feature_path(w.prefix, name, i), x[n:n + 1].float().cpu().numpy()))
         for n, image_id in enumerate(ids):
             if features_dir:
                 files.append(write_blob(feature_path(os.path.join(features_dir, ""), image_id),
@@ -178,15 +191,15 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
         print(f"note: {len(big)} of {len(sizes)} images are larger than the crop {spec.crop_height}x"
               f"{spec.crop_width} (first: {e.image}, {sizes[big[0]][0]}x{sizes[big[0]][1]}); each image is "
               "tested whole, padded at the bottom and right to at least the crop", file=sys.stderr)
-    with torch.no_grad():
+    with torch.no_grad(), prec.autocast(device):
         if not multi and not big:
             for batch in pipe:
-                out = net(*pipe.feeds(batch, device))
+                out = net(*prec.inputs(pipe.feeds(batch, device)))
                 n_done += emit(batch, score_of(out), [w.capture.last for w in writers])
         elif not multi:
             # one image at a time, at max(crop, image size): the net reshaped from the IR
             ds, base = pipe.dataset, pipe.dataset.params
-            nets = SizedNets(ir, net, data=spec.tops[0], device=device)
+            nets = SizedNets(ir, net, data=spec.tops[0], device=device, prepare=prec.model)
             mats = [w.capture.layer for w in writers]
             try:
                 for i, (h, w) in enumerate(sizes):
@@ -197,19 +210,19 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
                     batch = collate([item])
                     sized = nets.get(ds.params.crop_height, ds.params.crop_width)
                     caps = [install_capture(sized, lay) for lay in mats]
-                    out = sized(*pipe.feeds(batch, device))
-                    n_done += emit(batch, score_reader(sized, blob)[1](out), [c.last for c in caps])
+                    out = sized(*prec.inputs(pipe.feeds(batch, device)))
+                    n_done += emit(batch, score_reader(sized, blob)[1](out).float(), [c.last for c in caps])
             finally:
                 ds.params = base
         else:
             ds = pipe.dataset
             tp = spec.transform_params(False)
             mean = np.zeros(3) if not tp.mean else np.asarray(tp.mean if len(tp.mean) == 3 else tp.mean * 3)
-            nets = SizedNets(ir, net, data=spec.tops[0], device=device)
+            nets = SizedNets(ir, net, data=spec.tops[0], device=device, prepare=prec.model)
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 sized = nets.get(*x.shape[-2:])
-                return score_reader(sized, blob)[1](sized(x.to(device)))
+                return score_reader(sized, blob)[1](sized(prec.input(x.to(device)))).float()
 
             for i in range(len(ds)):
                 img, _, entry = ds.load(i)

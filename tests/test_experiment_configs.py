@@ -92,9 +92,9 @@ def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, cla
     assert blob_stride(build_net(test, phase="test", vars=v), head) == 16
     opts = eval_options(test, {})
     want = [0.75, 1.0, 1.25] if ds == "cityscapes" else TF_SCALES     # model_zoo.md, per dataset
-    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}}
-    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0}) == {
-        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}}
+    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}, "precision": "bf16"}
+    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0, "PRECISION": "fp32", "CHANNELS_LAST": "true"}) == {
+        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}, "channels_last": True}
 
 
 @pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc"])
@@ -203,3 +203,43 @@ def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tm
     log = (tmp_path / "log" / net / "test.log").read_text()
     if "_v3" in net:                              # trained at OS 16, tested at OS 8 with scales and flip
         assert "--scales" in log and "--flip" in log and "--preprocess tf" in log
+
+
+@pytest.mark.parametrize("ds,net,classes", MODERN, ids=[f"{ds}/{n}" for ds, n, _ in MODERN])
+def test_v3_solvers_train_in_bf16_unless_told_otherwise(ds, net, classes):
+    from deeplab_compile.training.solver import load_solver
+    folder = os.path.dirname(config(ds, net, "solver.yaml"))
+    for name in sorted(f for f in os.listdir(folder) if f.startswith("solver")):
+        given = {"CONFIG_DIR": folder, "MODEL_DIR": "/model", "LABEL_MAP": "none", **values(config(ds, net, name),
+                                                                                         classes)}
+        s = load_solver(config(ds, net, name), given)
+        assert (s.precision, s.channels_last) == ("bf16", False), name
+        s = load_solver(config(ds, net, name), {**given, "PRECISION": "fp32", "CHANNELS_LAST": True})
+        assert (s.precision, s.channels_last) == ("fp32", True), name
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"DEV_ID": "cpu"}, {"PRECISION": "fp32"}),                       # the configs' bf16 is for GPUs
+    ({"DEV_ID": "0"}, {}),
+    ({"DEV_ID": "cpu", "PRECISION": "bf16", "CHANNELS_LAST": "1"}, {"PRECISION": "bf16", "CHANNELS_LAST": "true"}),
+    ({"DEV_ID": "0", "CHANNELS_LAST": "off"}, {"CHANNELS_LAST": "false"}),
+])
+def test_experiment_passes_precision_and_channels_last(monkeypatch, tmp_path, env, want):
+    from deeplab_compile.experiment.settings import Settings
+    for k in ("PRECISION", "CHANNELS_LAST", "DATA_ROOT", "DATASET"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("EXP", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    got = Settings.from_env().defines
+    assert {k: got[k] for k in ("PRECISION", "CHANNELS_LAST") if k in got} == want
+
+
+def test_experiment_refuses_a_channels_last_that_is_not_a_switch(monkeypatch, tmp_path):
+    from deeplab_compile.data.errors import DataError
+    from deeplab_compile.experiment.settings import Settings
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    monkeypatch.setenv("EXP", str(tmp_path))
+    monkeypatch.setenv("CHANNELS_LAST", "maybe")
+    with pytest.raises(DataError, match="CHANNELS_LAST='maybe' is not a switch"):
+        Settings.from_env()

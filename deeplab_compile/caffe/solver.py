@@ -33,6 +33,7 @@ FIELDS = {
     "snapshot_after_train": "snapshot_after_train", "random_seed": "random_seed",
     "solver_mode": "solver_mode", "device_id": "device_id", "test_interval": "test_interval",
     "test_iter": "test_iter", "type": "type", "solver_type": "type", "weights": "weights",
+    "precision": "precision", "channels_last": "channels_last",     # ours (caffe.proto: 1001, 1002)
 }
 #: Fields read and dropped, with the reason given in the notes.
 DROPPED = {
@@ -44,7 +45,7 @@ DROPPED = {
     "momentum2": "only SGD is implemented", "rms_decay": "only SGD is implemented",
     "train_state": "phases come from the netdef", "test_state": "phases come from the netdef",
 }
-_LOWER = ("lr_policy", "regularization_type", "solver_mode", "type")
+_LOWER = ("lr_policy", "regularization_type", "solver_mode", "type", "precision")
 
 
 def convert(text: str, filename: str) -> tuple[dict, list[str], dict[str, Loc]]:

@@ -2,7 +2,7 @@
 
     deeplab-predict --netdef netdef/deeplab_v3_resnet101.yaml --weights model.pt img.jpg DIR -o out/
         [--scales 0.5,0.75,1] [--flip] [--crf deeplab_largefov] [--palette voc|cityscapes|ade20k]
-        [--probs] [--preprocess caffe|imagenet|tf] [-D NAME=VALUE]
+        [--probs] [--preprocess caffe|imagenet|tf] [-D NAME=VALUE] [--precision fp32|bf16|fp16] [--channels-last]
 
 For each image it writes ``out/<stem>.png`` (the labels as a palette PNG), ``out/<stem>_overlay.png``
 (the colours over the image) and with ``--probs`` ``out/<stem>_probs.npy`` (C x H x W float16).
@@ -15,6 +15,8 @@ what the weights file records (``deeplab-train`` writes the training data's), el
 netdef's ``preprocess:`` key, else its ImageSegData layer's ``mean_value``/``scale``.
 ``--preprocess caffe|imagenet|tf`` overrides it: ``caffe`` (BGR minus DeepLab's mean,
 0..255), ``imagenet`` (RGB, torchvision's mean/std), ``tf`` (RGB, x / 127.5 - 1).
+``--precision bf16|fp16`` runs the net under CPU autocast and ``--channels-last`` in that
+memory layout; the probabilities are averaged, and the labels taken, in float32.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepLabError
-from .common import add_param_limit, atomic_path, entry_point, parse_scales
+from .common import add_param_limit, add_precision_flags, atomic_path, entry_point, parse_scales
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write C x H x W probabilities (.npy)")
     p.add_argument("--preprocess", choices=("caffe", "imagenet", "tf"), help="input normalisation")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
+    add_precision_flags(p)
     add_param_limit(p)
     return p
 
@@ -77,10 +80,13 @@ class Predictor:
     by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
     def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess=None,
-                 weights_path: str = "the weights", meta: dict | None = None, text=None):
+                 weights_path: str = "the weights", meta: dict | None = None, text=None, precision=None):
         from ..caffe.caffemodel import check_state_dict
         from ..compiler import load_netdef, net_from_doc
         from ..inference import SizedNets, compile_at, net_preprocess
+        from ..training.precision import Precision
+        self.precision = precision or Precision()
+        self.precision.check("cpu")
         doc = load_netdef(text if text is not None else netdef, vars)   # text: the file as parsed
         self.netdef = netdef
         self.preprocess, self.preprocess_from = net_preprocess(doc, meta, preprocess)
@@ -89,7 +95,8 @@ class Predictor:
         if state_dict is not None:
             with torch.no_grad():
                 first.load_state_dict(check_state_dict(first, state_dict, weights_path))
-        self.nets = SizedNets(ir, first)
+        self.precision.model(first)
+        self.nets = SizedNets(ir, first, prepare=self.precision.model)
 
     def net(self, h: int, w: int):
         return self.nets.get(h, w)
@@ -100,7 +107,8 @@ class Predictor:
 
         def run(x: torch.Tensor) -> torch.Tensor:
             net = self.net(*x.shape[-2:])
-            return score_reader(net)[1](net(x))
+            with self.precision.autocast("cpu"):
+                return score_reader(net)[1](net(self.precision.input(x))).float()
 
         return multi_scale_probs(run, normalise(rgb, self.preprocess), scales, flip)[0]
 
@@ -142,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         from ..crf import presets
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
-    pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta, text)
-    print(f"input normalisation: {pred.preprocess.describe()}, from {pred.preprocess_from}", file=sys.stderr)
+    from ..training.precision import Precision
+    pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta, text,
+                     Precision(args.precision, args.channels_last))
+    print(f"input normalisation: {pred.preprocess.describe()}, from {pred.preprocess_from}; "
+          f"precision {pred.precision.describe()}", file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
     for path in images:
         with Image.open(path) as im:

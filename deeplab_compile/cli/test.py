@@ -3,13 +3,14 @@
     deeplab-test --net config/test.yaml --weights model/train_iter_6000.pt --list list/val.txt \\
                  --root /data/VOC2012 [-D crop=513] [--features DIR] [--png DIR]
                  [--scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip] [--gpu 0|cpu]
+                 [--precision fp32|bf16|fp16] [--channels-last]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .common import add_param_limit, entry_point
+from .common import add_param_limit, add_precision_flags, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpu", help="CUDA device index, or 'cpu'")
     p.add_argument("--workers", type=int)
+    add_precision_flags(p)
     p.add_argument("--no-progress", action="store_true")
     add_param_limit(p)
     return p
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DeepLabError(f"--mean {a.mean!r}: give B,G,R numbers") from None
     r = run_test(a.net, a.weights, list_path=a.list, root=a.root, vars=parse_defines(a.defines), data=data,
                  gpu=a.gpu, batch_size=a.batch_size, scales=scales, flip=a.flip, features_dir=a.features,
-                 blob=a.blob, png_dir=a.png, num_workers=a.workers,
+                 blob=a.blob, png_dir=a.png, num_workers=a.workers, precision=a.precision,
+                 channels_last=a.channels_last,
                  progress=not a.no_progress and sys.stderr.isatty())
     print(f"{r.images} images tested ({r.blob}); {len(r.files)} files written")
     return 0

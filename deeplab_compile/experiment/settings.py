@@ -31,7 +31,20 @@ def _flag(name: str, default: bool) -> bool:
 
 #: environment variables passed with -D to the configs that declare them
 DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SIZE", "TRAIN_OUTPUT_STRIDE",
-           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE")
+           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE", "PRECISION", "CHANNELS_LAST")
+
+
+def precision_defines(defines: dict, dev_id: str) -> dict:
+    """``PRECISION`` and ``CHANNELS_LAST`` as the configs read them: ``CHANNELS_LAST`` a
+    switch written true/false; on ``DEV_ID=cpu`` without ``PRECISION``, fp32 (the
+    configs' bf16 default is meant for GPUs; ``benchmarks/train.py --precision`` measures
+    bf16 against fp32 on a given CPU)."""
+    out = dict(defines)
+    if "CHANNELS_LAST" in out:
+        out["CHANNELS_LAST"] = "true" if _flag("CHANNELS_LAST", False) else "false"
+    if dev_id == "cpu":
+        out.setdefault("PRECISION", "fp32")
+    return out
 
 
 @dataclass
@@ -87,12 +100,14 @@ class Settings:
         d = lambda var, folder: os.path.abspath(_env(var, os.path.join(exp, folder, net_id)))  # noqa: E731
         list_dir = _env("LIST_DIR", os.path.join(data_root, "list") if synthetic else os.path.join(exp, "list"))
         defines = {k: os.environ[k] for k in DEFINES if os.environ.get(k, "") != ""}
+        dev_id = _env("DEV_ID", "cpu" if synthetic else "0")
+        defines = precision_defines(defines, dev_id)
         run = {"train": _flag("RUN_TRAIN", True), "test": _flag("RUN_TEST", True),
                "train2": _flag("RUN_TRAIN2", False), "test2": _flag("RUN_TEST2", False),
                "crf": _flag("RUN_CRF", True), "eval": _flag("RUN_EVAL", True)}
         return cls(exp=exp, net_id=net_id, num_labels=int(_env("NUM_LABELS", str(ds.num_labels))),
                    data_root=os.path.abspath(data_root), synthetic=synthetic,
-                   dev_id=_env("DEV_ID", "cpu" if synthetic else "0"),
+                   dev_id=dev_id,
                    train_set="train" + suffix, train_set2="trainval" + suffix,
                    test_set=_env("TEST_SET", "val"), test_set2=_env("TEST_SET2", "val" if synthetic else "test"),
                    config_dir=os.path.abspath(_env("CONFIG_DIR", config_folder(exp, home, net_id))), home=home,
@@ -165,8 +180,9 @@ def crf_settings(s: Settings) -> tuple[dict, int]:
 
 def eval_options(path: str, values: dict) -> dict:
     """How a test config is run: its ``EVAL_SCALES`` (comma-separated, default 1),
-    ``EVAL_FLIP`` (default off) and ``PREPROCESS`` (``caffe`` or ``tf``, default the data
-    layer's), each from the config's ``vars`` unless ``values`` (the -D values) set it."""
+    ``EVAL_FLIP`` (default off), ``PREPROCESS`` (``caffe`` or ``tf``, default the data
+    layer's), ``PRECISION`` (default fp32) and ``CHANNELS_LAST`` (default off), each from
+    the config's ``vars`` unless ``values`` (the -D values) set it."""
     import yaml
     with open(path, encoding="utf-8") as f:
         own = (yaml.safe_load(f) or {}).get("vars") or {}
@@ -176,4 +192,8 @@ def eval_options(path: str, values: dict) -> dict:
     out = {"scales": scales or [1.0], "flip": flip}
     if pick("PREPROCESS", None):
         out["data"] = {"preprocess": str(pick("PREPROCESS", None))}
+    if str(pick("PRECISION", "fp32")).strip().lower() != "fp32":
+        out["precision"] = str(pick("PRECISION", "fp32")).strip().lower()
+    if str(pick("CHANNELS_LAST", False)).strip().lower() in ON:
+        out["channels_last"] = True
     return out

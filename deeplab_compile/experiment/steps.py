@@ -346,6 +346,8 @@ def step_test(s: Settings, r: Runner, stage: int, model: str) -> tuple[str, str]
             extra += ["--scales", ",".join(f"{v:g}" for v in data_kw["scales"])] + (["--flip"] if data_kw["flip"] else [])
         if "data" in data_kw:
             extra += ["--preprocess", data_kw["data"]["preprocess"]]
+        extra += (["--precision", data_kw["precision"]] if "precision" in data_kw else []) + (
+            ["--channels-last"] if data_kw.get("channels_last") else [])
 
     def work():
         res = run_test(doc if doc is not None else net, model, vars=typed(values), gpu=s.dev_id, progress=False,

@@ -19,6 +19,9 @@ Differentiable in ``x``, ``weights`` and ``biases`` through ``deeplab::_aspp_sum
 :func:`aspp_sum` runs the compiled kernel (or the reference without the extension);
 :func:`aspp_sum_auto` lets :mod:`.dispatch` pick, per device and shape, whichever of the
 kernel and the library path (``F.conv2d`` per rate, then the sum) measured faster.
+
+Under ``torch.autocast`` the op takes the region's dtype, as ``conv2d`` does: every
+floating input is cast to it (:mod:`._autocast`, policy "lower").
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _ext, dispatch
+from . import _autocast, _ext, dispatch
 
 _ext.available()
 
@@ -59,7 +62,7 @@ def aspp_sum_choice(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Se
     then cached; see :mod:`.dispatch`)."""
     rates = [int(r) for r in rates]
     key = ("aspp_sum", x.device.type, x.dtype, dispatch.shape_bucket(x.shape), x.is_contiguous(),
-           tuple(weights[0].shape), tuple(rates), bool(biases))
+           tuple(weights[0].shape), tuple(rates), bool(biases), _autocast.region(x))
     ours = _ext.has_kernel("aspp_sum", dispatch.device_key(x))
     return dispatch.choose(key, {"ours": aspp_sum, "library": aspp_sum_reference} if ours
                            else {"library": aspp_sum_reference}, (x, list(weights), list(biases), rates))
@@ -113,3 +116,4 @@ if _ext.available():
         return gx, list(gw), list(gb), None
 
     torch.library.register_autograd("deeplab::aspp_sum", _backward, setup_context=_setup_context)
+    _autocast.register("deeplab::aspp_sum", "lower")

@@ -27,6 +27,9 @@ The atrous kernel: a 3x3 branch in ``tap_branches`` is convolved by ``deeplab::a
 with its one rate instead of the library convolution.
 :func:`aspp_v3_head_auto` puts a branch there only when the dispatcher measured that
 faster for the branch's shape and rate (benchmarks/RESULTS.md: on our 2-core CPU, rates of 12 and up).
+
+Under ``torch.autocast`` the op takes the region's dtype, as the convolutions it
+replaces do (:mod:`._autocast`, policy "lower").
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _ext, dispatch
+from . import _autocast, _ext, dispatch
 from .aspp_sum import aspp_sum_choice
 
 _ext.available()
@@ -89,7 +92,8 @@ def aspp_v3_head_auto(*args) -> torch.Tensor:
         return aspp_v3_head_reference(*args)
     taps = pick_tap_branches(x, weights, biases, rates)
     key = ("aspp_v3_head", x.device.type, x.dtype, dispatch.shape_bucket(x.shape), x.is_contiguous(),
-           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps))
+           tuple(tuple(w.shape) for w in weights), tuple(int(r) for r in rates), args[5] is not None, tuple(taps),
+           _autocast.region(x))
     name = dispatch.choose(key, {"ours": lambda *a: aspp_v3_head(*a, tap_branches=taps),
                                  "library": aspp_v3_head_reference}, args)
     return aspp_v3_head(*args, tap_branches=taps) if name == "ours" else aspp_v3_head_reference(*args)
@@ -118,3 +122,4 @@ if _ext.available():
         pass
 
     torch.library.register_autograd("deeplab::aspp_v3_head", _no_backward, setup_context=_setup_context)
+    _autocast.register("deeplab::aspp_v3_head", "lower")

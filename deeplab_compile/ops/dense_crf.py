@@ -19,12 +19,14 @@ kernel.  Not differentiable.
 The CPU kernel's iterations keep lattice values in half floats between float32 steps on
 x86-64 with AVX2/F16C (marginals move by less than 1e-2); ``DEEPLAB_CRF_STORAGE=float32``
 keeps them in float32.  The reference and the CUDA kernel are float32 throughout.
+Under ``torch.autocast`` (bf16/fp16) the inputs are cast to float32 and the result is
+float32 (:mod:`._autocast`, policy "float32").
 """
 from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _autocast, _ext
 from . import _lattice_reference as ref
 
 _ext.available()
@@ -36,6 +38,12 @@ def dense_crf(image: torch.Tensor, unary: torch.Tensor, pos_w: float, pos_xy_std
               bi_xy_std: float, bi_rgb_std: float, iterations: int = 10,
               normalization: str = "symmetric") -> torch.Tensor:
     """Run the compiled kernel when there is one for ``unary``'s device, else the reference."""
+    dev = unary.device.type
+    if torch.is_autocast_enabled(dev):      # float32 kernels: reduced-precision inputs back to float32
+        image, unary = _autocast.to_float32(dev, image, unary)
+        with torch.autocast(dev, enabled=False):
+            return dense_crf(image, unary, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, iterations,
+                             normalization)
     if _ext.use_compiled("dense_crf", unary):
         return torch.ops.deeplab.dense_crf(image, unary, float(pos_w), float(pos_xy_std), float(bi_w),
                                            float(bi_xy_std), float(bi_rgb_std), int(iterations), normalization)
@@ -91,3 +99,5 @@ if _ext.available():
         torch._check(image.dim() == 4 and unary.dim() == 4)
         torch._check(image.shape[0] == unary.shape[0])
         return unary.new_empty(unary.shape)
+
+    _autocast.register("deeplab::dense_crf", "float32")

@@ -12,12 +12,14 @@ The lattice approximation is close to, but not exactly, that Gaussian (a truncat
 slightly anisotropic kernel; see the tests for the measured error).  The op is linear
 in ``values`` and differentiable with respect to them (the backward op applies the
 transposed filter); ``features`` only place the points and get no gradient.
+Under ``torch.autocast`` (bf16/fp16) reduced-precision inputs are cast to float32 and
+the result is float32 (:mod:`._autocast`, policy "float32"); float64 stays float64.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _autocast, _ext
 from . import _lattice_reference as ref
 
 _ext.available()
@@ -35,6 +37,11 @@ def permutohedral_filter_reference(features: torch.Tensor, values: torch.Tensor,
 
 def permutohedral_filter(features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Filter ``values`` (N, V) with a unit Gaussian over ``features`` (N, D); see the module doc."""
+    dev = values.device.type
+    if torch.is_autocast_enabled(dev):      # float32 kernels: reduced-precision inputs back to float32
+        features, values = _autocast.to_float32(dev, features, values)
+        with torch.autocast(dev, enabled=False):
+            return permutohedral_filter(features, values)
     _check(features, values)
     if _ext.use_compiled("permutohedral_filter", values):
         return torch.ops.deeplab.permutohedral_filter(features, values)
@@ -84,3 +91,5 @@ if _ext.available():
                                     setup_context=_setup_context)
     torch.library.register_autograd("deeplab::_permutohedral_filter_backward", _filter_double_backward,
                                     setup_context=_setup_context)
+    _autocast.register("deeplab::permutohedral_filter", "float32")
+    _autocast.register("deeplab::_permutohedral_filter_backward", "float32")

@@ -11,6 +11,10 @@ and :class:`.optim.CaffeSGD` applies Caffe's update.  The steps, in this file's 
   initial weights, SyncBN, hard-pixel mining (:mod:`.mining`), DDP, the optimizer;
   the data is the net's data layer through :func:`deeplab_compile.data.pipeline_for`
   (DataLoader workers; the batches depend only on the seed and the iteration);
+* precision (:mod:`.precision`): the solver's ``precision`` runs the forward under
+  autocast (bf16/fp16; fp16 scales the loss with a ``torch.amp.GradScaler``, whose
+  state goes into the snapshots) and ``channels_last`` puts the net and the input
+  batches in that memory layout;
 * one iteration (:func:`_iteration`, :func:`_check_loss`): forward/backward passes; a
   NaN or infinite loss stops before the update with :class:`TrainingDiverged`, naming
   the iteration and the last good snapshot (:func:`_last_good`: all its tensors finite,
@@ -65,6 +69,7 @@ from .distributed import convert_sync_bn, init_distributed, peer_lost, pick_devi
 from .mining import hard_pixel_ratio, install_hard_mining
 from .net import build_train_net
 from .optim import CaffeSGD
+from .precision import Precision
 from .runlog import RunLog, plot_losses
 from .solver import Solver, resolve_path
 
@@ -160,6 +165,8 @@ class _Run:
     it: int | None = None                   # the iteration under way, for error messages
     signum: int = signal.SIGINT             # the signal that stopped the run
     processes: list | None = None           # (host, pid) by rank, to name a process that dies
+    precision: Precision = field(default_factory=Precision)
+    scaler: Any = None                      # torch.amp.GradScaler under fp16
 
     @property
     def main(self) -> bool:
@@ -175,6 +182,11 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     solver's).  ``echo`` receives display lines (default: ``tqdm.write``/print on
     process 0)."""
     device = pick_device(gpu, solver)
+    precision = Precision(solver.precision, solver.channels_last)
+    try:
+        precision.check(device)
+    except DeepLabError as err:
+        raise solver.error(err.message, "precision", err.hint) from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world = init_distributed(device)
@@ -192,7 +204,7 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     log_dir = log_dir or solver.log_dir or os.path.join(os.path.dirname(prefix) or ".", "log")
     log = RunLog(log_dir, enabled=main_proc, echo=(echo or _echo) if main_proc else None, resume=snap is not None)
     run = _Run(solver, net, spec, device=device, rank=rank, world=world, seed=seed, prefix=prefix, log=log,
-               resume=resume, from_fillers=not weights and not resume)
+               resume=resume, from_fillers=not weights and not resume, precision=precision)
     try:
         if world > 1:
             run.processes = process_table()
@@ -268,7 +280,7 @@ def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_a
         run.log.line(f"Net {run.net.net.name} from {solver.net}: {n_params:,} parameters; "
                      f"data {spec.source} ({len(pipe.dataset)} images, batch {spec.batch_size} x {run.world} "
                      f"process(es), crop {spec.crop_height}x{spec.crop_width}); seed {run.seed}; "
-                     f"device {run.device}")
+                     f"device {run.device}, precision {run.precision.describe()}")
     it, loss_value, outputs, interrupted = _loop(run, pipe, start, end, progress)
     return _finish(run, it, loss_value, outputs, interrupted)
 
@@ -339,14 +351,18 @@ def _prepare(run: _Run, snap: dict | None) -> None:
         run.log.line(f"SyncBatchNorm: {n} layer(s) synchronized across {world} processes")
     run.miners = install_hard_mining(net) if solver.top_k_percent_pixels < 1.0 else []
     net.to(run.device)
+    run.precision.model(net)
     run.model = net
     if world > 1:
         ids = [run.device.index] if run.device.type == "cuda" else None
         run.model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
     run.opt = CaffeSGD(net.param_groups(), momentum=solver.momentum, regularization=solver.regularization_type,
                        iter_size=solver.iter_size, clip_gradients=solver.clip_gradients)
+    run.scaler = run.precision.grad_scaler(run.device)
     if snap is not None:
         run.opt.load_state_dict(snap["optimizer"])
+        if run.scaler is not None and snap.get("grad_scaler"):
+            run.scaler.load_state_dict(snap["grad_scaler"])
         states = snap.get("rng") or []
         if run.rank < len(states):
             set_rng_state(states[run.rank])
@@ -376,7 +392,11 @@ def _loop(run: _Run, pipe, start: int, end: int, progress: bool) -> tuple[int, f
                     break
                 loss_value, outs = done
                 stop_all, loss_value, outputs = _check_loss(run, it, loss_value, dict(outs), stop)
-                run.opt.step()
+                if run.scaler is None:
+                    run.opt.step()
+                else:       # unscales first (CaffeSGD clips unscaled gradients); skips inf/NaN steps
+                    run.scaler.step(run.opt)
+                    run.scaler.update()
                 it += 1
                 report.iteration(it, rate, loss_value, outputs)
                 if solver.snapshot and it % solver.snapshot == 0 and it < solver.max_iter:
@@ -404,15 +424,16 @@ def _iteration(run: _Run, pipe, stream, stop: _StopFlag) -> tuple[float, dict] |
     try:
         for k in range(iter_size):
             batch = next(stream)
-            feeds = pipe.feeds(batch, run.device)
+            feeds = run.precision.inputs(pipe.feeds(batch, run.device))
             sync = run.world == 1 or k == iter_size - 1
             with run.model.no_sync() if not sync else contextlib.nullcontext():
-                out = run.model(*feeds)
-                loss = run.net.total_loss(out)
-                loss.backward()
+                with run.precision.autocast(run.device):
+                    out = run.model(*feeds)
+                    loss = run.net.total_loss(out)
+                (loss if run.scaler is None else run.scaler.scale(loss)).backward()
             total += float(loss.detach())
             for name, v in out.items():
-                v = v.detach().reshape(-1)
+                v = v.detach().float().reshape(-1)
                 for j, x in enumerate(v.tolist()):
                     outs[f"{name}" if v.numel() == 1 else f"{name}/{j}"] += x / iter_size
     except (RuntimeError, StopIteration):
@@ -525,10 +546,11 @@ def _snapshot(run: _Run, at: int) -> str:
     model, optimizer = unwrap(run.model or run.net).state_dict(), run.opt.state_dict()
     if run.main:
         solver = run.solver
+        extra = {"grad_scaler": run.scaler.state_dict()} if run.scaler is not None else {}
         save_snapshot(path, {"iter": at, "model": model, "optimizer": optimizer,
                              "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
                              "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars),
-                             "preprocess": of_spec(run.spec).to_dict()})
+                             "preprocess": of_spec(run.spec).to_dict(), **extra})
         run.log.line(f"Snapshotting to {path}")
     run.last_snapshot = path
     if _all_finite(model) and _all_finite(optimizer):

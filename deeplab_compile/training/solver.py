@@ -26,10 +26,13 @@ to the file; the ``data:`` section's ``source`` and ``root_folder`` relative to 
     snapshot: 2000
     snapshot_prefix: model/train
     random_seed: 1
+    precision: bf16        # fp32 (default) | bf16 | fp16: autocast on the run's device (fp16 adds a grad scaler)
+    channels_last: false   # the net and the input batches in torch.channels_last
 
 What the fields drive lives beside this module: the rates in :mod:`.lr_policy` (warm-up
 included), the update in :mod:`.optim`, hard-pixel mining (``top_k_percent_pixels``,
-``hard_example_mining_step``) in :mod:`.mining`, ``sync_bn`` in :mod:`.distributed`.
+``hard_example_mining_step``) in :mod:`.mining`, ``sync_bn`` in :mod:`.distributed`,
+``precision`` and ``channels_last`` in :mod:`.precision`.
 
 :func:`load_solver` reads a YAML file, or a Caffe ``solver.prototxt`` mapped onto these
 fields by :mod:`deeplab_compile.caffe.solver`; :func:`convert_caffe` checks such a mapping
@@ -48,6 +51,7 @@ from ..schema import P
 from ..netdef.errors import did_you_mean, near_miss
 from ..netdef.parse import Map, load, loc_of
 from .lr_policy import POLICIES, learning_rate
+from .precision import PRECISIONS
 
 
 class SolverError(DeepLabError):
@@ -91,6 +95,9 @@ SCHEMA: dict[str, P] = {
     "warmup_method": P("enum", "constant", choices=("constant", "linear")),
     "top_k_percent_pixels": P("float", 1.0, min=0.0, max=1.0),
     "hard_example_mining_step": P("int", 0, min=0),
+    "precision": P("enum", "fp32", choices=PRECISIONS,
+                   doc="fp32, or bf16/fp16 autocast on the run's device (fp16 with a grad scaler)"),
+    "channels_last": P("bool", False, doc="the net and the input batches in torch.channels_last"),
 }
 
 
@@ -149,6 +156,8 @@ class Solver:
     warmup_method: str = "constant"
     top_k_percent_pixels: float = 1.0
     hard_example_mining_step: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
     locs: dict = field(default_factory=dict, repr=False)
     defines: dict = field(default_factory=dict, repr=False)     # -D overrides
     used_vars: set = field(default_factory=set, repr=False)     # names ${...} in the solver read
