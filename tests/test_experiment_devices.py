@@ -222,3 +222,37 @@ def test_two_cpu_processes_share_the_global_batch_and_equal_one_process(tmp_path
     for k, v in ref["model"].items():
         torch.testing.assert_close(snap["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)
     assert snap["history"]["loss"] == pytest.approx(ref["history"]["loss"], rel=1e-5)
+
+
+def _bn_config(exp):
+    """The tiny config with a BatchNorm that trains (batch statistics) after conv1_1."""
+    import shutil
+    dst = exp / "config" / "tiny_bn"
+    shutil.copytree(os.path.join(ROOT, "experiments", "voc12", "config", NET), dst)
+    text = (dst / "train.yaml").read_text()
+    anchor = '  - {name: pool1, type: Pooling, bottom: conv1_1'
+    assert anchor in text
+    (dst / "train.yaml").write_text(text.replace(
+        anchor, '  - {name: bn1, type: BatchNorm, bottom: conv1_1, top: conv1_1}\n' + anchor, 1))
+
+
+@pytest.mark.slow
+def test_batchnorm_that_trains_is_synchronized_so_two_processes_equal_one(tmp_path):
+    """With a BatchNorm computing batch statistics, the two processes' SyncBN statistics
+    are those of the whole batch of 8: weights and running estimates equal one process's."""
+    cache = tmp_path / "cache"
+    snaps = {}
+    for name, extra in (("two", {"NUM_PROCS": 2}), ("one", {})):
+        exp = tmp_path / name
+        _bn_config(exp)
+        r = run(exp, NET_ID="tiny_bn", CACHE_DIR=cache, RUN_TEST=0, RUN_CRF=0, RUN_EVAL=0, **TWO_PROCS, **extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        snaps[name] = load_snapshot(str(exp / "model" / "tiny_bn" / "train_iter_3.pt"))["model"]
+        if extra:
+            log = (exp / "log" / "tiny_bn" / "train" / "train.log").read_text()
+            assert "SyncBatchNorm: 1 layer(s) synchronized across 2 processes" in log, log
+    two, one = snaps["two"], snaps["one"]
+    assert set(two) == set(one) and "bn1.running_mean" in two
+    assert not torch.allclose(one["bn1.running_var"], torch.ones_like(one["bn1.running_var"]))
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6, msg=k)
