@@ -223,6 +223,19 @@ def test_two_cpu_processes_share_the_global_batch_and_equal_one_process(tmp_path
         torch.testing.assert_close(snap["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)
     assert snap["history"]["loss"] == pytest.approx(ref["history"]["loss"], rel=1e-5)
 
+    # the step's own command line, by hand: a resume must keep the batch global
+    import shlex
+    line = (two / "log" / NET / "train.log").read_text().splitlines()[0]
+    args = shlex.split(line[2:])
+    assert args[:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"] and "--global-batch" in args
+    args = [a for a in args[1:] if a != "--global-batch"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args, "-D", "MAX_ITER=4", "--resume",
+                        str(two / "model" / NET / "train_iter_3.pt")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("deeplab-train: error: ") == 1, out[-3000:]
+    assert "batch_size was global, this run's is per process" in out
+
 
 def _bn_config(exp):
     """The tiny config with a BatchNorm that trains (batch statistics) after conv1_1."""
