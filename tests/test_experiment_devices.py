@@ -269,3 +269,27 @@ def test_batchnorm_that_trains_is_synchronized_so_two_processes_equal_one(tmp_pa
     assert not torch.allclose(one["bn1.running_var"], torch.ones_like(one["bn1.running_var"]))
     for k, v in one.items():
         torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# --------------------------------------------------------------------------- the global batch
+
+def test_each_process_takes_its_share_of_the_global_batch(tmp_path):
+    from deeplab_compile.training.net import BatchSplitError, build_train_net, split_batch, train_ir
+    from deeplab_compile.training.solver import load_solver
+    (tmp_path / "list.txt").write_text("/a.jpg /a.png\n")
+    path = tmp_path / "solver.yaml"
+    path.write_text(f"net: {os.path.join(ROOT, 'netdef', 'deeplab_largefov_tiny.yaml')}\n"
+                    "vars: {crop: 33, width: 4}\n"
+                    "data:\n"
+                    "  source: list.txt\n"
+                    "  batch_size: 6\n"
+                    "base_lr: 0.01\nmax_iter: 1\n")
+    solver = load_solver(str(path))
+    _, spec = train_ir(solver)
+    assert [split_batch(solver, spec, n) for n in (1, 2, 3, 6)] == [6, 3, 2, 1]
+    with pytest.raises(BatchSplitError) as e:
+        split_batch(solver, spec, 4)
+    assert str(e.value) == (f"{path}:5:3: batch_size 6 is the batch of all 4 processes together and does not "
+                            "divide by 4; make batch_size a multiple of 4, or run 1, 2, 3 or 6 processes")
+    net, spec = build_train_net(solver, seed=0, processes=3)
+    assert spec.batch_size == 2 and net.net.inputs["data"][0] == 2

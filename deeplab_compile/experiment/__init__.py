@@ -62,8 +62,9 @@ A step that fails stops the run with its name and its log file (exit status 1).
 The modules: :mod:`.settings` (the variables and configs), :mod:`.caffe_config` (a
 folder of DeepLab's prototxts), :mod:`.runner` (a step's log and errors), :mod:`.steps`
 (data, train, test, CRF, evaluation), :mod:`.provenance` (the records), :mod:`.report`
-(the table and the picture), :mod:`.driver` (the order of the steps, exit codes), :mod:`.devices` and :mod:`.launch` (the training
-step under torchrun).
+(the table and the picture), :mod:`.driver` (the order of the steps, exit codes),
+:mod:`.devices` (DEV_ID, NUM_GPUS, NUM_PROCS) and :mod:`.launch` (the training step
+under torchrun).
 """
 from .driver import main
 

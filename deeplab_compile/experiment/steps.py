@@ -308,14 +308,12 @@ def distributed_args(s: Settings, args: list[str]) -> list[str]:
 def check_batch_split(s: Settings, sv) -> None:
     """The config's batch divides among the training processes: else one line naming
     the config and the fix, before any process starts."""
-    from ..training.net import split_batch, train_ir
+    from ..training.net import divisors, split_batch, train_ir
     devs = s.devices
     _, spec = train_ir(sv)
-    b = int(spec.batch_size)
-    fits = [n for n in range(1, b + 1) if b % n == 0]
     takes = os.path.isfile(sv.net) and "BATCH_SIZE" in declared_vars(sv.net)
     setting = devs.named_by if devs.named_by != "DEV_ID" else "the GPUs of DEV_ID"
-    hint = (f"run {', '.join(map(str, fits[:-1]))} or {fits[-1]} processes ({setting}), or "
+    hint = (f"run {divisors(int(spec.batch_size))} ({setting}), or "
             + (f"set BATCH_SIZE to a multiple of {devs.procs}" if takes
                else f"make the data layer's batch_size a multiple of {devs.procs}"))
     split_batch(sv, spec, devs.procs, hint=hint)

@@ -46,11 +46,15 @@ def split_batch(solver: Solver, spec, processes: int, hint: str | None = None) -
     data = solver.data if isinstance(solver.data, Mapping) else {}
     where = (str(loc_of(data, "batch_size") or solver.path) if "batch_size" in data
              else spec.where or resolve_path(solver, solver.net))
-    fits = [n for n in range(1, b + 1) if b % n == 0]
     raise BatchSplitError(f"{where}: batch_size {b} is the batch of all {processes} processes together and "
                           f"does not divide by {processes}",
-                          hint=hint or f"make batch_size a multiple of {processes}, or run "
-                                       f"{', '.join(map(str, fits[:-1]))} or {fits[-1]} processes")
+                          hint=hint or f"make batch_size a multiple of {processes}, or run {divisors(b)}")
+
+
+def divisors(b: int) -> str:
+    """The numbers of processes a batch of ``b`` divides among: ``1, 2, 4 or 8 processes``."""
+    fits = [str(n) for n in range(1, b + 1) if b % n == 0]
+    return "1 process" if len(fits) == 1 else f"{', '.join(fits[:-1])} or {fits[-1]} processes"
 
 
 def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None, processes: int = 1):
