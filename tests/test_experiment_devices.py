@@ -293,3 +293,21 @@ def test_each_process_takes_its_share_of_the_global_batch(tmp_path):
                             "divide by 4; make batch_size a multiple of 4, or run 1, 2, 3 or 6 processes")
     net, spec = build_train_net(solver, seed=0, processes=3)
     assert spec.batch_size == 2 and net.net.inputs["data"][0] == 2
+
+
+@pytest.mark.slow
+def test_a_deeplab_prototxt_config_trains_in_two_processes(tmp_path):
+    """DeepLab's own solver.prototxt, whose paths the experiment reads as run_pascal.sh
+    did: the processes load the solver as the step read it."""
+    from deeplab_exper import write_config
+    exp = tmp_path / "exper" / "voc12"
+    write_config(exp / "config" / "my_deeplab", "new", max_iter=2)
+    r = run(exp, NET_ID="my_deeplab", NUM_PROCS=2, NUM_IMAGES=16, IMAGE_MIN=40, IMAGE_MAX=56, RUN_CRF=0,
+            MAX_ITER="", TEST_CROP="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (exp / "log" / "my_deeplab" / "train.log").read_text()
+    solver = exp / "log" / "my_deeplab" / "train_solver.yaml"
+    assert log.startswith(f"$ torchrun --standalone --nproc_per_node 2 -m deeplab_compile.cli.train --solver {solver} ")
+    snap = load_snapshot(str(exp / "model" / "my_deeplab" / "train_iter_2.pt"))
+    assert snap["world_size"] == 2 and snap["global_batch"] is True
+    assert (exp / "res" / "my_deeplab" / "val" / "fc8.json").is_file()

@@ -254,6 +254,9 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
         check_batch_split(s, sv)
     os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
     log_dir = os.path.join(s.log_dir, name)
+    if procs > 1 and caffe_config.is_caffe(s.config_dir):
+        # the processes load the solver themselves: as this step reads DeepLab's
+        solver = solver_as_read(sv, os.path.join(s.log_dir, name + "_solver.yaml"))
     cmd = ["deeplab-train", "--solver", solver, *define_args(values), "--gpu", s.dev_id, "--no-progress",
            "--log-dir", log_dir]
     start = {}
@@ -305,13 +308,27 @@ def distributed_args(s: Settings, args: list[str]) -> list[str]:
     return out + ["--global-batch", "--sync-bn"]
 
 
+def solver_as_read(sv, path: str) -> str:
+    """Write the checked solver ``sv`` (a DeepLab solver.prototxt with its paths and data
+    layer read as :func:`caffe_config.solver_of` reads them) as a solver YAML file."""
+    import yaml
+    from ..io.atomic import atomic_write
+    fields = {k: v for k, v in sv.to_dict().items() if v is not None}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        f.write("# the solver of this training step as the experiment read it; written for torchrun's processes\n")
+        yaml.safe_dump(fields, f, sort_keys=False)
+    return path
+
+
 def check_batch_split(s: Settings, sv) -> None:
     """The config's batch divides among the training processes: else one line naming
     the config and the fix, before any process starts."""
     from ..training.net import divisors, split_batch, train_ir
     devs = s.devices
     _, spec = train_ir(sv)
-    takes = os.path.isfile(sv.net) and "BATCH_SIZE" in declared_vars(sv.net)
+    takes = (not caffe_config.is_caffe(s.config_dir) and os.path.isfile(sv.net)
+             and "BATCH_SIZE" in declared_vars(sv.net))
     setting = devs.named_by if devs.named_by != "DEV_ID" else "the GPUs of DEV_ID"
     hint = (f"run {divisors(int(spec.batch_size))} ({setting}), or "
             + (f"set BATCH_SIZE to a multiple of {devs.procs}" if takes
