@@ -133,6 +133,20 @@ Root Cause (first observed failure):
 ============================================================
 """
 
+# Ctrl-C: the processes snapshot and say how to resume; torchrun's agent reports the signal
+TORCHRUN_INTERRUPTED = """\
+deeplab-train: stopped by SIGTERM at iteration 615; snapshot m/train_iter_615.pt; continue with --resume m/train_iter_615.pt
+Traceback (most recent call last):
+  File "/usr/lib/python3/site-packages/torch/distributed/elastic/agent/server/api.py", line 745, in run
+    result = self._invoke_run(role)
+torch.distributed.elastic.multiprocessing.api.SignalException: Process 13094 got signal: 2
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/usr/lib/python3/site-packages/torch/distributed/run.py", line 1032, in <module>
+"""
+
 CHILD_TRACEBACK = """\
 Traceback (most recent call last):
   File "deeplab_compile/training/loop.py", line 10, in train
@@ -150,6 +164,15 @@ def test_torchrun_output_shows_an_error_once_and_keeps_its_report_in_the_log():
     f.close()
     assert "".join(shown) == "deeplab-train: error: solver.yaml: unknown solver field 'bas_lr'; did you mean 'base_lr'?\n"
     assert "".join(sorted(shown + logged)) == "".join(sorted(TORCHRUN_FAILURE.splitlines(keepends=True)))
+
+
+def test_after_ctrl_c_the_console_shows_how_to_resume_and_not_torchruns_traceback():
+    shown, logged = [], []
+    f = OutputFilter(shown.append, logged.append)
+    for ln in TORCHRUN_INTERRUPTED.splitlines(keepends=True):
+        f.line(ln)
+    f.close()
+    assert shown == TORCHRUN_INTERRUPTED.splitlines(keepends=True)[:1]
 
 
 def test_a_training_process_traceback_is_shown_whole():

@@ -36,7 +36,7 @@ def _env(procs: int) -> dict[str, str]:
 
 
 _LOGGER = re.compile(r"[DIWEF]\d{4} \d\d:\d\d:\d\d")        # torch.distributed.elastic's log lines
-_TORCHRUN_FRAME = ("torch/distributed/run.py", "torch/distributed/launcher/")
+_TORCHRUN_FRAME = ("torch/distributed/run.py", "torch/distributed/launcher/", "torch/distributed/elastic/")
 
 
 class OutputFilter:
