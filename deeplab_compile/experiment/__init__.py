@@ -16,7 +16,12 @@ everything is read from the environment, with the defaults of the dataset's entr
 ``NUM_LABELS``      classes (the dataset's: 21, 19, 150)
 ``DATA_ROOT``       the dataset; empty (VOC only): the synthetic set, made once in
                     ``${CACHE_DIR}`` (``${EXP}/cache``)
-``DEV_ID``          GPU id, or ``cpu`` (default ``cpu`` on the synthetic set, else 0)
+``DEV_ID``          GPU id, a list of them (``0,1,2,3``), or ``cpu`` (default ``cpu`` on the
+                    synthetic set, else 0)
+``NUM_GPUS``        train on N GPUs under torchrun; ``NUM_PROCS``: N training processes on
+                    ``DEV_ID``'s device (``cpu``: gloo).  See :mod:`.devices`: the config's
+                    batch is the batch of all N processes, BatchNorm that trains is
+                    synchronized, test/CRF/evaluation stay one process
 ``TRAIN_SET_SUFFIX`` VOC ``_aug``: stage 1 trains on ``train${SUFFIX}``, stage 2 on
                     ``trainval${SUFFIX}`` (as DeepLab)
 ``RUN_TRAIN`` ...   ``RUN_TRAIN``, ``RUN_TEST``, ``RUN_CRF``, ``RUN_EVAL`` (default 1),
@@ -57,7 +62,9 @@ A step that fails stops the run with its name and its log file (exit status 1).
 The modules: :mod:`.settings` (the variables and configs), :mod:`.caffe_config` (a
 folder of DeepLab's prototxts), :mod:`.runner` (a step's log and errors), :mod:`.steps`
 (data, train, test, CRF, evaluation), :mod:`.provenance` (the records), :mod:`.report`
-(the table and the picture), :mod:`.driver` (the order of the steps, exit codes).
+(the table and the picture), :mod:`.driver` (the order of the steps, exit codes),
+:mod:`.devices` (DEV_ID, NUM_GPUS, NUM_PROCS) and :mod:`.launch` (the training step
+under torchrun).
 """
 from .driver import main
 

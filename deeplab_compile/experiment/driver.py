@@ -11,6 +11,7 @@ from .. import settings as kernel_settings
 from ..errors import DeepLabError
 from ..netdef.errors import did_you_mean
 from .report import picture, table, write_summary
+from .devices import Devices, check_visible
 from .runner import Runner, StepFailed, say
 from .settings import Settings
 from .steps import check_layout, step_crf, step_data, step_eval, step_test, step_train
@@ -37,6 +38,16 @@ def stage(s: Settings, r: Runner, n: int, model: str) -> str | None:
     return text
 
 
+def use_devices(devs: Devices) -> None:
+    """Several GPUs: make the listed ones visible (the training processes and the
+    one-process steps number them from 0), and check that torch sees them all."""
+    if devs.visible is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = devs.visible
+    import torch
+    check_visible(devs, torch.cuda.device_count())
+
+
 def _error(text: str) -> int:
     print(f"run_experiment: error: {text}", file=sys.stderr)
     return 2
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     r = Runner(s.log_dir, s.quiet)
     t0 = time.time()
     say(f"experiment {s.exp}: NET_ID={s.net_id} NUM_LABELS={s.num_labels} DATA_ROOT={s.data_root}"
-        + (" (synthetic)" if s.synthetic else "") + f" DEV_ID={s.dev_id}")
+        + (" (synthetic)" if s.synthetic else "") + f" {s.devices.describe()}")
     if not os.path.isdir(s.config_dir):
         parent = os.path.dirname(s.config_dir)
         known = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))) \
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except kernel_settings.SettingError as err:
         return _error(str(err))
     try:
+        use_devices(s.devices)               # several GPUs: CUDA_VISIBLE_DEVICES, before torch looks
         check_layout(s)                      # every folder the steps read, before the first step
     except DeepLabError as err:
         return _error(str(err))

@@ -45,6 +45,12 @@ class Tee:
                 self.console.flush()
         return len(text)
 
+    def write_log(self, text: str) -> int:
+        """To the log only (what a child process prints that the console need not show)."""
+        self.log.write(text)
+        self.log.flush()
+        return len(text)
+
     def flush(self) -> None:
         self.log.flush()
 

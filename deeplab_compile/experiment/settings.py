@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..data.datasets import Dataset, get_dataset
+from .devices import Devices, from_env as devices_from_env
 
 
 def _env(name: str, default: str = "") -> str:
@@ -76,6 +77,7 @@ class Settings:
     synthetic_params: dict = field(default_factory=dict)
     quiet: bool = False
     home: str = ""
+    devices: Devices | None = None                    # DEV_ID, NUM_GPUS, NUM_PROCS (.devices)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -100,14 +102,14 @@ class Settings:
         d = lambda var, folder: os.path.abspath(_env(var, os.path.join(exp, folder, net_id)))  # noqa: E731
         list_dir = _env("LIST_DIR", os.path.join(data_root, "list") if synthetic else os.path.join(exp, "list"))
         defines = {k: os.environ[k] for k in DEFINES if os.environ.get(k, "") != ""}
-        dev_id = _env("DEV_ID", "cpu" if synthetic else "0")
-        defines = precision_defines(defines, dev_id)
         run = {"train": _flag("RUN_TRAIN", True), "test": _flag("RUN_TEST", True),
                "train2": _flag("RUN_TRAIN2", False), "test2": _flag("RUN_TEST2", False),
                "crf": _flag("RUN_CRF", True), "eval": _flag("RUN_EVAL", True)}
+        devs = devices_from_env(synthetic=synthetic)
+        defines = precision_defines(defines, devs.dev_id)
         return cls(exp=exp, net_id=net_id, num_labels=int(_env("NUM_LABELS", str(ds.num_labels))),
                    data_root=os.path.abspath(data_root), synthetic=synthetic,
-                   dev_id=dev_id,
+                   dev_id=devs.dev_id, devices=devs,
                    train_set="train" + suffix, train_set2="trainval" + suffix,
                    test_set=_env("TEST_SET", "val"), test_set2=_env("TEST_SET2", "val" if synthetic else "test"),
                    config_dir=os.path.abspath(_env("CONFIG_DIR", config_folder(exp, home, net_id))), home=home,

@@ -21,7 +21,7 @@ from ..io.mat import FEATURE_SUFFIX
 from ..training.loop import train
 from ..training.solver import load_solver
 from ..test import run_test
-from . import caffe_config
+from . import caffe_config, launch
 from . import provenance as prov
 from .runner import Runner, StepFailed, say
 from .settings import Settings, crf_settings, declared_vars, declared_values, define_args, eval_options, typed
@@ -254,8 +254,14 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
         return final
     if not s.run[name]:
         raise StepFailed(name, "-", f"    {final} does not exist and RUN_{name.upper()}=0")
+    procs = s.devices.procs if s.devices else 1
+    if procs > 1:
+        check_batch_split(s, sv)
     os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
     log_dir = os.path.join(s.log_dir, name)
+    if procs > 1 and caffe_config.is_caffe(s.config_dir):
+        # the processes load the solver themselves: as this step reads DeepLab's
+        solver = solver_as_read(sv, os.path.join(s.log_dir, name + "_solver.yaml"))
     cmd = ["deeplab-train", "--solver", solver, *define_args(values), "--gpu", s.dev_id, "--no-progress",
            "--log-dir", log_dir]
     start = {}
@@ -275,7 +281,13 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
     if not made:
         prov.write(record, now)
 
+    if procs > 1:                                   # torchrun: one process per device
+        args = distributed_args(s, cmd[1:])
+        cmd = launch.shown_command(procs, args)
+
     def work():
+        if procs > 1:
+            return launch.run(procs, args)
         result = train(sv, gpu=s.dev_id, log_dir=log_dir, progress=False, **start)
         if result.snapshot:
             print(f"iteration {result.iter}, loss {result.loss:.6g}; snapshot {result.snapshot}")
@@ -283,6 +295,50 @@ def step_train(s: Settings, r: Runner, stage: int) -> str:
     if not os.path.isfile(final):
         raise StepFailed(name, r.log_path(name), f"    training ended without {final}")
     return final
+
+
+def distributed_args(s: Settings, args: list[str]) -> list[str]:
+    """deeplab-train's arguments in several processes: the config's batch is the batch of
+    all of them (the papers'), BatchNorm that trains is synchronized, and each process
+    takes the GPU of its rank (no --gpu) or the CPU."""
+    out = []
+    it = iter(args)
+    for a in it:
+        if a == "--gpu":
+            v = next(it)
+            if v == "cpu":
+                out += [a, v]
+        else:
+            out.append(a)
+    return out + ["--global-batch", "--sync-bn"]
+
+
+def solver_as_read(sv, path: str) -> str:
+    """Write the checked solver ``sv`` (a DeepLab solver.prototxt with its paths and data
+    layer read as :func:`caffe_config.solver_of` reads them) as a solver YAML file."""
+    import yaml
+    from ..io.atomic import atomic_write
+    fields = {k: v for k, v in sv.to_dict().items() if v is not None}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        f.write("# the solver of this training step as the experiment read it; written for torchrun's processes\n")
+        yaml.safe_dump(fields, f, sort_keys=False)
+    return path
+
+
+def check_batch_split(s: Settings, sv) -> None:
+    """The config's batch divides among the training processes: else one line naming
+    the config and the fix, before any process starts."""
+    from ..training.net import divisors, split_batch, train_ir
+    devs = s.devices
+    _, spec = train_ir(sv)
+    takes = (not caffe_config.is_caffe(s.config_dir) and os.path.isfile(sv.net)
+             and "BATCH_SIZE" in declared_vars(sv.net))
+    setting = devs.named_by if devs.named_by != "DEV_ID" else "the GPUs of DEV_ID"
+    hint = (f"run {divisors(int(spec.batch_size))} ({setting}), or "
+            + (f"set BATCH_SIZE to a multiple of {devs.procs}" if takes
+               else f"make the data layer's batch_size a multiple of {devs.procs}"))
+    split_batch(sv, spec, devs.procs, hint=hint)
 
 
 # --------------------------------------------------------------------------- test

@@ -92,10 +92,14 @@ class SyncCaffeBatchNorm(CaffeBatchNorm):
 
 
 def convert_sync_bn(net: nn.Module) -> int:
-    """Swap every BatchNorm of a compiled net for its synchronized form, under the same
-    name and with the same tensors; returns how many."""
+    """Swap every BatchNorm of a compiled net that normalizes with batch statistics in
+    training for its synchronized form, under the same name and with the same tensors;
+    returns how many.  A frozen one (``use_global_stats: true``, DeepLab v2's ResNets)
+    reads its running estimates and stays as it is."""
     n = 0
     for name, mod in list(net.named_children()):
+        if isinstance(mod, CaffeBatchNorm) and mod.use_global_stats is True:
+            continue
         if isinstance(mod, CaffeBatchNorm) and not isinstance(mod, SyncCaffeBatchNorm):
             setattr(net, name, SyncCaffeBatchNorm.of(mod))
             n += 1

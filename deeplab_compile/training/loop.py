@@ -167,6 +167,7 @@ class _Run:
     processes: list | None = None           # (host, pid) by rank, to name a process that dies
     precision: Precision = field(default_factory=Precision)
     scaler: Any = None                      # torch.amp.GradScaler under fp16
+    global_batch: bool = False              # the data layer's batch_size is that of all processes
 
     @property
     def main(self) -> bool:
@@ -177,10 +178,17 @@ class _Run:
 
 def train(solver: Solver, *, weights: str | None = None, resume: str | None = None,
           gpu: str | int | None = None, log_dir: str | None = None, progress: bool = True,
-          num_workers: int | None = None, max_iter: int | None = None, echo=None) -> TrainResult:
+          num_workers: int | None = None, max_iter: int | None = None, echo=None,
+          global_batch: bool = False) -> TrainResult:
     """Run the solver.  ``max_iter`` stops early (for tests; the schedule still uses the
     solver's).  ``echo`` receives display lines (default: ``tqdm.write``/print on
-    process 0)."""
+    process 0).  ``global_batch``: under torchrun the data layer's ``batch_size`` is the
+    batch of all processes together, each taking ``batch_size / N`` (else each takes
+    ``batch_size``, as Caffe's multi-GPU training did).
+
+    A :class:`DeepLabError` that every process meets alike (a setting, a file, the
+    batch split, a diverged loss) carries ``main``: true on process 0 only, so that one
+    process prints it."""
     device = pick_device(gpu, solver)
     precision = Precision(solver.precision, solver.channels_last)
     try:
@@ -191,12 +199,15 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
         torch.cuda.set_device(device)
     rank, world = init_distributed(device)
     main_proc = rank == 0
-
-    snap = load_snapshot(resume) if resume else None
-    seed = _seed(solver, snap, resume, world)
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    net, spec = build_train_net(solver, seed=seed)
+    try:
+        snap = load_snapshot(resume) if resume else None
+        seed = _seed(solver, snap, resume, world)
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        net, spec = build_train_net(solver, seed=seed, processes=world if global_batch else 1)
+    except DeepLabError as err:
+        err.main = main_proc
+        raise
     # dropout and other module randomness: a distinct stream per process
     torch.manual_seed(seed + 1000003 * rank)
 
@@ -204,12 +215,19 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     log_dir = log_dir or solver.log_dir or os.path.join(os.path.dirname(prefix) or ".", "log")
     log = RunLog(log_dir, enabled=main_proc, echo=(echo or _echo) if main_proc else None, resume=snap is not None)
     run = _Run(solver, net, spec, device=device, rank=rank, world=world, seed=seed, prefix=prefix, log=log,
-               resume=resume, from_fillers=not weights and not resume, precision=precision)
+               resume=resume, from_fillers=not weights and not resume, precision=precision,
+               global_batch=global_batch)
     try:
         if world > 1:
             run.processes = process_table()
         return _run(run, snap, weights=weights, progress=progress and main_proc, num_workers=num_workers,
                     stop_at=max_iter)
+    except DeepLabError as err:
+        # before the first iteration (weights, resume) and a diverged loss: the same in
+        # every process; an error of one process's data is its own
+        if not hasattr(err, "main"):
+            err.main = main_proc or not (run.it is None or isinstance(err, TrainingDiverged))
+        raise
     except RuntimeError as err:
         if world == 1:
             raise
@@ -221,6 +239,7 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
         if lost is None:
             _restore_sigterm(old)
             raise
+        lost.main = True               # each survivor says which process died
         raise lost from None
     finally:
         log.close()
@@ -278,11 +297,21 @@ def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_a
     if run.main and start == 0:
         n_params = sum(p.numel() for p in run.net.parameters())
         run.log.line(f"Net {run.net.net.name} from {solver.net}: {n_params:,} parameters; "
-                     f"data {spec.source} ({len(pipe.dataset)} images, batch {spec.batch_size} x {run.world} "
-                     f"process(es), crop {spec.crop_height}x{spec.crop_width}); seed {run.seed}; "
+                     f"data {spec.source} ({len(pipe.dataset)} images, batch {_batch_words(run)}, "
+                     f"crop {spec.crop_height}x{spec.crop_width}); seed {run.seed}; "
                      f"device {run.device}, precision {run.precision.describe()}")
     it, loss_value, outputs, interrupted = _loop(run, pipe, start, end, progress)
     return _finish(run, it, loss_value, outputs, interrupted)
+
+
+def _batch_words(run: _Run) -> str:
+    """``8``, ``8 = 4 x 2 processes`` (a global batch) or ``4 x 2 processes``."""
+    b = run.spec.batch_size
+    if run.world == 1:
+        return str(b)
+    if run.global_batch:
+        return f"{b * run.world} = {b} x {run.world} processes"
+    return f"{b} x {run.world} processes"
 
 
 # --------------------------------------------------------------------------- starting
@@ -329,6 +358,11 @@ def _start(run: _Run, snap: dict | None, weights: str | None) -> int:
         if init:
             log.line(init_weights(run.net, init).line(init))
         return 0
+    if run.world > 1 and bool(snap.get("global_batch", False)) != run.global_batch:
+        was = "global" if snap.get("global_batch") else "per process"
+        raise CheckpointError(f"'{run.resume}' was written by a run whose batch_size was {was}, this run's is "
+                              + ("global" if run.global_batch else "per process"),
+                              hint="resume as it was started (with or without --global-batch)")
     state = check_state_dict(run.net, snap["model"], run.resume,
                              loose_hint="a snapshot resumes only the net it was written by: give "
                                         "the same netdef and vars, or start from it with --weights")
@@ -348,7 +382,8 @@ def _prepare(run: _Run, snap: dict | None) -> None:
     solver, net, world = run.solver, run.net, run.world
     if solver.sync_bn and world > 1:
         n = convert_sync_bn(net)
-        run.log.line(f"SyncBatchNorm: {n} layer(s) synchronized across {world} processes")
+        run.log.line(f"SyncBatchNorm: {n} layer(s) synchronized across {world} processes" if n else
+                     "SyncBatchNorm: no BatchNorm layer computes batch statistics in training; nothing to synchronize")
     run.miners = install_hard_mining(net) if solver.top_k_percent_pixels < 1.0 else []
     net.to(run.device)
     run.precision.model(net)
@@ -548,7 +583,8 @@ def _snapshot(run: _Run, at: int) -> str:
         solver = run.solver
         extra = {"grad_scaler": run.scaler.state_dict()} if run.scaler is not None else {}
         save_snapshot(path, {"iter": at, "model": model, "optimizer": optimizer,
-                             "rng": states, "seed": run.seed, "world_size": run.world, "history": run.history,
+                             "rng": states, "seed": run.seed, "world_size": run.world, "global_batch": run.global_batch,
+                             "history": run.history,
                              "solver": solver.to_dict(), "net": solver.net, "vars": dict(solver.vars),
                              "preprocess": of_spec(run.spec).to_dict(), **extra})
         run.log.line(f"Snapshotting to {path}")

@@ -5,18 +5,22 @@ spec the loop's pipeline reads.
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import torch
 
+from ..errors import DeepLabError
+from ..netdef.parse import loc_of
 from .solver import Solver, resolve_path
 
 
-def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None):
-    """Compile the solver's net in the TRAIN phase with inputs sized by its data layer.
-    Returns ``(net, data_spec)``.  The netdef is read once: the data spec is resolved
-    from its IR, and the sized net is a reshape of that IR."""
-    from ..codegen import generate
-    from ..compiler import load, load_netdef, net_from_doc, reshape
+class BatchSplitError(DeepLabError):
+    """A global batch that the processes cannot share evenly."""
+
+
+def train_ir(solver: Solver):
+    """The solver's net in the TRAIN phase as IR, and its data spec (nothing allocated)."""
+    from ..compiler import load, load_netdef, net_from_doc
     from ..data.spec import resolve_spec
     net_path = resolve_path(solver, solver.net)
     if not os.path.exists(net_path):
@@ -29,9 +33,42 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
     if net_vars != own:
         doc = load_netdef(text, vars=net_vars)
     ir = net_from_doc(doc, phase="train", source=net_path)
-    spec = resolve_spec(ir, "train", solver.data or None)
+    return ir, resolve_spec(ir, "train", solver.data or None)
+
+
+def split_batch(solver: Solver, spec, processes: int, hint: str | None = None) -> int:
+    """Each process's share of the data layer's ``batch_size`` read as the batch of all
+    ``processes`` together (the v3/v3+ papers' batch); a :class:`BatchSplitError` naming
+    where the batch is set when it does not divide."""
+    b = int(spec.batch_size)
+    if processes <= 1 or b % processes == 0:
+        return b // max(processes, 1)
+    data = solver.data if isinstance(solver.data, Mapping) else {}
+    where = (str(loc_of(data, "batch_size") or solver.path) if "batch_size" in data
+             else spec.where or resolve_path(solver, solver.net))
+    raise BatchSplitError(f"{where}: batch_size {b} is the batch of all {processes} processes together and "
+                          f"does not divide by {processes}",
+                          hint=hint or f"make batch_size a multiple of {processes}, or run {divisors(b)}")
+
+
+def divisors(b: int) -> str:
+    """The numbers of processes a batch of ``b`` divides among: ``1, 2, 4 or 8 processes``."""
+    fits = [str(n) for n in range(1, b + 1) if b % n == 0]
+    return "1 process" if len(fits) == 1 else f"{', '.join(fits[:-1])} or {fits[-1]} processes"
+
+
+def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None, processes: int = 1):
+    """Compile the solver's net in the TRAIN phase with inputs sized by its data layer.
+    Returns ``(net, data_spec)``.  The netdef is read once: the data spec is resolved
+    from its IR, and the sized net is a reshape of that IR.  ``processes`` > 1: the data
+    layer's batch is the global batch, and the net and the spec take this process's share
+    (:func:`split_batch`)."""
+    from ..codegen import generate
+    from ..compiler import reshape
+    ir, spec = train_ir(solver)
     if batch_size:
         spec.batch_size = batch_size
+    spec.batch_size = split_batch(solver, spec, processes)
     inputs = {}
     b, h, w = spec.batch_size, spec.crop_height, spec.crop_width
     for name, shape in ir.inputs.items():
