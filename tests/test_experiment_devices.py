@@ -309,13 +309,41 @@ def test_each_process_takes_its_share_of_the_global_batch(tmp_path):
                     "base_lr: 0.01\nmax_iter: 1\n")
     solver = load_solver(str(path))
     _, spec = train_ir(solver)
-    assert [split_batch(solver, spec, n) for n in (1, 2, 3, 6)] == [6, 3, 2, 1]
+    assert [split_batch(solver, spec, n) for n in (1, 2, 3, 6)] == [(6, 1), (3, 1), (2, 1), (1, 1)]
     with pytest.raises(BatchSplitError) as e:
         split_batch(solver, spec, 4)
     assert str(e.value) == (f"{path}:5:3: batch_size 6 is the batch of all 4 processes together and does not "
                             "divide by 4; make batch_size a multiple of 4, or run 1, 2, 3 or 6 processes")
     net, spec = build_train_net(solver, seed=0, processes=3)
     assert spec.batch_size == 2 and net.net.inputs["data"][0] == 2
+
+
+def test_iter_size_takes_the_part_of_the_processes_the_batch_cannot(tmp_path):
+    """DeepLab v2's batch 1 x iter_size 10: in 2 processes each runs 1 x 5.  A batch of 4
+    x iter_size 3 cannot go to 8 processes (the batch takes 4 of them, 3 passes not 2)."""
+    from deeplab_compile.training.net import BatchSplitError, split_batch, train_ir
+    from deeplab_compile.training.solver import load_solver
+    (tmp_path / "list.txt").write_text("/a.jpg /a.png\n")
+
+    def solver_of(batch, iter_size):
+        path = tmp_path / f"solver_{batch}_{iter_size}.yaml"
+        path.write_text(f"net: {os.path.join(ROOT, 'netdef', 'deeplab_largefov_tiny.yaml')}\n"
+                        "vars: {crop: 33, width: 4}\n"
+                        f"data:\n  source: list.txt\n  batch_size: {batch}\n"
+                        f"iter_size: {iter_size}\nbase_lr: 0.01\nmax_iter: 1\n")
+        solver = load_solver(str(path))
+        return solver, train_ir(solver)[1], path
+
+    solver, spec, _ = solver_of(1, 10)
+    assert [split_batch(solver, spec, n) for n in (1, 2, 5, 10)] == [(1, 10), (1, 5), (1, 2), (1, 1)]
+    solver, spec, _ = solver_of(2, 3)
+    assert [split_batch(solver, spec, n) for n in (2, 3, 6)] == [(1, 3), (2, 1), (1, 1)]
+    solver, spec, path = solver_of(4, 3)
+    with pytest.raises(BatchSplitError) as e:
+        split_batch(solver, spec, 8)
+    assert str(e.value) == (f"{path}:5:3: batch_size 4 x iter_size 3 is the batch of all 8 processes together "
+                            "and does not divide by 8; make batch_size a multiple of 8, or run 1, 2, 3, 4, 6 "
+                            "or 12 processes")
 
 
 @pytest.mark.slow

@@ -458,3 +458,33 @@ def test_after_a_nan_the_last_good_snapshot_is_one_whose_weights_give_a_finite_l
     with pytest.raises(TrainingDiverged, match=r"at iteration 1; no good snapshot exists") as e:
         train(s, progress=False, echo=lambda *_: None)
     assert "last good" not in str(e.value) and os.path.exists(other / "model" / "run_iter_1.pt")
+
+
+NO_BN_NET = "\n".join(line for line in DIST_NET.splitlines()
+                      if "BatchNorm" not in line and "type: Scale" not in line) + "\n"
+
+
+@pytest.mark.slow
+def test_a_global_batch_of_one_splits_its_iter_size_among_two_processes(tmp_path, syn):
+    """DeepLab v2's batch 1 x iter_size 2 as the global batch of 2 processes: each runs
+    1 x 1, and the snapshot equals one process running 1 x 2 (DDP averages the two
+    processes' gradients as iter_size averages its passes)."""
+    def solver(folder, processes):
+        path = dist_solver(folder, syn, batch=1, max_iter=2, snapshot=0)
+        (folder / "bn.yaml").write_text(NO_BN_NET)
+        text = open(path).read().replace("iter_size: 1", "iter_size: 2")
+        assert "iter_size: 2" in text
+        open(path, "w").write(text)
+        return path
+
+    one = train(load_solver(solver(tmp_path / "one", 1)), progress=False, echo=lambda *_: None)
+    two = solver(tmp_path / "two", 2)
+    r = torchrun_train(two, "--global-batch")
+    assert r.returncode == 0, r.stderr[-3000:]
+    snap = load_snapshot(str(tmp_path / "two" / "model" / "run_iter_2.pt"))
+    assert snap["world_size"] == 2 and snap["global_batch"] is True
+    ref = state(one.snapshot)
+    assert set(snap["model"]) == set(ref)
+    for k, v in ref.items():
+        torch.testing.assert_close(snap["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)
+    assert snap["history"]["loss"] == pytest.approx(load_snapshot(one.snapshot)["history"]["loss"], rel=1e-5)

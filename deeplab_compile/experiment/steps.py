@@ -335,7 +335,7 @@ def check_batch_split(s: Settings, sv) -> None:
     takes = (not caffe_config.is_caffe(s.config_dir) and os.path.isfile(sv.net)
              and "BATCH_SIZE" in declared_vars(sv.net))
     setting = devs.named_by if devs.named_by != "DEV_ID" else "the GPUs of DEV_ID"
-    hint = (f"run {divisors(int(spec.batch_size))} ({setting}), or "
+    hint = (f"run {divisors(int(spec.batch_size), int(sv.iter_size))} ({setting}), or "
             + (f"set BATCH_SIZE to a multiple of {devs.procs}" if takes
                else f"make the data layer's batch_size a multiple of {devs.procs}"))
     split_batch(sv, spec, devs.procs, hint=hint)

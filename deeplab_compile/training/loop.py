@@ -52,6 +52,7 @@ import re
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ from ..io.checkpoint import CheckpointError, rng_state, save_snapshot, set_rng_s
 from ..weights import init_weights, load_snapshot
 from .distributed import convert_sync_bn, init_distributed, peer_lost, pick_device, process_table, unwrap
 from .mining import hard_pixel_ratio, install_hard_mining
-from .net import build_train_net
+from .net import build_train_net, split_batch, train_ir
 from .optim import CaffeSGD
 from .precision import Precision
 from .runlog import RunLog, plot_losses
@@ -204,7 +205,11 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
         seed = _seed(solver, snap, resume, world)
         random.seed(seed)
         np.random.seed(seed % 2 ** 32)
-        net, spec = build_train_net(solver, seed=seed, processes=world if global_batch else 1)
+        ir, spec = train_ir(solver)
+        batch, passes = split_batch(solver, spec, world if global_batch else 1)
+        # this process's share: its batch, and its forward/backward passes per iteration
+        solver = dataclasses.replace(solver, iter_size=passes)
+        net, spec = build_train_net(solver, seed=seed, batch_size=batch, ir_spec=(ir, spec))
     except DeepLabError as err:
         err.main = main_proc
         raise
@@ -306,10 +311,12 @@ def _run(run: _Run, snap: dict | None, *, weights, progress, num_workers, stop_a
 
 def _batch_words(run: _Run) -> str:
     """``8``, ``8 = 4 x 2 processes`` (a global batch) or ``4 x 2 processes``."""
-    b = run.spec.batch_size
+    b, i = run.spec.batch_size, run.solver.iter_size
     if run.world == 1:
         return str(b)
     if run.global_batch:
+        if i > 1:
+            return f"{b * i * run.world} = {b} x iter_size {i} x {run.world} processes"
         return f"{b * run.world} = {b} x {run.world} processes"
     return f"{b} x {run.world} processes"
 
