@@ -233,6 +233,32 @@ def test_softmax_loss_all_ignored_and_prob_top():
     torch.testing.assert_close(mod(score, lab), want)
 
 
+def test_a_label_out_of_range_is_one_clear_error_naming_the_layer_and_the_fix():
+    """A label shrunk bilinearly mixes 255 with a class id at a border (254.x -> 254):
+    Caffe only DCHECKs it; here it is a located error, also under hard-pixel mining."""
+    from deeplab_compile.layers.loss import LabelValueError
+    from deeplab_compile.training.mining import TopKSoftmaxLoss
+    score = torch.randn(1, 21, 2, 2)
+    label = torch.tensor([[[[0.0, 255.0], [254.4, 3.0]]]])
+    layer, mod = make_layer("SoftmaxWithLoss", {"ignore_label": 255}, [(1, 21, 2, 2), (1, 1, 2, 2)])
+    mod.layer_name = "loss_075"
+    with pytest.raises(LabelValueError) as e:
+        mod(score, label)
+    msg = str(e.value)
+    assert "layer 'loss_075': label value 254 is neither a class of the 21 scores (0..20) nor ignore_label 255" in msg
+    assert "interpolation: nearest" in msg and "\n" not in msg
+    mined = TopKSoftmaxLoss(mod)
+    mined.ratio = 0.5
+    with pytest.raises(LabelValueError, match="label value 254"):
+        mined(score, label)
+    # ignored and in-range labels pass, negative ones do not
+    label[0, 0, 1, 0] = 255.0
+    assert torch.isfinite(mod(score, label)) and torch.isfinite(mined(score, label))
+    label[0, 0, 1, 0] = -1.0
+    with pytest.raises(LabelValueError, match="label value -1"):
+        mod(score, label)
+
+
 # ---------------------------------------------------------------- SegAccuracy
 def seg_ref(score, label, ignore):
     c = score.shape[1]

@@ -17,21 +17,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DeepLabError
 from ..graph import Layer, Shape
 from ..netdef.errors import ShapeError
 from ._args import canonical_axis, fmt
 from .base import LayerType, P
 
 
+class LabelValueError(DeepLabError):
+    """A label that is neither a class of the scores nor ``ignore_label``."""
+
+
 class CaffeSoftmaxLoss(nn.Module):
     def __init__(self, *, axis: int = 1, ignore_label: int | None = None,
-                 normalization: str = "valid", with_prob: bool = False):
+                 normalization: str = "valid", with_prob: bool = False, name: str | None = None):
         super().__init__()
         self.axis, self.ignore_label = axis, ignore_label
         self.normalization, self.with_prob = normalization, with_prob
+        self.layer_name = name
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, ignore_label={self.ignore_label}, normalization={self.normalization}"
+
+    def _check_labels(self, lab: torch.Tensor, valid: torch.Tensor | None, classes: int) -> None:
+        """Caffe only DCHECKs this (a release build reads past the scores); here a label
+        out of range is one clear error instead of an index error deep in gather."""
+        bad = (lab < 0) | (lab >= classes)
+        if valid is not None:
+            bad &= valid
+        if bool(bad.any()):
+            value = int(lab[bad][0])
+            ignore = f" nor ignore_label {self.ignore_label}" if self.ignore_label is not None else ""
+            raise LabelValueError(
+                f"layer '{self.layer_name or 'loss'}': label value {value} is neither a class of the "
+                f"{classes} scores (0..{classes - 1}){ignore}",
+                hint="a label resized bilinearly mixes ids at borders: give the Interp that resizes it "
+                     "'interpolation: nearest'; else check num_classes, ignore_label and the label files")
 
     def forward(self, score: torch.Tensor, label: torch.Tensor):
         a = self.axis
@@ -44,6 +65,7 @@ class CaffeSoftmaxLoss(nn.Module):
             lab = torch.where(valid, lab, torch.zeros_like(lab))
         else:
             valid = None
+        self._check_labels(lab, valid, score.shape[a])
         nll = -logp.gather(a, lab)
         if valid is not None:
             nll = nll * valid.to(nll.dtype)
@@ -99,4 +121,4 @@ class SoftmaxWithLoss(LayerType):
     def build(self, layer: Layer) -> nn.Module:
         return CaffeSoftmaxLoss(axis=canonical_axis(layer, layer.params["axis"], len(layer.in_shapes[0])),
                                 ignore_label=layer.params["ignore_label"], normalization=self.mode(layer),
-                                with_prob=len(layer.tops) > 1)
+                                with_prob=len(layer.tops) > 1, name=layer.name)

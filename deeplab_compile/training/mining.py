@@ -45,6 +45,8 @@ class TopKSoftmaxLoss(nn.Module):
         valid = torch.ones_like(lab, dtype=torch.bool)
         if self.inner.ignore_label is not None:
             valid = lab != self.inner.ignore_label
+        if hasattr(self.inner, "_check_labels"):
+            self.inner._check_labels(lab, valid, score.shape[a])
         nll = -logp.gather(a, torch.where(valid, lab, torch.zeros_like(lab))) * valid.to(score.dtype)
         flat = nll.reshape(-1)
         k = max(int(self.ratio * flat.numel()), 1)
