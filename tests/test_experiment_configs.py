@@ -92,9 +92,34 @@ def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, cla
     assert blob_stride(build_net(test, phase="test", vars=v), head) == 16
     opts = eval_options(test, {})
     want = [0.75, 1.0, 1.25] if ds == "cityscapes" else TF_SCALES     # model_zoo.md, per dataset
-    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}}
-    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0}) == {
-        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}}
+    pre = {"preprocess": INPUT_OF[net.rsplit("_", 1)[1]]}
+    assert opts == {"scales": want, "flip": True, "data": pre}
+    assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0}) == {"scales": [1.0], "flip": False, "data": pre}
+
+
+# What each v3/v3+ config's initial weights read (their pretrained_cfg): torchvision's
+# ResNet-101 and timm's mobilenetv2_100 ImageNet's mean/std, timm's xception65 (TF's
+# weights) mean = std = 0.5, i.e. [-1, 1].
+INPUT_OF = {"resnet101": "imagenet", "mobilenetv2": "imagenet", "xception65": "tf"}
+
+
+@pytest.mark.parametrize("ds,net,classes", MODERN, ids=[f"{ds}/{n}" for ds, n, _ in MODERN])
+def test_v3_configs_normalise_as_their_initial_weights_and_zoo_netdef(ds, net, classes):
+    """Training (the solvers' data section), testing (test.yaml's PREPROCESS) and the zoo
+    netdef's ``preprocess:`` agree, and match the source of the documented init weights."""
+    import yaml
+    from deeplab_compile.compiler import load_netdef
+    from deeplab_compile.data.preprocess import PRESETS, of_netdef
+    want = INPUT_OF[net.rsplit("_", 1)[1]]
+    source = re.search(r"--from (\S+)", header(config(ds, net, "train.yaml"))).group(1)
+    assert want == ("tf" if source == "timm:xception65" else "imagenet"), source
+    for name in ("solver.yaml", "solver2.yaml"):
+        if os.path.isfile(config(ds, net, name)):
+            with open(config(ds, net, name)) as f:
+                assert yaml.safe_load(f)["data"]["preprocess"] == want, name
+    with open(config(ds, net, "test.yaml")) as f:
+        assert yaml.safe_load(f)["vars"]["PREPROCESS"] == want
+    assert of_netdef(load_netdef(os.path.join(NETDEF, net + ".yaml"))) == PRESETS[want]
 
 
 @pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc"])
@@ -202,4 +227,5 @@ def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tm
         assert json.load(f)["images"] >= 1
     log = (tmp_path / "log" / net / "test.log").read_text()
     if "_v3" in net:                              # trained at OS 16, tested at OS 8 with scales and flip
-        assert "--scales" in log and "--flip" in log and "--preprocess tf" in log
+        assert "--scales" in log and "--flip" in log
+        assert "--preprocess " + INPUT_OF[net.rsplit("_", 1)[1]] in log

@@ -118,7 +118,8 @@ def test_zoo_nets_declare_what_their_weights_expect():
     from deeplab_compile.compiler import load_netdef
     from deeplab_compile.data.preprocess import PRESETS, of_netdef
     for name, want in (("deeplab_largefov", "caffe"), ("deeplab_v2_resnet101_aspp", "caffe"),
-                       ("deeplab_v3plus_mobilenetv2", "imagenet")):
+                       ("deeplab_v3plus_mobilenetv2", "imagenet"), ("deeplab_v3plus_xception65", "tf"),
+                       ("deeplab_v3_resnet101", "imagenet")):
         assert of_netdef(load_netdef(os.path.join(ROOT, "netdef", name + ".yaml"))) == PRESETS[want], name
 
 
