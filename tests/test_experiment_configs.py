@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,51 @@ def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tm
     if "_v3" in net:                              # trained at OS 16, tested at OS 8 with scales and flip
         assert "--scales" in log and "--flip" in log
         assert "--preprocess " + INPUT_OF[net.rsplit("_", 1)[1]] in log
+
+
+# --------------------------------------------------------------------------- the tiny v3+ run
+
+TINY = "deeplab_v3plus_mobilenetv2_tiny"
+TINY_WIDTHS = ("depth_multiplier", "aspp_channels", "low_channels", "decoder_channels")
+
+
+def _tiny_widths():
+    import yaml
+    with open(config("voc12", TINY, "train.yaml")) as f:
+        own = yaml.safe_load(f)["vars"]
+    return {k: own[k] for k in TINY_WIDTHS}
+
+
+def test_tiny_v3plus_is_the_zoo_net_at_reduced_widths():
+    """train.yaml and test.yaml have netdef/deeplab_v3plus_mobilenetv2.yaml's layers and
+    names, set by its width variables (so weights converted with those -D values load)."""
+    widths = _tiny_widths()
+    assert widths["depth_multiplier"] < 100 and widths["aspp_channels"] < 256
+    want = meta_params(build_net(os.path.join(NETDEF, "deeplab_v3plus_mobilenetv2.yaml"), phase="train",
+                                 vars=dict(widths, num_classes=21)))
+    for name, phase in (("train.yaml", "train"), ("test.yaml", "test")):
+        path = config("voc12", TINY, name)
+        assert meta_params(build_net(path, phase=phase, vars=values(path, 21))) == want, name
+    assert sum(int(np.prod(s)) for s in want.values()) < 10 ** 6      # a CPU-sized net
+
+
+def test_tiny_v3plus_runs_the_modern_recipe():
+    """BatchNorm trained (batch statistics, running averages updated), the decoder, poly lr,
+    hard-pixel mining, OS 16 for training and 8 for testing with scales and flip."""
+    from deeplab_compile.training.solver import load_solver
+    train, test = config("voc12", TINY, "train.yaml"), config("voc12", TINY, "test.yaml")
+    ir = build_net(train, phase="train", vars=values(train, 21))
+    bns = [lay for lay in ir.layers if lay.type == "BatchNorm"]
+    assert bns and not any(lay.params["use_global_stats"] for lay in bns)
+    assert any(lay.name == "decoder_concat" for lay in ir.layers)
+    assert blob_stride(ir, "ir17_project") == 16
+    assert blob_stride(build_net(test, phase="test", vars=values(test, 21)), "ir17_project") == 8
+    opts = eval_options(test, {})
+    assert len(opts["scales"]) > 1 and 1.0 in opts["scales"] and opts["flip"]
+    assert opts["data"] == {"preprocess": "imagenet"}            # as the zoo netdef declares
+    sv = load_solver(config("voc12", TINY, "solver.yaml"),
+                     {"NUM_LABELS": 21, "DATA_ROOT": "/d", "LIST_DIR": "/l", "TRAIN_SET": "train_aug",
+                      "CONFIG_DIR": os.path.dirname(train), "MODEL_DIR": "/m"})
+    assert sv.lr_policy == "poly" and sv.power == 0.9
+    assert sv.top_k_percent_pixels < 1 and sv.hard_example_mining_step > 0
+    assert sv.data["preprocess"] == "imagenet"
