@@ -358,9 +358,10 @@ def test_tiny_v3plus_default_run(tmp_path):
         assert (tmp_path / "log" / V3PLUS / f"{step}.log").is_file(), step
     res = tmp_path / "res" / V3PLUS / "val"
     before, after = (json.load(open(res / f"{t}.json")) for t in ("fc8", "crf"))
-    # all background scores ~0.03 here (its IoU over 21 classes); a net that learns the
-    # objects scores several times that
-    assert before["miou"] > 0.25 and after["miou"] > 0.25
+    # background everywhere scores ~0.03 (one class's IoU over the 21); the README's run
+    # gives 0.67 before the CRF
+    assert before["miou"] > 0.40
+    assert after["miou"] > before["miou"]                 # the CRF helps these scores
     table = (res / "summary.txt").read_text()
     assert table.strip() in r.stdout
     for row, got in (("before CRF (fc8)", before), ("after CRF", after)):
