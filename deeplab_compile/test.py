@@ -226,7 +226,8 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
 
             for i in range(len(ds)):
                 img, _, entry = ds.load(i)
-                x = torch.from_numpy(((img.astype(np.float64) - mean) * tp.scale).astype(np.float32)
+                x = torch.from_numpy(((img.astype(np.float64) - mean) * np.asarray(tp.scale, np.float64))
+                                     .astype(np.float32)
                                      .transpose(2, 0, 1).copy())[None]
                 probs = multi_scale_probs(run, x, scales, flip)
                 feats = torch.log(probs.clamp_min(1e-12))
@@ -249,15 +250,18 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
 
 def _preprocess(overrides: dict, doc, ir, meta: dict, net_path: str, weights: str | None) -> None:
     """Make the data spec normalise as the net was trained: the options given win; else
-    the weights file's record (a data layer that normalises otherwise is an error); else
-    the netdef's ``preprocess:`` key for a net without a data layer."""
+    the weights file's record, else the netdef's ``preprocess:`` key, for a net without a
+    data layer or with one that sets neither ``mean_value`` nor ``scale`` (a data layer
+    that normalises otherwise than the record is an error)."""
     from .data.preprocess import from_value, of_layer, of_netdef, spec_overrides
     from .data.spec import find_data_layer
+    from .inference import data_layer_params
     if any(k in overrides for k in ("preprocess", "mean_value", "scale")):
         return
     recorded = from_value(meta["preprocess"], f"{weights}: preprocess") if meta.get("preprocess") else None
     lay = find_data_layer(ir)
-    if lay is not None:
+    raw = data_layer_params(doc) or {}
+    if lay is not None and ("mean_value" in raw or "scale" in raw):
         if recorded is not None:
             own = of_layer(lay.params, lay.name)
             if not own.close_to(recorded):

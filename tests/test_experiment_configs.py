@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,9 +93,35 @@ def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, cla
     assert blob_stride(build_net(test, phase="test", vars=v), head) == 16
     opts = eval_options(test, {})
     want = [0.75, 1.0, 1.25] if ds == "cityscapes" else TF_SCALES     # model_zoo.md, per dataset
-    assert opts == {"scales": want, "flip": True, "data": {"preprocess": "tf"}, "precision": "bf16"}
+    pre = {"preprocess": INPUT_OF[net.rsplit("_", 1)[1]]}
+    assert opts == {"scales": want, "flip": True, "data": pre, "precision": "bf16"}
     assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0, "PRECISION": "fp32", "CHANNELS_LAST": "true"}) == {
-        "scales": [1.0], "flip": False, "data": {"preprocess": "tf"}, "channels_last": True}
+        "scales": [1.0], "flip": False, "data": pre, "channels_last": True}
+
+
+# What each v3/v3+ config's initial weights read (their pretrained_cfg): torchvision's
+# ResNet-101 and timm's mobilenetv2_100 ImageNet's mean/std, timm's xception65 (TF's
+# weights) mean = std = 0.5, i.e. [-1, 1].
+INPUT_OF = {"resnet101": "imagenet", "mobilenetv2": "imagenet", "xception65": "tf"}
+
+
+@pytest.mark.parametrize("ds,net,classes", MODERN, ids=[f"{ds}/{n}" for ds, n, _ in MODERN])
+def test_v3_configs_normalise_as_their_initial_weights_and_zoo_netdef(ds, net, classes):
+    """Training (the solvers' data section), testing (test.yaml's PREPROCESS) and the zoo
+    netdef's ``preprocess:`` agree, and match the source of the documented init weights."""
+    import yaml
+    from deeplab_compile.compiler import load_netdef
+    from deeplab_compile.data.preprocess import PRESETS, of_netdef
+    want = INPUT_OF[net.rsplit("_", 1)[1]]
+    source = re.search(r"--from (\S+)", header(config(ds, net, "train.yaml"))).group(1)
+    assert want == ("tf" if source == "timm:xception65" else "imagenet"), source
+    for name in ("solver.yaml", "solver2.yaml"):
+        if os.path.isfile(config(ds, net, name)):
+            with open(config(ds, net, name)) as f:
+                assert yaml.safe_load(f)["data"]["preprocess"] == want, name
+    with open(config(ds, net, "test.yaml")) as f:
+        assert yaml.safe_load(f)["vars"]["PREPROCESS"] == want
+    assert of_netdef(load_netdef(os.path.join(NETDEF, net + ".yaml"))) == PRESETS[want]
 
 
 @pytest.mark.parametrize("net", ["deeplab_largefov", "deeplab_v2_resnet101_aspp", "deeplab_v2_resnet101_msc"])
@@ -202,7 +229,8 @@ def test_two_iterations_of_each_config_on_the_synthetic_set(ds, net, classes, tm
         assert json.load(f)["images"] >= 1
     log = (tmp_path / "log" / net / "test.log").read_text()
     if "_v3" in net:                              # trained at OS 16, tested at OS 8 with scales and flip
-        assert "--scales" in log and "--flip" in log and "--preprocess tf" in log
+        assert "--scales" in log and "--flip" in log
+        assert "--preprocess " + INPUT_OF[net.rsplit("_", 1)[1]] in log
 
 
 @pytest.mark.parametrize("ds,net,classes", MODERN, ids=[f"{ds}/{n}" for ds, n, _ in MODERN])
@@ -243,3 +271,52 @@ def test_experiment_refuses_a_channels_last_that_is_not_a_switch(monkeypatch, tm
     monkeypatch.setenv("CHANNELS_LAST", "maybe")
     with pytest.raises(DataError, match="CHANNELS_LAST='maybe' is not a switch"):
         Settings.from_env()
+
+
+
+# --------------------------------------------------------------------------- the tiny v3+ run
+
+TINY = "deeplab_v3plus_mobilenetv2_tiny"
+TINY_WIDTHS = ("depth_multiplier", "aspp_channels", "low_channels", "decoder_channels")
+
+
+def _tiny_widths():
+    import yaml
+    with open(config("voc12", TINY, "train.yaml")) as f:
+        own = yaml.safe_load(f)["vars"]
+    return {k: own[k] for k in TINY_WIDTHS}
+
+
+def test_tiny_v3plus_is_the_zoo_net_at_reduced_widths():
+    """train.yaml and test.yaml have netdef/deeplab_v3plus_mobilenetv2.yaml's layers and
+    names, set by its width variables (so weights converted with those -D values load)."""
+    widths = _tiny_widths()
+    assert widths["depth_multiplier"] < 100 and widths["aspp_channels"] < 256
+    want = meta_params(build_net(os.path.join(NETDEF, "deeplab_v3plus_mobilenetv2.yaml"), phase="train",
+                                 vars=dict(widths, num_classes=21)))
+    for name, phase in (("train.yaml", "train"), ("test.yaml", "test")):
+        path = config("voc12", TINY, name)
+        assert meta_params(build_net(path, phase=phase, vars=values(path, 21))) == want, name
+    assert sum(int(np.prod(s)) for s in want.values()) < 10 ** 6      # a CPU-sized net
+
+
+def test_tiny_v3plus_runs_the_modern_recipe():
+    """BatchNorm trained (batch statistics, running averages updated), the decoder, poly lr,
+    hard-pixel mining, OS 16 for training and 8 for testing with scales and flip."""
+    from deeplab_compile.training.solver import load_solver
+    train, test = config("voc12", TINY, "train.yaml"), config("voc12", TINY, "test.yaml")
+    ir = build_net(train, phase="train", vars=values(train, 21))
+    bns = [lay for lay in ir.layers if lay.type == "BatchNorm"]
+    assert bns and not any(lay.params["use_global_stats"] for lay in bns)
+    assert any(lay.name == "decoder_concat" for lay in ir.layers)
+    assert blob_stride(ir, "ir17_project") == 16
+    assert blob_stride(build_net(test, phase="test", vars=values(test, 21)), "ir17_project") == 8
+    opts = eval_options(test, {})
+    assert len(opts["scales"]) > 1 and 1.0 in opts["scales"] and opts["flip"]
+    assert opts["data"] == {"preprocess": "imagenet"}            # as the zoo netdef declares
+    sv = load_solver(config("voc12", TINY, "solver.yaml"),
+                     {"NUM_LABELS": 21, "DATA_ROOT": "/d", "LIST_DIR": "/l", "TRAIN_SET": "train_aug",
+                      "CONFIG_DIR": os.path.dirname(train), "MODEL_DIR": "/m"})
+    assert sv.lr_policy == "poly" and sv.power == 0.9
+    assert sv.top_k_percent_pixels < 1 and sv.hard_example_mining_step > 0
+    assert sv.data["preprocess"] == "imagenet"

@@ -36,6 +36,8 @@ CASES: dict[str, list[tuple[dict, list[tuple], dict]]] = {
         ({"height": 13, "width": 5}, [(2, 1, 7, 7)], {}),
         ({}, [(1, 2, 5, 5), (1, 7, 12, 9)], {}),
         ({"zoom_factor": 3, "align_corners": False}, [(1, 2, 5, 4)], {}),
+        ({"interpolation": "nearest"}, [(1, 1, 41, 33), (1, 3, 31, 25)], {}),
+        ({"shrink_factor": 2, "interpolation": "nearest", "align_corners": False}, [(1, 1, 9, 8)], {}),
     ],
     "InnerProduct": [
         ({"num_output": 7}, [(2, 3, 4, 5)], {}),

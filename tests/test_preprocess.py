@@ -118,7 +118,8 @@ def test_zoo_nets_declare_what_their_weights_expect():
     from deeplab_compile.compiler import load_netdef
     from deeplab_compile.data.preprocess import PRESETS, of_netdef
     for name, want in (("deeplab_largefov", "caffe"), ("deeplab_v2_resnet101_aspp", "caffe"),
-                       ("deeplab_v3plus_mobilenetv2", "imagenet")):
+                       ("deeplab_v3plus_mobilenetv2", "imagenet"), ("deeplab_v3plus_xception65", "tf"),
+                       ("deeplab_v3_resnet101", "imagenet")):
         assert of_netdef(load_netdef(os.path.join(ROOT, "netdef", name + ".yaml"))) == PRESETS[want], name
 
 
@@ -199,3 +200,106 @@ def test_deeplab_test_covers_an_image_larger_than_the_crop(trained, tmp_path, ca
     assert predict(["--netdef", os.path.join(CFG, "train.yaml"), "--weights", snap, str(tmp_path / "big.png"),
                     "-o", str(tmp_path / "pred")]) == 0
     assert (read_label_png(tmp_path / "pred" / "big.png") == lab).all()
+
+
+# ImageNet's normalisation as torchvision publishes it (0..1 RGB): per channel, not one scale
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def _identity_net(tmp_path, header="", data_layer=""):
+    """A 1x1 convolution that copies its three channels: its features are its input."""
+    net = tmp_path / "ident.yaml"
+    body = ("layers:\n" + data_layer +
+            "  - {name: copy, type: Convolution, bottom: data, num_output: 3, kernel_size: 1}\n")
+    net.write_text("name: ident\n" + header + body)
+    return net
+
+
+def _image_list(tmp_path, h=9, w=11):
+    rgb = np.random.default_rng(3).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    (tmp_path / "l.txt").write_text("a.png\n")
+    return rgb, str(tmp_path / "l.txt")
+
+
+def _identity_weights(path, **meta):
+    sd = {"copy.weight": torch.eye(3)[:, :, None, None], "copy.bias": torch.zeros(3)}
+    torch.save({"state_dict": sd, **meta}, path)
+    return str(path)
+
+
+def _features(feats, h, w):
+    from deeplab_compile.io.mat import FEATURE_SUFFIX, read_scores
+    return read_scores(os.path.join(feats, "a" + FEATURE_SUFFIX), h, w)
+
+
+def test_deeplab_test_normalises_per_channel_as_the_netdef_declares_imagenet(tmp_path):
+    rgb, lst = _image_list(tmp_path)
+    net = _identity_net(tmp_path, "preprocess: imagenet\ninputs: {data: [3, 13, 13]}\n")
+    w = _identity_weights(tmp_path / "w.pt")
+    feats = str(tmp_path / "f")
+    assert deeplab_test(["--net", str(net), "--weights", w, "--list", lst, "--root", str(tmp_path),
+                         "--features", feats, "--no-progress", "--workers", "0"]) == 0
+    want = ((rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    np.testing.assert_allclose(_features(feats, 9, 11), want, rtol=0, atol=1e-5)
+
+
+def test_deeplab_test_takes_imagenet_from_the_weights_record_for_a_data_layer_without_mean(tmp_path, fed):
+    """A test net whose ImageSegData sets no mean_value or scale runs as the weights were
+    trained (here ImageNet's mean and std), single-scale and with --scales, no --preprocess."""
+    from deeplab_compile.data.preprocess import PRESETS
+    rgb, lst = _image_list(tmp_path)
+    layer = ("  - {name: data, type: ImageSegData, top: [data], source: " + lst + ", root_folder: "
+             + str(tmp_path) + ", label_type: none, batch_size: 1, crop_size: 13}\n")
+    net = _identity_net(tmp_path, data_layer=layer)
+    w = _identity_weights(tmp_path / "w.pt", preprocess=PRESETS["imagenet"].to_dict())
+    want = ((rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    feats = str(tmp_path / "f")
+    assert deeplab_test(["--net", str(net), "--weights", w, "--features", feats, "--no-progress",
+                         "--workers", "0"]) == 0
+    np.testing.assert_allclose(_features(feats, 9, 11), want, rtol=0, atol=1e-5)
+    # multi-scale: the image normalised once, then resized per scale (what the net is fed at scale 1)
+    assert deeplab_test(["--net", str(net), "--weights", w, "--features", feats, "--no-progress",
+                         "--scales", "0.5,1", "--flip"]) == 0
+    assert len(fed) == 1
+    np.testing.assert_allclose(fed[0][0].numpy(), want, rtol=0, atol=1e-5)
+
+
+def test_training_with_imagenet_preprocessing_feeds_and_records_it(tmp_path):
+    from deeplab_compile.compiler import load_netdef, net_from_doc
+    from deeplab_compile.data import pipeline_for, resolve_spec
+    from deeplab_compile.data.preprocess import PRESETS, from_value
+    from deeplab_compile.weights import read_state_dict
+    syn = str(tmp_path / "syn")
+    generate(syn, num_images=4, min_size=24, max_size=24, seed=0)
+    net = tmp_path / "n.yaml"
+    net.write_text("name: n\ninputs: {data: [3, 17, 17], label: [1, 17, 17]}\nlayers:\n"
+                   "  - {name: fc8, type: Convolution, bottom: data, num_output: 21, kernel_size: 1}\n"
+                   "  - {name: loss, type: SoftmaxWithLoss, bottom: [fc8, label], ignore_label: 255}\n")
+    data = {"source": f"{syn}/list/train.txt", "root_folder": syn, "batch_size": 1, "preprocess": "imagenet",
+            "num_workers": 0}
+    ir = net_from_doc(load_netdef(str(net)), phase="train")
+    batch = next(iter(pipeline_for(ir, "train", resolve_spec(ir, "train", dict(data, shuffle=False)),
+                                   num_workers=0)))
+    fed = batch["data"][0].numpy().transpose(1, 2, 0)
+    whole = (_rgb(syn + open(data["source"]).read().split()[0]) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    # the 17 x 17 crop (at a random offset) of the image normalised per channel
+    assert any(np.allclose(fed, whole[y:y + 17, x:x + 17], rtol=0, atol=1e-5) for y in range(8) for x in range(8))
+    solver = tmp_path / "solver.yaml"
+    solver.write_text(f"net: {net}\nbase_lr: 0.001\nmax_iter: 1\nsnapshot_prefix: {tmp_path}/m\n"
+                      f"data: {{source: {syn}/list/train.txt, root_folder: {syn}, batch_size: 1, "
+                      "preprocess: imagenet, num_workers: 0}\n")
+    _, meta = read_state_dict(train(load_solver(str(solver)), gpu="cpu", progress=False).snapshot)
+    assert from_value(meta["preprocess"]).close_to(PRESETS["imagenet"])
+
+
+def test_a_data_section_with_imagenet_refuses_its_own_mean(tmp_path):
+    from deeplab_compile.data.errors import DataError
+    from deeplab_compile.data.spec import check_section
+    assert check_section({"preprocess": "imagenet"}) == {"preprocess": "imagenet"}
+    from deeplab_compile.compiler import load_netdef, net_from_doc
+    from deeplab_compile.data.spec import resolve_spec
+    net = _identity_net(tmp_path, "inputs: {data: [3, 13, 13]}\n")
+    ir = net_from_doc(load_netdef(str(net)), phase="test")
+    with pytest.raises(DataError, match="fixes mean and scale"):
+        resolve_spec(ir, "test", {"source": "x.txt", "preprocess": "imagenet", "mean_value": [1, 2, 3]})

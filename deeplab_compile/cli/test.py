@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="DIR", help="write arg-max predictions as VOC palette PNGs")
     p.add_argument("--scales", default="1", help="comma-separated inference scales, e.g. 0.5,0.75,1.0,1.25")
     p.add_argument("--flip", action="store_true", help="also run mirrored images and average")
-    p.add_argument("--preprocess", choices=("caffe", "tf"), help="caffe: BGR minus mean (default); tf: RGB [-1, 1]")
+    p.add_argument("--preprocess", choices=("caffe", "imagenet", "tf"),
+                   help="caffe: BGR minus mean; tf: RGB [-1, 1]; imagenet: RGB, torchvision's mean and std "
+                        "(default: the data layer's mean_value and scale; where it sets none, or the net has no "
+                        "data layer, the weights file's record, else the netdef's preprocess)")
     p.add_argument("--mean", help="B,G,R mean values (default: DeepLab's 104.008,116.669,122.675)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpu", help="CUDA device index, or 'cpu'")

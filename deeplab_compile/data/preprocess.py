@@ -104,22 +104,23 @@ def from_value(value: Any, where: str = "preprocess") -> Preprocess:
 
 def of_spec(spec) -> Preprocess:
     """What a :class:`~deeplab_compile.data.spec.DataSpec`'s transform does."""
-    if spec.preprocess == "tf":
-        return PRESETS["tf"]
+    if spec.preprocess in ("tf", "imagenet"):
+        return PRESETS[spec.preprocess]
     mean = tuple(spec.mean_value) if spec.mean_value else (0.0,)
     return Preprocess("bgr", _three(mean, "mean", spec.where or "data"), (float(spec.scale),) * 3)
 
 
 def spec_overrides(pre: Preprocess) -> dict[str, Any]:
     """The data-section keys (``preprocess``, ``mean_value``, ``scale``) that make a data
-    spec normalise as ``pre``; an error where the data pipeline cannot (RGB with another
-    mean than TF's, or a scale per channel)."""
-    if pre.close_to(PRESETS["tf"]):
-        return {"preprocess": "tf"}
+    spec normalise as ``pre``; an error where the data pipeline cannot (RGB other than
+    TF's or ImageNet's, or B G R with a scale per channel)."""
+    for name in ("tf", "imagenet"):
+        if pre.close_to(PRESETS[name]):
+            return {"preprocess": name}
     if pre.order == "bgr" and len(set(pre.scale)) == 1:
         return {"preprocess": "caffe", "mean_value": list(pre.mean), "scale": pre.scale[0]}
     raise DataError(f"the data pipeline cannot normalise as {pre.describe()}",
-                    hint="it takes B G R with one scale, or tf; pass --preprocess caffe|tf")
+                    hint="it takes B G R with one scale, tf or imagenet; pass --preprocess caffe|tf|imagenet")
 
 
 def of_layer(params: Mapping, name: str = "data") -> Preprocess:

@@ -14,8 +14,10 @@ or ``root_folder`` written in a solver file is relative to that file's folder (b
 them, wherever the command runs).  Besides ImageSegData's
 own parameters the runtime takes:
 
-``preprocess``  ``caffe`` (B G R, ``(x - mean_value) * scale``, the default) or ``tf``
-                (R G B scaled to [-1, 1]: mean 127.5, scale 1/127.5, as TF DeepLab v3+).
+``preprocess``  ``caffe`` (B G R, ``(x - mean_value) * scale``, the default), ``tf``
+                (R G B scaled to [-1, 1]: mean 127.5, scale 1/127.5, as TF DeepLab v3+) or
+                ``imagenet`` (R G B, torchvision's mean and std per channel: the
+                torchvision/timm ImageNet backbones).
 ``label_map``   ``none``/``voc``, ``cityscapes`` (labelIds -> 19 trainIds), ``ade20k``
                 (150 classes, 0 -> 255); see :mod:`deeplab_compile.data.labels`.
 ``num_classes`` labels must lie in ``[0, num_classes)`` or equal ``ignore_label``; taken
@@ -37,7 +39,7 @@ from .errors import DataError
 from .labels import LABEL_MAPS
 from .transforms import TransformParams
 
-from .preprocess import CAFFE_MEAN_BGR  # noqa: E402,F401  (defined once, with the other presets)
+from .preprocess import CAFFE_MEAN_BGR, PRESETS  # noqa: E402,F401  (defined once, with the other presets)
 
 ROLES = ("data", "label", "data_dim")         # ImageSegData's tops, in order
 
@@ -72,11 +74,13 @@ class DataSpec:
 
     @property
     def rgb(self) -> bool:
-        return self.preprocess == "tf"
+        return self.preprocess in ("tf", "imagenet")
 
     def transform_params(self, train: bool) -> TransformParams:
         if self.preprocess == "tf":
             mean, scale = (127.5, 127.5, 127.5), 1.0 / 127.5
+        elif self.preprocess == "imagenet":          # a scale per channel: 1 / (255 std[c])
+            mean, scale = PRESETS["imagenet"].mean, PRESETS["imagenet"].scale
         else:
             mean, scale = tuple(self.mean_value), self.scale
         return TransformParams(crop_height=self.crop_height, crop_width=self.crop_width, mean=mean,
@@ -100,7 +104,7 @@ def check_section(section: Mapping, name: str = "data") -> dict[str, Any]:
     """Validate a ``data:`` section against ImageSegData's schema plus the runtime keys.
     Returns only the keys given (coerced)."""
     schema = registry.get("ImageSegData").params
-    extra = {"preprocess": P("enum", "caffe", choices=("caffe", "tf")),
+    extra = {"preprocess": P("enum", "caffe", choices=("caffe", "tf", "imagenet")),
              "label_map": P("enum", "none", choices=LABEL_MAPS),
              "num_classes": P("int", None, min=1),
              "num_workers": P("int", 2, min=0)}
@@ -176,8 +180,9 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
     spec.where = where
     if not spec.crop_height or not spec.crop_width:
         raise DataError("no crop size", hint="give crop_size (or crop_height and crop_width)")
-    if spec.preprocess == "tf" and ("mean_value" in given or "scale" in given):
-        raise DataError("'preprocess: tf' fixes mean and scale (RGB in [-1, 1])",
+    if spec.preprocess != "caffe" and ("mean_value" in given or "scale" in given):
+        raise DataError(f"'preprocess: {spec.preprocess}' fixes mean and scale ("
+                        + ("RGB in [-1, 1])" if spec.preprocess == "tf" else "RGB, torchvision's mean and std)"),
                         hint="drop mean_value and scale, or use 'preprocess: caffe'")
     if spec.num_classes is None:
         spec.num_classes = net_num_classes(net)

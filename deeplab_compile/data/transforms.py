@@ -16,7 +16,8 @@ Caffe nets) and its label map ``seg`` (H x W):
 4. Crop ``crop_height x crop_width``: at a random offset in train
    (``h_off ~ U{0 .. H - crop_h}``), at the top-left corner in test, so the prediction is
    aligned with the image's top-left corner as DeepLab's MATLAB scripts expect.
-5. ``(pixel - mean[c]) * scale`` per channel, in double precision, stored as float32.
+5. ``(pixel - mean[c]) * scale`` per channel (``scale[c]`` where it is given per channel,
+   as ImageNet's ``1 / std``), in double precision, stored as float32.
 
 ``data_dim`` (the ``data_dim`` top) is ``[min(crop_h, H), min(crop_w, W)]`` of the image
 as read, before any rescaling, as ImageSegData fills it in.
@@ -96,7 +97,7 @@ class TransformParams:
     crop_height: int
     crop_width: int
     mean: tuple[float, ...] = ()          # per channel, in the image's channel order
-    scale: float = 1.0
+    scale: float | tuple[float, ...] = 1.0   # one factor, or one per channel (ImageNet's 1 / std)
     mirror: bool = False
     scale_factors: tuple[float, ...] = ()
     ignore_label: int = 255
@@ -155,7 +156,7 @@ def apply(p: TransformParams, img: np.ndarray, seg: np.ndarray, d: Draws) -> tup
     lab = lab[d.h_off:d.h_off + ch, d.w_off:d.w_off + cw]
     if d.mirror:
         x, lab = x[:, ::-1], lab[:, ::-1]
-    data = ((x - mean) * p.scale).astype(np.float32).transpose(2, 0, 1)
+    data = ((x - mean) * np.asarray(p.scale, np.float64)).astype(np.float32).transpose(2, 0, 1)
     return np.ascontiguousarray(data), np.ascontiguousarray(lab.astype(np.float32)[None])
 
 

@@ -20,6 +20,14 @@ The values are bilinear with corners aligned over the cropped input
 It is how torchvision's ``deeplabv3_resnet101`` brings its logits to the input size
 (``torchvision/models/segmentation/_utils.py``, ``F.interpolate(..., align_corners=False)``).
 
+``interpolation: nearest`` takes each output pixel from the one input pixel nearest to
+where bilinear would sample (corners aligned: input ``round(-pad_beg + i (H_eff - 1)/(H_out
+- 1))``, halves up; ``align_corners: false``: ``floor((i + 0.5) H_eff / H_out)``), so a
+label map keeps its ids: bilinear would mix 255 (ignore) with a class id at a border into
+an id that is neither.  DeepLab v2's multi-scale nets shrink their labels to the 0.75 and
+0.5 score sizes, where the samples fall between pixels; at DeepLab's stride 8 on 8k+1
+crops both modes sample whole pixels and agree.
+
 ``geometry``: zoom z gives stride ``Fraction(1, z)``, shrink s stride ``s``, both
 ``Fraction(s, z)``; an explicit or borrowed size gives ``Fraction(H_eff - 1, H_out - 1)``.
 """
@@ -60,10 +68,13 @@ def interp_size(h: int, w: int, *, zoom_factor: int | None = None, shrink_factor
 class CaffeInterp(nn.Module):
     def __init__(self, *, zoom_factor: int | None = None, shrink_factor: int | None = None,
                  height: int | None = None, width: int | None = None, pad_beg: int = 0, pad_end: int = 0,
-                 align_corners: bool = True):
+                 align_corners: bool = True, interpolation: str = "bilinear"):
         super().__init__()
         if pad_beg > 0 or pad_end > 0:
             raise ValueError("pad_beg and pad_end must be <= 0 (they crop)")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be bilinear or nearest, got {interpolation!r}")
+        self.interpolation = interpolation
         self.zoom_factor, self.shrink_factor = zoom_factor, shrink_factor
         self.height, self.width, self.pad_beg, self.pad_end = height, width, pad_beg, pad_end
         self.align_corners = bool(align_corners)
@@ -71,6 +82,8 @@ class CaffeInterp(nn.Module):
     def extra_repr(self) -> str:
         keys = ("zoom_factor", "shrink_factor", "height", "width", "pad_beg", "pad_end")
         s = ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
+        if self.interpolation != "bilinear":
+            s += (", " if s else "") + f"interpolation={self.interpolation!r}"
         return s if self.align_corners else (s + ", " if s else "") + "align_corners=False"
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,10 +94,28 @@ class CaffeInterp(nn.Module):
         b, e = -self.pad_beg, self.pad_end
         if b or e:
             x = x[..., b:h + e, b:w + e]
+        if self.interpolation == "nearest":
+            return _nearest(x, size, self.align_corners)
         if not x.is_floating_point():
             return F.interpolate(x.float(), size=size, mode="bilinear",
                                  align_corners=self.align_corners).round().to(x.dtype)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+def _nearest_index(n_in: int, n_out: int, align_corners: bool, device) -> torch.Tensor:
+    """Source index of each output pixel along one axis, in integer arithmetic."""
+    i = torch.arange(n_out, device=device)
+    if align_corners:
+        if n_out == 1:
+            return torch.zeros(1, dtype=torch.long, device=device)
+        return (2 * i * (n_in - 1) + (n_out - 1)) // (2 * (n_out - 1))     # round half up
+    return torch.clamp((2 * i + 1) * n_in // (2 * n_out), max=n_in - 1)
+
+
+def _nearest(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    ys = _nearest_index(int(x.shape[-2]), size[0], align_corners, x.device)
+    xs = _nearest_index(int(x.shape[-1]), size[1], align_corners, x.device)
+    return x.index_select(-2, ys).index_select(-1, xs)
 
 
 class Interp(LayerType):
@@ -97,6 +128,8 @@ class Interp(LayerType):
         "pad_beg": P("int", 0, max=0, doc="<= 0: crops the start of H and W"),
         "pad_end": P("int", 0, max=0, doc="<= 0: crops the end of H and W"),
         "align_corners": P("bool", True, doc="false: half-pixel centres, as torchvision's resize"),
+        "interpolation": P("enum", "bilinear", choices=("bilinear", "nearest"),
+                           doc="nearest: each value copied from one input pixel (label maps keep their ids)"),
     }
     bottoms = (1, 2)
 
@@ -130,7 +163,7 @@ class Interp(LayerType):
                 raise layer.error(f"bottom '{layer.bottoms[1]}' is {fmt(in_shapes[1])}, it has no H x W",
                                   hint="use a 4-D blob as the size reference", cls=ShapeError)
             ref = tuple(in_shapes[1][-2:])
-        size = {k: v for k, v in self._kwargs(layer).items() if k != "align_corners"}
+        size = {k: v for k, v in self._kwargs(layer).items() if k not in ("align_corners", "interpolation")}
         ho, wo = interp_size(x[2], x[3], ref=ref, **size)
         return [positive_size(layer, (x[0], x[1], ho, wo))]
 
