@@ -338,3 +338,23 @@ def test_prototxt_to_yaml_gives_the_same_layer_table(path, variables, tmp_path, 
         a = _table(capsys, [path, "--phase", phase] + d_args(variables))
         b = _table(capsys, [str(out), "--phase", phase])
         assert a == b and any("total:" in line for line in a)
+
+
+def test_deeplab_label_shrinks_resize_by_nearest_so_the_msc_losses_see_only_ids(tmp_path):
+    """DeepLab v2's MSC prototxt shrinks the label to each scale's score size with its
+    bilinear Interp; imported, those Interps take nearest, so a label with 255 borders
+    reaches the 0.75 and 0.5 losses as class ids and 255 only."""
+    from deeplab_compile.caffe.prototxt import loads
+    doc = loads(D.resnet101_msc(), "train.prototxt")
+    interp = {lay["name"]: lay.get("interpolation") for lay in doc["layers"] if lay["type"] == "Interp"}
+    assert interp["label_shrink"] == interp["label_shrink075"] == interp["label_shrink05"] == "nearest"
+    assert interp["data_res075"] is None and interp["fc1_${EXP}_res075_interp"] is None   # scores stay bilinear
+    # a 0.75-scale shrink of a 2-class label with an ignore border: only 0, 1 and 255 remain
+    from deeplab_compile.layers.interp import CaffeInterp
+    label = torch.full((1, 1, 41, 41), 255.0)
+    label[..., 5:36, 5:20] = 0.0
+    label[..., 5:36, 20:36] = 1.0
+    near = CaffeInterp(height=31, width=31, interpolation="nearest")(label)
+    assert set(near.unique().tolist()) == {0.0, 1.0, 255.0}
+    bilinear = CaffeInterp(height=31, width=31)(label)
+    assert not set(bilinear.unique().tolist()) <= {0.0, 1.0, 255.0}    # what nearest avoids

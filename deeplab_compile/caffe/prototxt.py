@@ -18,7 +18,10 @@ returns an unexpanded netdef whose every node carries its prototxt line:col:
   does not use is ignored with a note (a near miss of one it uses is an error); a
   placeholder inside a ``#`` comment is not a use;
 * fields with no effect here (``strict_dim``, ``blob_share_mode``, ParamSpec
-  ``share_mode``) are kept under the layer's ``caffe:`` key, which the compiler ignores.
+  ``share_mode``) are kept under the layer's ``caffe:`` key, which the compiler ignores;
+* an ``Interp`` that resizes the label of a loss or an accuracy gets ``interpolation:
+  nearest`` (DeepLab's bilinear label shrink mixes ids where samples fall between pixels,
+  as at the MSC nets' 0.75 and 0.5 scales; where they fall on pixels both agree).
 
 A layer type this project does not implement is an :class:`UnknownLayerError` naming
 the layer and its type; a parameter block that does not belong to the layer's type is a
@@ -439,6 +442,30 @@ def loads(text: str, filename: str = "<string>.prototxt") -> Map:
     for i, f in enumerate(items):
         layers.append(b.layer(f.value, bool(old), i))
         layers.item_locs.append(f.loc)
+    _shrink_labels_by_nearest(layers)
     doc["layers"] = layers
     doc.key_locs["layers"] = layers.loc
     return doc
+
+
+# Layers whose second bottom is a label map.
+LABEL_CONSUMERS = ("SoftmaxWithLoss", "SegAccuracy", "Accuracy")
+
+
+def _names(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value] if value is not None else []
+
+
+def _shrink_labels_by_nearest(layers: Seq) -> None:
+    """An Interp whose top is the label of a loss or an accuracy takes ``interpolation:
+    nearest``.  DeepLab's prototxts shrink labels with its bilinear Interp: at stride 8 on
+    8k+1 crops every sample falls on a pixel and both agree, but the 0.75 and 0.5 scales
+    of the MSC nets sample between pixels, where bilinear mixes 255 (ignore) and class
+    ids into ids that are neither (Caffe only DCHECKs them).  ``--emit yaml`` shows it."""
+    labels = {b for layer in layers if isinstance(layer, Map) and layer.get("type") in LABEL_CONSUMERS
+              for b in _names(layer.get("bottom"))[1:2]}
+    for layer in layers:
+        if (isinstance(layer, Map) and layer.get("type") == "Interp" and "interpolation" not in layer
+                and set(_names(layer.get("top"))) & labels):
+            layer["interpolation"] = "nearest"
+            layer.key_locs["interpolation"] = layer.key_locs.get("type", layer.loc)
