@@ -31,6 +31,13 @@ averaged, as TF DeepLab's ``eval_scales`` / ``add_flipped_images``.  The feature
 written are then ``log`` of the mean probability at the image size, so a softmax of
 them (what the dense CRF does with scores) gives back the mean probability.
 
+With the data layer's ``resize_to_range`` (TF DeepLab's min/max_resize_value and
+resize_factor) the net sees each image resized; what is written comes back at the image's
+own size: a blob at the net's input size is cropped to the resized image and resized
+bilinearly (corners aligned) to the original height and width before the arg-max and
+before it is written (with scales or flip: the mean probability), so evaluation reads the
+original labels.  A blob of another size (an fc8 at stride 8) is written as the net made it.
+
 ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the net under ``torch.autocast`` on
 its device and ``channels_last`` puts the net and its inputs in that memory layout
 (:mod:`deeplab_compile.training.precision`); what is written (features, PNGs) is
@@ -164,6 +171,7 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
     def emit(batch, scores, lasts) -> int:
         """Write the features and PNGs of one batch; ``lasts``: each writer's bottoms."""
         ids = batch["id"]
+        back = _restore if spec.resize_to_range else (lambda x, *_: x)
         for w, last in zip(writers, lasts):
             w.calls += 1
             if (w.calls - 1) % w.period:
@@ -171,14 +179,16 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
             for n in range(len(ids)):
                 name = _next_id(w, ids[n])
                 for i, x in enumerate(last):
-                    files.append(write_blob(feature_path(w.prefix, name, i), x[n:n + 1].float().cpu().numpy()))
+                    x = back(x[n:n + 1].float(), batch, n, batch[spec.tops[0]].shape[-2:])
+                    files.append(write_blob(feature_path(w.prefix, name, i), x.cpu().numpy()))
         for n, image_id in enumerate(ids):
+            score = back(scores[n:n + 1], batch, n, batch[spec.tops[0]].shape[-2:])
             if features_dir:
                 files.append(write_blob(feature_path(os.path.join(features_dir, ""), image_id),
-                                        scores[n:n + 1].cpu().numpy()))
+                                        score.cpu().numpy()))
             if png_dir:
-                h, w_ = (int(v) for v in batch["size"][n])
-                lab = scores[n, :, :h, :w_].argmax(0).cpu().numpy()
+                h, w_ = (int(v) for v in batch["size" if not spec.resize_to_range else "orig_size"][n])
+                lab = score[0, :, :h, :w_].argmax(0).cpu().numpy()
                 files.append(save_png(os.path.join(png_dir, image_id + ".png"), lab))
         if bar is not None:
             bar.update(len(ids))
@@ -225,11 +235,13 @@ def run_test(net_path: str, weights: str | None, *, list_path: str | None = None
                 return score_reader(sized, blob)[1](sized(prec.input(x.to(device)))).float()
 
             for i in range(len(ds)):
-                img, _, entry = ds.load(i)
+                img, _, entry, orig = ds.read(i)
                 x = torch.from_numpy(((img.astype(np.float64) - mean) * np.asarray(tp.scale, np.float64))
                                      .astype(np.float32)
                                      .transpose(2, 0, 1).copy())[None]
                 probs = multi_scale_probs(run, x, scales, flip)
+                if spec.resize_to_range:       # the averaged probabilities, back at the image's own size
+                    probs = _interp(probs, orig)
                 feats = torch.log(probs.clamp_min(1e-12))
                 for w in writers[:1]:
                     name = _next_id(w, entry.id)
@@ -278,7 +290,9 @@ def _sizes(ds) -> list[tuple[int, int]]:
     """Each list image's height and width as the data layer reads it (its header only);
     an unreadable one counts as fitting, and the data layer reports it."""
     from PIL import Image
+    from .data.transforms import range_size
     s = ds.spec
+    r = s.resize_to_range
     out = []
     for e in ds.entries:
         if s.new_height and s.new_width:
@@ -286,10 +300,37 @@ def _sizes(ds) -> list[tuple[int, int]]:
             continue
         try:
             with Image.open(e.image) as im:
-                out.append((im.height, im.width))
+                out.append(range_size(im.height, im.width, r["min"], r["max"], r["factor"]) if r
+                           else (im.height, im.width))
         except (OSError, ValueError):
             out.append((0, 0))
     return out
+
+
+def _interp(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear, corners aligned: the inverse of resize_to_range's mapping."""
+    size = tuple(int(v) for v in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
+
+
+def _restore(x: torch.Tensor, batch, n: int, net_hw) -> torch.Tensor:
+    """Scores of a resize_to_range image back at the image's own size: a blob at the net's
+    input size is cropped to the resized image (the rest is padding) and resized bilinearly
+    to the original height and width; a blob of another size is written as it is."""
+    if tuple(x.shape[-2:]) != tuple(net_hw):
+        if not _restore.noted:
+            _restore.noted = True
+            print(f"note: resize_to_range: a {x.shape[-2]}x{x.shape[-1]} blob is not at the input size "
+                  f"{net_hw[0]}x{net_hw[1]} and is written at the resized image's scale, not the original's",
+                  file=sys.stderr)
+        return x
+    h, w = (int(v) for v in batch["size"][n])
+    return _interp(x[..., :h, :w], batch["orig_size"][n])
+
+
+_restore.noted = False
 
 
 def _consumes(ir, name: str) -> bool:

@@ -27,7 +27,7 @@ from .errors import DataError
 from .labels import map_labels
 from .listfile import Entry, read_list
 from .spec import DataSpec
-from .transforms import data_dim, resize_to, transform
+from .transforms import data_dim, range_size, resize_aligned, resize_to, transform
 
 
 def read_image(path: str, *, color: bool = True, rgb: bool = False, where: Loc | None = None) -> np.ndarray:
@@ -98,8 +98,23 @@ class ImageSegDataset(Dataset):
         return len(self.entries)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, Entry]:
-        """The image and label of entry ``i`` as read (resized to new_height/new_width,
-        label map applied, labels checked)."""
+        """The image and label of entry ``i`` as read (resized to new_height/new_width or
+        by resize_to_range, label map applied, labels checked)."""
+        img, seg, e, _ = self.read(i)
+        return img, seg, e
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray, Entry, tuple[int, int]]:
+        """:meth:`load`, plus the image's height and width before ``resize_to_range``."""
+        img, seg, e = self._load(i)
+        size = (int(img.shape[0]), int(img.shape[1]))
+        r = self.spec.resize_to_range
+        if r:
+            h, w = range_size(*size, r["min"], r["max"], r["factor"])
+            img = resize_aligned(img, h, w, nearest=False)      # float32, as TF keeps it
+            seg = resize_aligned(seg, h, w, nearest=True)
+        return img, seg, e, size
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, Entry]:
         s, e = self.spec, self.entries[i]
         where = Loc(s.source, e.line, 1)
         img = read_image(e.image, color=s.is_color, rgb=s.rgb, where=where)
@@ -124,12 +139,13 @@ class ImageSegDataset(Dataset):
     def __getitem__(self, item: Any) -> dict[str, Any]:
         i, epoch = item if isinstance(item, tuple) else (int(item), 0)
         try:
-            img, seg, e = self.load(i)
+            img, seg, e, orig = self.read(i)
         except DataError as err:
             return {"error": err}
         rng = np.random.default_rng((self.seed, epoch, i))
         data, label, _ = transform(self.params, img, seg, rng)
-        out: dict[str, Any] = {"id": e.id, "index": i, "size": np.array(img.shape[:2])}
+        # size: the image as the net sees it (before the crop); orig_size: before resize_to_range
+        out: dict[str, Any] = {"id": e.id, "index": i, "size": np.array(img.shape[:2]), "orig_size": np.array(orig)}
         made = {"data": data, "label": label}      # label: the map, the class id or ignore_label
         for top, role in zip(self.spec.tops, self.spec.roles):
             out[top] = made[role] if role != "data_dim" else data_dim(self.params, *img.shape[:2])

@@ -23,6 +23,11 @@ own parameters the runtime takes:
 ``num_classes`` labels must lie in ``[0, num_classes)`` or equal ``ignore_label``; taken
                 from the net's loss layer when not given.
 ``num_workers`` DataLoader worker processes (default 2; 0 loads in the main process).
+
+ImageSegData's ``resize_to_range: {min, max, factor}`` (TF DeepLab's ``--min_resize_value``,
+``--max_resize_value``, ``--resize_factor``) resizes every image before the transform, in
+both phases; ``deeplab-test`` brings the scores back to the image's own size
+(:func:`deeplab_compile.data.transforms.range_size`).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from typing import Any, Mapping
 from ..errors import Loc
 from ..graph import Layer, Net
 from ..layers import registry
+from ..layers.data import resize_range
 from ..netdef.nodes import loc_of
 from ..schema import P, did_you_mean
 from .errors import DataError
@@ -64,6 +70,7 @@ class DataSpec:
     mean_value: list[float] = field(default_factory=list)
     scale: float = 1.0
     scale_factors: list[float] = field(default_factory=list)
+    resize_to_range: dict = field(default_factory=dict)   # {min, max, factor}, or {} for none
     preprocess: str = "caffe"
     label_map: str = "none"
     num_classes: int | None = None
@@ -117,6 +124,8 @@ def check_section(section: Mapping, name: str = "data") -> dict[str, Any]:
             raise lay.error(f"unknown key '{key}'", key=key,
                             hint=hint or "keys: " + ", ".join(sorted(list(schema) + list(extra))))
         out[key] = p.coerce(key, value, lay)
+        if key == "resize_to_range":
+            out[key] = resize_range(out[key], lay)
     return out
 
 
@@ -177,6 +186,12 @@ def resolve_spec(net: Net, phase: str, overrides: Mapping | None = None, *, wher
                         hint="add 'source: list/train.txt' (lines of 'image label')")
     spec = DataSpec(**{k: v for k, v in params.items() if k in DataSpec.__dataclass_fields__})
     spec.tops, spec.roles = tops, roles
+    spec.resize_to_range = resize_range(spec.resize_to_range, None)     # checked above: fills in the keys
+    if spec.resize_to_range and (spec.new_height or spec.new_width):
+        key = "resize_to_range" if "resize_to_range" in given else "new_height"
+        raise DataError("both 'resize_to_range' and 'new_height'/'new_width' given",
+                        loc=loc_of(overrides, key) if overrides and key in given else None,
+                        hint="keep one way of resizing the images")
     spec.where = where
     if not spec.crop_height or not spec.crop_width:
         raise DataError("no crop size", hint="give crop_size (or crop_height and crop_width)")

@@ -1,5 +1,7 @@
 """DeepLab's ``TransformImgAndSeg``, pixel for pixel (Caffe ``data_transformer.cpp`` of
-DeepLab v2, with the ``image_seg_data_layer.cpp`` that calls it).
+DeepLab v2, with the ``image_seg_data_layer.cpp`` that calls it).  TF DeepLab's
+``resize_to_range`` (:func:`range_size`, :func:`resize_aligned`) runs before it, when the
+data layer asks for it.
 
 For one image ``img`` (H x W x C, uint8, channels in the order the net wants: B G R for
 Caffe nets) and its label map ``seg`` (H x W):
@@ -88,6 +90,66 @@ def resize_to(img: np.ndarray, height: int, width: int, *, nearest: bool) -> np.
           (src[y1][:, x0] * (1 - wx) + src[y1][:, x1] * wx) * wy
     out = np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
     return out if img.ndim == 3 else out[:, :, 0]
+
+
+def range_size(h: int, w: int, min_size: int, max_size: int | None = None,
+               factor: int | None = None) -> tuple[int, int]:
+    """The size TF DeepLab's ``resize_to_range`` gives an ``h x w`` image.
+
+    The shorter side becomes ``min_size``, unless the longer side would then pass
+    ``max_size``: then the longer side becomes ``max_size``.  With ``factor`` each side is
+    then rounded up so that ``side - 1`` is a multiple of ``factor``, and ``max_size`` is
+    first lowered to such a value (so no side ends above the given ``max_size``).  The
+    scales are float32 and the sides their products rounded up, as TF computes them.
+    """
+    f32 = np.float32
+    lo = f32(min_size)
+    hi = None if max_size is None else f32(max_size)
+    if hi is not None and factor:
+        hi = f32(hi + (factor - (hi - 1) % factor) % factor - factor)
+    fh, fw = f32(h), f32(w)
+
+    def sides(scale):
+        return [int(np.ceil(f32(fh * scale))), int(np.ceil(f32(fw * scale)))]
+
+    size = sides(f32(lo / min(fh, fw)))
+    if hi is not None and max(size) > hi:
+        size = sides(f32(hi / max(fh, fw)))
+    if factor:
+        size = [n + (factor - (n - 1) % factor) % factor for n in size]
+    return size[0], size[1]
+
+
+def resize_aligned(img: np.ndarray, height: int, width: int, *, nearest: bool) -> np.ndarray:
+    """TF's resize with ``align_corners=True``, as ``resize_to_range`` calls it: output
+    pixel ``y`` reads source ``y (H - 1) / (height - 1)`` (float32).  Bilinear returns
+    float32 (TF DeepLab resizes the image after casting it to float, and keeps it so);
+    nearest takes the source pixel at the rounded coordinate and keeps the dtype, so
+    label ids survive."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img if nearest else img.astype(np.float32)
+
+    def coords(n_in: int, n_out: int) -> np.ndarray:
+        s = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(n_in / n_out)
+        return np.arange(n_out, dtype=np.float32) * s
+
+    y, x = coords(h, height), coords(w, width)
+    if nearest:
+        ys = np.minimum(np.floor(y + np.float32(0.5)).astype(np.int64), h - 1)
+        xs = np.minimum(np.floor(x + np.float32(0.5)).astype(np.int64), w - 1)
+        return img[ys][:, xs]
+    y0 = np.floor(y).astype(np.int64)
+    x0 = np.floor(x).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy = (y - y0.astype(np.float32))[:, None]
+    wx = (x - x0.astype(np.float32))[None, :]
+    src = img.astype(np.float32)
+    if src.ndim == 3:
+        wy, wx = wy[..., None], wx[..., None]
+    top = src[y0][:, x0] + (src[y0][:, x1] - src[y0][:, x0]) * wx
+    bottom = src[y1][:, x0] + (src[y1][:, x1] - src[y1][:, x0]) * wx
+    return (top + (bottom - top) * wy).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ class ImageSegData(LayerType):
         "scale_factors": P("floats", [], min=0, doc="random rescaling factors (DeepLab v2)"),
         "force_color": P("bool", False),
         "force_gray": P("bool", False),
+        "resize_to_range": P("dict", {}, doc="{min: M, max: X, factor: F}: TF DeepLab's "
+                             "min/max_resize_value and resize_factor, applied to every image"),
     }
     bottoms = (0, 0)
     tops = (1, 3)
@@ -133,6 +135,12 @@ class ImageSegData(LayerType):
                               key="crop_height" if p["crop_height"] else "crop_width",
                               hint="give both, as DeepLab requires", cls=ParameterError)
 
+        resize_range(p["resize_to_range"], layer)
+        if p["resize_to_range"] and (p["new_height"] or p["new_width"]):
+            raise layer.error("both 'resize_to_range' and 'new_height'/'new_width' given",
+                              key="resize_to_range", hint="keep one way of resizing the images",
+                              cls=ParameterError)
+
     def shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         p = layer.params
         b = p["batch_size"]
@@ -143,3 +151,45 @@ class ImageSegData(LayerType):
 
     def build(self, layer: Layer) -> None:
         return None
+
+
+RANGE_KEYS = ("min", "max", "factor")
+
+
+def resize_range(value: Any, owner: Any, key: str = "resize_to_range") -> dict[str, int | None]:
+    """Check ImageSegData's ``resize_to_range`` (a mapping ``{min, max, factor}``, as TF
+    DeepLab's ``--min_resize_value``, ``--max_resize_value`` and ``--resize_factor``) and
+    return it with every key present (``max`` and ``factor`` None when not given); ``{}``
+    stays ``{}`` (no resize).  Errors go through ``owner.error`` (a layer or a data section)."""
+    if not value:
+        return {}
+    example = f"write '{key}: {{min: 513, max: 513, factor: 16}}' (TF DeepLab's ADE20K recipe)"
+    if not isinstance(value, dict):
+        raise owner.error(f"parameter '{key}' must be a mapping, got {value!r}", key=key, hint=example,
+                          cls=ParameterError)
+    unknown = [k for k in value if k not in RANGE_KEYS]
+    if unknown:
+        raise owner.error(f"parameter '{key}' has unknown key '{unknown[0]}'", key=key,
+                          hint="its keys are min, max and factor; " + example, cls=ParameterError)
+    if "min" not in value:
+        raise owner.error(f"parameter '{key}' needs 'min' (the shorter side's target)", key=key,
+                          hint=example, cls=ParameterError)
+    out: dict[str, int | None] = {}
+    for k in RANGE_KEYS:
+        v = value.get(k)
+        if v is None and k != "min":
+            out[k] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise owner.error(f"parameter '{key}': '{k}' must be a positive integer, got {v!r}", key=key,
+                              hint=example, cls=ParameterError)
+        out[k] = v
+    if out["max"] is not None and out["max"] < out["min"]:
+        raise owner.error(f"parameter '{key}': max {out['max']} is smaller than min {out['min']}", key=key,
+                          hint="max bounds the longer side: give max >= min", cls=ParameterError)
+    m, f = out["max"], out["factor"]
+    if m is not None and f and m + (f - (m - 1) % f) % f - f < 1:     # TF's max, rounded down to 1 mod f
+        raise owner.error(f"parameter '{key}': max {out['max']} leaves no size once rounded to a multiple of "
+                          f"factor {out['factor']} plus one", key=key,
+                          hint="give a larger max, e.g. max: 513 with factor: 16", cls=ParameterError)
+    return out
