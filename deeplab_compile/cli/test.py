@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the data layer's mean_value and scale; where it sets none, or the net has no "
                         "data layer, the weights file's record, else the netdef's preprocess)")
     p.add_argument("--mean", help="B,G,R mean values (default: DeepLab's 104.008,116.669,122.675)")
+    p.add_argument("--resize-to-range", metavar="MIN[,MAX[,FACTOR]]",
+                   help="resize every image as TF DeepLab's min/max_resize_value and resize_factor, e.g. "
+                        "513,513,16 (default: the data layer's resize_to_range); the scores are written at "
+                        "the image's own size")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpu", help="CUDA device index, or 'cpu'")
     p.add_argument("--workers", type=int)
@@ -58,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             data["mean_value"] = [float(v) for v in a.mean.split(",")]
         except ValueError:
             raise DeepLabError(f"--mean {a.mean!r}: give B,G,R numbers") from None
+    if a.resize_to_range:
+        parts = a.resize_to_range.split(",")
+        if not 1 <= len(parts) <= 3 or not all(v.strip().isdigit() for v in parts):
+            raise DeepLabError(f"--resize-to-range {a.resize_to_range!r}: give MIN[,MAX[,FACTOR]] as integers, "
+                               "e.g. 513,513,16")
+        data["resize_to_range"] = dict(zip(("min", "max", "factor"), (int(v) for v in parts)))
     r = run_test(a.net, a.weights, list_path=a.list, root=a.root, vars=parse_defines(a.defines), data=data,
                  gpu=a.gpu, batch_size=a.batch_size, scales=scales, flip=a.flip, features_dir=a.features,
                  blob=a.blob, png_dir=a.png, num_workers=a.workers, precision=a.precision,
