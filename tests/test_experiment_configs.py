@@ -173,7 +173,8 @@ def test_readme_lists_every_config():
 VOC = os.path.join(EXPERIMENTS, "voc12", "run_experiment.sh")
 SMOKE = {"NUM_IMAGES": "6", "IMAGE_MIN": "64", "IMAGE_MAX": "80", "MAX_ITER": "2", "TRAIN_CROP": "65",
          "BATCH_SIZE": "2", "ITER_SIZE": "1", "TEST_CROP": "81", "QUIET": "1", "CRF_JOBS": "1", "DATA_ROOT": "",
-         "NUM_LABELS": "21", "LABEL_MAP": "voc"}
+         "NUM_LABELS": "21", "LABEL_MAP": "voc",
+         "RESIZE_MIN": "81", "RESIZE_MAX": "81"}   # ADE20K's resize_to_range at the smoke test's sizes
 
 
 def _frozen_bn_init(ds, net, path):
@@ -320,3 +321,25 @@ def test_tiny_v3plus_runs_the_modern_recipe():
     assert sv.lr_policy == "poly" and sv.power == 0.9
     assert sv.top_k_percent_pixels < 1 and sv.hard_example_mining_step > 0
     assert sv.data["preprocess"] == "imagenet"
+
+
+ADE = [c for c in CONFIGS if c[0] == "ade20k"]
+
+
+@pytest.mark.parametrize("ds,net,classes", ADE, ids=[f"{ds}/{n}" for ds, n, _ in ADE])
+def test_ade20k_resizes_as_tf_deeplab_in_training_and_testing(ds, net, classes):
+    """TF g3doc/ade20k.md: --min_resize_value=513 --max_resize_value=513 --resize_factor=16,
+    in the data layer of both nets, overridable through the experiment's -D values."""
+    from deeplab_compile.data.spec import resolve_spec
+    from deeplab_compile.experiment.settings import DEFINES
+    assert {"RESIZE_MIN", "RESIZE_MAX", "RESIZE_FACTOR"} <= set(DEFINES)
+    for name, phase in (("train.yaml", "train"), ("test.yaml", "test")):
+        path = config(ds, net, name)
+        text = open(path).read()
+        assert "min_resize_value=513" in text and "resize_factor=16" in text     # the source, in the header
+        ir = build_net(path, phase=phase, vars=values(path, classes))
+        spec = resolve_spec(ir, phase)
+        assert spec.resize_to_range == {"min": 513, "max": 513, "factor": 16}
+        assert spec.crop_height == spec.crop_width == 513
+        ir = build_net(path, phase=phase, vars=dict(values(path, classes), RESIZE_MIN=81, RESIZE_MAX=81))
+        assert resolve_spec(ir, phase).resize_to_range == {"min": 81, "max": 81, "factor": 16}

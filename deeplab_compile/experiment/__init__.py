@@ -32,8 +32,8 @@ and the folders, each overridable: ``CONFIG_DIR``, ``LIST_DIR`` (``${EXP}/list``
 ``MODEL_DIR``, ``LOG_DIR``, ``FEATURE_DIR``, ``FEATURE2_DIR``, ``RES_DIR``
 (``${EXP}/<folder>/<NET_ID>``).  ``TEST_SET`` (val) and ``TEST_SET2`` (test) name the
 lists tested; ``MAX_ITER``, ``MAX_ITER2``, ``SEED``, ``TEST_CROP``, ``TRAIN_CROP``,
-``BATCH_SIZE``, ``ITER_SIZE``, ``TRAIN_OUTPUT_STRIDE``, ``OUTPUT_STRIDE``, ``EVAL_SCALES``
-and ``EVAL_FLIP`` are passed with ``-D`` to the configs that declare them, when set (a
+``BATCH_SIZE``, ``ITER_SIZE``, ``TRAIN_OUTPUT_STRIDE``, ``OUTPUT_STRIDE``, ``EVAL_SCALES``,
+``EVAL_FLIP`` and ``RESIZE_MIN``/``RESIZE_MAX``/``RESIZE_FACTOR`` (ADE20K's resize_to_range) are passed with ``-D`` to the configs that declare them, when set (a
 test config's ``EVAL_SCALES``, ``EVAL_FLIP`` and ``PREPROCESS`` also pick the test
 step's scales, flip and preprocessing); ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
 synthetic set; ``LABEL_MAP`` and ``PALETTE`` override the dataset's label mapping and

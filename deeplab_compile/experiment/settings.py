@@ -32,7 +32,8 @@ def _flag(name: str, default: bool) -> bool:
 
 #: environment variables passed with -D to the configs that declare them
 DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SIZE", "TRAIN_OUTPUT_STRIDE",
-           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE", "PRECISION", "CHANNELS_LAST")
+           "OUTPUT_STRIDE", "EVAL_SCALES", "EVAL_FLIP", "ITER_SIZE", "PRECISION", "CHANNELS_LAST",
+           "RESIZE_MIN", "RESIZE_MAX", "RESIZE_FACTOR")
 
 
 def precision_defines(defines: dict, dev_id: str) -> dict:
