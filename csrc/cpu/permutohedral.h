@@ -279,6 +279,56 @@ DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0
   }
 }
 
+// Vertex ids for d = 2 without a hash table: the keys (two coordinates) of the vertices of
+// n points fill a box of Z^2 only a few times larger than their count (a third of the
+// integer pairs are lattice points), so a dense grid over the box maps a key to its id
+// with one read, and a neighbour is a fixed step in the grid.  Ids follow the scan
+// order, as in the hashed build, so the lattice is the same.  Fills offset, m and the
+// "n1" neighbours; returns false, touching nothing, when the box is too large.
+template <typename T>
+bool index_grid2(const int32_t* rem0, const int32_t* rank, int64_t n, Lattice<T>& L) {
+  const Dim<2> d;
+  constexpr int64_t dp1 = 3;
+  std::vector<int32_t> keys(n * dp1 * 2);
+  at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p)
+      for (int r = 0; r < dp1; ++r) vertex_key(rem0 + p * dp1, rank + p * dp1, d, r, keys.data() + (p * dp1 + r) * 2);
+  });
+  int32_t lo[2] = {0, 0}, hi[2] = {0, 0};
+  if (n > 0)
+    for (int c = 0; c < 2; ++c) lo[c] = hi[c] = keys[c];
+  for (int64_t i = 0; i < n * dp1; ++i)
+    for (int c = 0; c < 2; ++c) {
+      lo[c] = std::min(lo[c], keys[i * 2 + c]);
+      hi[c] = std::max(hi[c], keys[i * 2 + c]);
+    }
+  // A margin of d + 1 so that every neighbour step stays inside the grid.
+  const int64_t w0 = int64_t{hi[0]} - lo[0] + 1 + 2 * dp1, w1 = int64_t{hi[1]} - lo[1] + 1 + 2 * dp1;
+  if (w0 * w1 > 16 * n * dp1 + 4096 || w0 * w1 >= (int64_t{1} << 31)) return false;
+  std::vector<int32_t> grid(w0 * w1, 0);  // id + 1, 0 for none
+  std::vector<int32_t> cell;              // grid cell of each vertex
+  cell.reserve(n);
+  for (int64_t i = 0; i < n * dp1; ++i) {
+    const int32_t c = static_cast<int32_t>((keys[i * 2] - lo[0] + dp1) * w1 + (keys[i * 2 + 1] - lo[1] + dp1));
+    int32_t& g = grid[c];
+    if (!g) {
+      cell.push_back(c);
+      g = static_cast<int32_t>(cell.size());
+    }
+    L.offset[i] = g;
+  }
+  const int64_t m = static_cast<int64_t>(cell.size());
+  L.m = m;
+  L.blur_nb.assign(dp1 * m * 2, 0);
+  // n1 along axis a: +d on coordinate a (a < d), -1 on the other coordinates.
+  const int64_t step[dp1] = {2 * w1 - 1, -w1 + 2, -w1 - 1};
+  for (int a = 0; a < dp1; ++a) {
+    int32_t* nb = L.blur_nb.data() + a * m * 2;
+    for (int64_t v = 0; v < m; ++v) nb[v * 2] = grid[cell[v] + step[a]];
+  }
+  return true;
+}
+
 // Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
 // ``row``: when the points are an image in scan order, its width (a hint that
 // speeds the build up; 0 for none).
@@ -308,9 +358,13 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
   // Keys that fit in 64 bits (PackedKeys) take PackedTable; others VertexTable,
   // where each corner is compared only with the same corner of the previous point.
   int64_t reach = 0;
-  for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
+  const bool gridded = d == 2 && index_grid2(rem0.data(), rank.data(), n, L);
+  if (!gridded)
+    for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
   const PackedKeys pk = PackedKeys::make(d, reach + dp1);
-  if (pk.ok()) {
+  if (gridded) {
+    // index_grid2 did it all.
+  } else if (pk.ok()) {
     // Points on an image grid (``row`` > 0) also share corners with the point one
     // row up, not always as the same corner index: each corner is compared with
     // every corner of the previous point and of the point above before the table.
