@@ -204,3 +204,23 @@ def test_backends_reports_extension():
     assert info["crf_storage"] in ("half", "float32")
     if info["extension"]:
         assert "dense_crf" in info["cpu"]
+
+
+@compiled
+@pytest.mark.parametrize("storage", ["half", "float32"])
+def test_thread_count_does_not_change_the_result(storage, monkeypatch):
+    # Large enough (n * (d + 1) corners over 65536) that 2 threads cut the lattice build's
+    # contributor lists into chunks; the lists, and so every sum, must come out the same.
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", storage)
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(1, 3, 150, 160, generator=g) * 255).round()
+    unary = torch.rand(1, 5, 150, 160, generator=g) * 4
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dense_crf(image, unary, 3, 3, 4, 30, 6, 3)
+        torch.set_num_threads(2)
+        two = dense_crf(image, unary, 3, 3, 4, 30, 6, 3)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
