@@ -195,7 +195,8 @@ def main(argv=None) -> int:
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
     head = (f"{datetime.date.today().isoformat()}, {gpu}{device_line()}. {W}x{H} image, {C} labels, "
             f"{ITERS} iterations, best of {a.repeats} calls in each of {a.runs} interleaved runs per preset; "
-            f"1-minute load average at the start of each run: {', '.join(f'{v:.1f}' for v in loads)}"
+            f"1-minute load average at the start of each run (LargeFOV's, then v2's): "
+            f"{', '.join(f'{v:.1f}' for v in loads)}"
             + (" (other jobs were running: every row is slowed, the threaded ones most)."
                if max(loads) > (os.cpu_count() or 1) * 0.75 else "."))
     print("\n" + head)
