@@ -64,6 +64,18 @@ def test_compiled_filter_far_from_origin(d, offset):
 
 
 @compiled
+@pytest.mark.parametrize("spread", [0.0, 5000.0])
+def test_compiled_filter_2d_grid_and_hashed(spread):
+    # d = 2 lattices index their vertices through a dense grid over the keys' box; two
+    # outliers far apart make that box too large for the grid, and the hashed build takes over.
+    f = _features(150, 2, 3.0, seed=7, dtype=torch.float64)
+    f[:2] += torch.tensor([[spread, -spread], [-spread, spread]], dtype=torch.float64)
+    v = torch.randn(150, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(permutohedral_filter(f, v), permutohedral_filter_reference(f, v),
+                               rtol=1e-6, atol=1e-8)
+
+
+@compiled
 def test_filter_non_contiguous_and_empty():
     f = _features(60, 4, 3.0, dtype=torch.float32)
     v = torch.randn(5, 60).t()                     # non-contiguous
