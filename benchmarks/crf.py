@@ -14,10 +14,14 @@ the CUDA kernel are present.  "build" is the setup (pydensecrf: creating the CRF
 both kernels and running 0 iterations; ours: the op with 0 iterations), "iter" is one
 mean-field iteration ((10-iteration time - 0-iteration time) / 10).  The single-process
 rows run interleaved, one call of each in turn per repeat, so a drift in machine speed
-hits them alike; each figure is the best of --repeats.  --write replaces the "benchmarks/crf.py" section of
-benchmarks/RESULTS.md with the printed tables, the date and the device.
+hits them alike; each figure is the best of --repeats.  The whole interleaved run is done
+--runs times: the times are the best over all runs, and the speed-up is given as the
+min / median / max over the runs (each run's own pydensecrf time over ours), beside the
+1-minute load average at the start of each run.  --write replaces the
+"benchmarks/crf.py" section of benchmarks/RESULTS.md with the printed tables, the date
+and the device.
 
-    python benchmarks/crf.py [--repeats 3] [--write]
+    python benchmarks/crf.py [--repeats 3] [--runs 3] [--write]
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 
@@ -117,54 +122,84 @@ def bench_interleaved(cands: dict, repeats: int) -> dict:
     return {k: (best0[k], (best10[k] - best0[k]) / ITERS, best10[k]) for k in cands}
 
 
+def spread(values) -> tuple[float, float, float]:
+    """min, median and max."""
+    return min(values), statistics.median(values), max(values)
+
+
+def table(preset: str, p, rows, runs: int) -> str:
+    """The markdown table of one preset.  ``rows``: (implementation, threads,
+    normalization, build, iter, total, speed-ups), times in seconds or None, one
+    speed-up per run."""
+    ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"
+    lines = [f"### {preset} ({p.bi_w:g}/{p.bi_xy_std:g}/{p.bi_rgb_std:g}/{p.pos_w:g}/{p.pos_xy_std:g})", "",
+             "| implementation | threads | normalization | build ms | iter ms | total ms (10 iters) "
+             f"| speed-up vs pydensecrf 1 thread, same normalization (min / median / max of {runs} runs) |",
+             "|---|---|---|---|---|---|---|"]
+    for impl, thr, norm, bb, ii, tt, ups in rows:
+        lo, mid, hi = spread(ups)
+        lines.append(f"| {impl} | {thr} | {norm} | {ms(bb)} | {ms(ii)} | {ms(tt)} "
+                     f"| {lo:.2f}x / {mid:.2f}x / {hi:.2f}x |")
+    return "\n".join(lines)
+
+
+def bench_preset(preset: str, img, unary, info, repeats: int, runs: int, loads: list) -> str:
+    """``runs`` complete interleaved runs of every row of one preset; appends the load
+    average at the start of each run to ``loads``."""
+    p = PRESETS[preset]
+    norms = ("symmetric", "after")   # pydensecrf's default; DeepLab's (the presets')
+    cands = {}
+    for norm in norms:             # one interleaved run, so both normalisations see the same machine
+        q = p.with_(normalization=norm)
+        cands.update({
+            ("pydensecrf", "1 thread", norm): (lambda n, q=q: _pydensecrf(img, unary, q, n), 1),
+            ("ours", "1 thread", norm): (_ours_runner(img, unary, q, 1), 1),
+            ("ours", "2 threads", norm): (_ours_runner(img, unary, q, 2), 1),
+            ("ours", "2 threads, batch of 2 (per image)", norm): (_ours_runner(img, unary, q, 2, batch=2), 2),
+        })
+        if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
+            cands[("ours", "CUDA", norm)] = (_ours_runner(img, unary, q, 1, device="cuda"), 1)
+    res, procs = [], []
+    for _ in range(runs):
+        loads.append(load_average())
+        res.append(bench_interleaved(cands, repeats))
+        procs.append({norm: bench_pydensecrf_procs(preset, norm, repeats) for norm in norms})
+    best = {k: tuple(min(r[k][i] for r in res) for i in range(3)) for k in cands}
+    ref = lambda r, norm: r[("pydensecrf", "1 thread", norm)][2]
+    rows = []
+    for norm in norms:
+        k = ("pydensecrf", "1 thread", norm)
+        rows += [(*k, *best[k], [1.0] * runs),
+                 ("pydensecrf", "2 processes (per image)", norm, None, None, min(pr[norm] for pr in procs),
+                  [ref(r, norm) / pr[norm] for r, pr in zip(res, procs)])]
+        rows += [(*k, *best[k], [ref(r, norm) / r[k][2] for r in res])
+                 for k in cands if k[0] == "ours" and k[2] == norm]
+    return table(preset, p, rows, runs)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls of each row per run (the best counts)")
+    ap.add_argument("--runs", type=int, default=3, help="complete interleaved runs (the spread of the speed-ups)")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     a = ap.parse_args(argv)
     info = backends()
     if "dense_crf" not in info["cpu"]:
         print("warning: the compiled CPU kernel is missing; timing the PyTorch reference", file=sys.stderr)
     img, unary = make_inputs()
-    load = load_average()
+    loads: list[float] = []
+    parts = []
+    for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
+        parts.append(bench_preset(preset, img, unary, info, a.repeats, a.runs, loads))
+        print("\n" + parts[-1], flush=True)
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
     head = (f"{datetime.date.today().isoformat()}, {gpu}{device_line()}. {W}x{H} image, {C} labels, "
-            f"{ITERS} iterations, best of {a.repeats}; 1-minute load average {load:.1f} at the start"
+            f"{ITERS} iterations, best of {a.repeats} calls in each of {a.runs} interleaved runs per preset; "
+            f"1-minute load average at the start of each run (LargeFOV's, then v2's): "
+            f"{', '.join(f'{v:.1f}' for v in loads)}"
             + (" (other jobs were running: every row is slowed, the threaded ones most)."
-               if load > os.cpu_count() * 0.75 else "."))
-    print(head)
-    parts = []
-    norms = ("symmetric", "after")   # pydensecrf's default; DeepLab's (the presets')
-    for preset in ("deeplab_largefov", "deeplab_v2_resnet101"):
-        p = PRESETS[preset]
-        cands = {}
-        for norm in norms:             # one interleaved run, so both normalisations see the same machine
-            q = p.with_(normalization=norm)
-            cands.update({
-                ("pydensecrf", "1 thread", norm): (lambda n, q=q: _pydensecrf(img, unary, q, n), 1),
-                ("ours", "1 thread", norm): (_ours_runner(img, unary, q, 1), 1),
-                ("ours", "2 threads", norm): (_ours_runner(img, unary, q, 2), 1),
-                ("ours", "2 threads, batch of 2 (per image)", norm): (_ours_runner(img, unary, q, 2, batch=2), 2),
-            })
-            if torch.cuda.is_available() and "dense_crf" in info["cuda"]:
-                cands[("ours", "CUDA", norm)] = (_ours_runner(img, unary, q, 1, device="cuda"), 1)
-        res = bench_interleaved(cands, a.repeats)
-        rows = []
-        for norm in norms:
-            rows += [("pydensecrf", "1 thread", norm, *res[("pydensecrf", "1 thread", norm)]),
-                     ("pydensecrf", "2 processes (per image)", norm, None, None,
-                      bench_pydensecrf_procs(preset, norm, a.repeats))]
-            rows += [(impl, thr, nm, *v) for (impl, thr, nm), v in res.items() if impl == "ours" and nm == norm]
-        ms = lambda v: "-" if v is None else f"{1000 * v:.1f}"
-        lines = [f"### {preset} ({p.bi_w:g}/{p.bi_xy_std:g}/{p.bi_rgb_std:g}/{p.pos_w:g}/{p.pos_xy_std:g})", "",
-                 "| implementation | threads | normalization | build ms | iter ms | total ms (10 iters) "
-                 "| speed-up vs pydensecrf 1 thread, same normalization |",
-                 "|---|---|---|---|---|---|---|"]
-        for impl, thr, norm, bb, ii, tt in rows:
-            ref = res[("pydensecrf", "1 thread", norm)][2]
-            lines.append(f"| {impl} | {thr} | {norm} | {ms(bb)} | {ms(ii)} | {ms(tt)} | {ref / tt:.2f}x |")
-        parts.append("\n".join(lines))
-        print("\n" + parts[-1], flush=True)
+               if max(loads) > (os.cpu_count() or 1) * 0.75 else "."))
+    print("\n" + head)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if a.write:
         path = replace_section("benchmarks/crf.py", "## benchmarks/crf.py\n\n" + head + "\n\n"

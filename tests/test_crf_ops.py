@@ -64,6 +64,18 @@ def test_compiled_filter_far_from_origin(d, offset):
 
 
 @compiled
+@pytest.mark.parametrize("spread", [0.0, 5000.0])
+def test_compiled_filter_2d_grid_and_hashed(spread):
+    # d = 2 lattices index their vertices through a dense grid over the keys' box; two
+    # outliers far apart make that box too large for the grid, and the hashed build takes over.
+    f = _features(150, 2, 3.0, seed=7, dtype=torch.float64)
+    f[:2] += torch.tensor([[spread, -spread], [-spread, spread]], dtype=torch.float64)
+    v = torch.randn(150, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(permutohedral_filter(f, v), permutohedral_filter_reference(f, v),
+                               rtol=1e-6, atol=1e-8)
+
+
+@compiled
 def test_filter_non_contiguous_and_empty():
     f = _features(60, 4, 3.0, dtype=torch.float32)
     v = torch.randn(5, 60).t()                     # non-contiguous
@@ -204,3 +216,23 @@ def test_backends_reports_extension():
     assert info["crf_storage"] in ("half", "float32")
     if info["extension"]:
         assert "dense_crf" in info["cpu"]
+
+
+@compiled
+@pytest.mark.parametrize("storage", ["half", "float32"])
+def test_thread_count_does_not_change_the_result(storage, monkeypatch):
+    # Large enough (n * (d + 1) corners over 65536) that 2 threads cut the lattice build's
+    # contributor lists into chunks; the lists, and so every sum, must come out the same.
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", storage)
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(1, 3, 150, 160, generator=g) * 255).round()
+    unary = torch.rand(1, 5, 150, 160, generator=g) * 4
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dense_crf(image, unary, 3, 3, 4, 30, 6, 3)
+        torch.set_num_threads(2)
+        two = dense_crf(image, unary, 3, 3, 4, 30, 6, 3)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)

@@ -115,7 +115,9 @@ void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats,
   lattice::build_lattice<float>(feats.data(), n, d, lat, /*row=*/W);
   const std::vector<float> deg = lattice::filter_ones(lat);
   std::vector<float> in_scale(n), out_scale(n);
-  for (int64_t p = 0; p < n; ++p) crf::norm_scales(deg[p], w, symmetric, in_scale[p], out_scale[p]);
+  at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) crf::norm_scales(deg[p], w, symmetric, in_scale[p], out_scale[p]);
+  });
   lattice::scale_lattice<float>(lat, in_scale.data(), out_scale.data());
 }
 

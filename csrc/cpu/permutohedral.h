@@ -279,6 +279,56 @@ DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0
   }
 }
 
+// Vertex ids for d = 2 without a hash table: the keys (two coordinates) of the vertices of
+// n points fill a box of Z^2 only a few times larger than their count (a third of the
+// integer pairs are lattice points), so a dense grid over the box maps a key to its id
+// with one read, and a neighbour is a fixed step in the grid.  Ids follow the scan
+// order, as in the hashed build, so the lattice is the same.  Fills offset, m and the
+// "n1" neighbours; returns false, touching nothing, when the box is too large.
+template <typename T>
+bool index_grid2(const int32_t* rem0, const int32_t* rank, int64_t n, Lattice<T>& L) {
+  const Dim<2> d;
+  constexpr int64_t dp1 = 3;
+  std::vector<int32_t> keys(n * dp1 * 2);
+  at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p)
+      for (int r = 0; r < dp1; ++r) vertex_key(rem0 + p * dp1, rank + p * dp1, d, r, keys.data() + (p * dp1 + r) * 2);
+  });
+  int32_t lo[2] = {0, 0}, hi[2] = {0, 0};
+  if (n > 0)
+    for (int c = 0; c < 2; ++c) lo[c] = hi[c] = keys[c];
+  for (int64_t i = 0; i < n * dp1; ++i)
+    for (int c = 0; c < 2; ++c) {
+      lo[c] = std::min(lo[c], keys[i * 2 + c]);
+      hi[c] = std::max(hi[c], keys[i * 2 + c]);
+    }
+  // A margin of d + 1 so that every neighbour step stays inside the grid.
+  const int64_t w0 = int64_t{hi[0]} - lo[0] + 1 + 2 * dp1, w1 = int64_t{hi[1]} - lo[1] + 1 + 2 * dp1;
+  if (w0 * w1 > 16 * n * dp1 + 4096 || w0 * w1 >= (int64_t{1} << 31)) return false;
+  std::vector<int32_t> grid(w0 * w1, 0);  // id + 1, 0 for none
+  std::vector<int32_t> cell;              // grid cell of each vertex
+  cell.reserve(n);
+  for (int64_t i = 0; i < n * dp1; ++i) {
+    const int32_t c = static_cast<int32_t>((keys[i * 2] - lo[0] + dp1) * w1 + (keys[i * 2 + 1] - lo[1] + dp1));
+    int32_t& g = grid[c];
+    if (!g) {
+      cell.push_back(c);
+      g = static_cast<int32_t>(cell.size());
+    }
+    L.offset[i] = g;
+  }
+  const int64_t m = static_cast<int64_t>(cell.size());
+  L.m = m;
+  L.blur_nb.assign(dp1 * m * 2, 0);
+  // n1 along axis a: +d on coordinate a (a < d), -1 on the other coordinates.
+  const int64_t step[dp1] = {2 * w1 - 1, -w1 + 2, -w1 - 1};
+  for (int a = 0; a < dp1; ++a) {
+    int32_t* nb = L.blur_nb.data() + a * m * 2;
+    for (int64_t v = 0; v < m; ++v) nb[v * 2] = grid[cell[v] + step[a]];
+  }
+  return true;
+}
+
 // Builds the lattice of ``n`` points with ``d``-dimensional features (row-major).
 // ``row``: when the points are an image in scan order, its width (a hint that
 // speeds the build up; 0 for none).
@@ -308,9 +358,13 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
   // Keys that fit in 64 bits (PackedKeys) take PackedTable; others VertexTable,
   // where each corner is compared only with the same corner of the previous point.
   int64_t reach = 0;
-  for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
+  const bool gridded = d == 2 && index_grid2(rem0.data(), rank.data(), n, L);
+  if (!gridded)
+    for (int64_t i = 0; i < n * dp1; ++i) reach = std::max<int64_t>(reach, std::llabs(rem0[i]));
   const PackedKeys pk = PackedKeys::make(d, reach + dp1);
-  if (pk.ok()) {
+  if (gridded) {
+    // index_grid2 did it all.
+  } else if (pk.ok()) {
     // Points on an image grid (``row`` > 0) also share corners with the point one
     // row up, not always as the same corner index: each corner is compared with
     // every corner of the previous point and of the point above before the table.
@@ -396,28 +450,58 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
     });
   }
   const int64_t m = L.m;
-  for (int a = 0; a <= d; ++a) {
-    int32_t* nb = L.blur_nb.data() + static_cast<int64_t>(a) * m * 2;
-    for (int64_t v = 0; v < m; ++v)
-      if (nb[v * 2] > 0) nb[(nb[v * 2] - 1) * 2 + 1] = static_cast<int32_t>(v + 1);
-  }
+  // The axes are independent: one task each.
+  at::parallel_for(0, dp1, 1, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      int32_t* nb = L.blur_nb.data() + a * m * 2;
+      for (int64_t v = 0; v < m; ++v)
+        if (nb[v * 2] > 0) nb[(nb[v * 2] - 1) * 2 + 1] = static_cast<int32_t>(v + 1);
+    }
+  });
 
   // 4. Invert offset into per-vertex contributor lists (splat as gather).
+  //    The corners are cut into one chunk per thread: each chunk counts its
+  //    contributors per vertex, the counts give every chunk its own run of slots
+  //    within each vertex's list (chunks in scan order, so the lists are the same
+  //    for any thread count), and each chunk fills its runs.
+  const int64_t total = n * dp1;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 65536));
+  std::vector<int32_t> count(chunks * m, 0);  // then: the chunk's first slot within the vertex's list
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int32_t* cnt = count.data() + c * m;
+      for (int64_t i = total * c / chunks; i < total * (c + 1) / chunks; ++i) ++cnt[L.offset[i] - 1];
+    }
+  });
   L.gather_ptr.assign(m + 1, 0);
-  for (int64_t i = 0; i < n * dp1; ++i) ++L.gather_ptr[L.offset[i]];
-  for (int64_t v = 0; v < m; ++v) L.gather_ptr[v + 1] += L.gather_ptr[v];
-  // gather_ptr[v] .. gather_ptr[v+1] now bounds vertex v's contributors.
-  L.gather_pt.resize(n * dp1);
-  L.gather_w.resize(n * dp1);
-  std::vector<int64_t> fill(L.gather_ptr.begin(), L.gather_ptr.end() - 1);
-  for (int64_t i = 0; i < n * dp1; ++i) {
-    const int64_t slot = fill[L.offset[i] - 1]++;
-    L.gather_pt[slot] = static_cast<int32_t>(i / dp1);
-    L.gather_w[slot] = L.weight[i];
+  for (int64_t v = 0; v < m; ++v) {
+    int64_t k = L.gather_ptr[v];
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int32_t here = count[c * m + v];
+      count[c * m + v] = static_cast<int32_t>(k - L.gather_ptr[v]);
+      k += here;
+    }
+    L.gather_ptr[v + 1] = k;
   }
+  // gather_ptr[v] .. gather_ptr[v+1] now bounds vertex v's contributors.
+  L.gather_pt.resize(total);
+  L.gather_w.resize(total);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int32_t* at_ = count.data() + c * m;
+      for (int64_t i = total * c / chunks; i < total * (c + 1) / chunks; ++i) {
+        const int64_t v = L.offset[i] - 1;
+        const int64_t slot = L.gather_ptr[v] + at_[v]++;
+        L.gather_pt[slot] = static_cast<int32_t>(i / dp1);
+        L.gather_w[slot] = L.weight[i];
+      }
+    }
+  });
   const T alpha = slice_alpha<T>(d);
   L.slice_w.resize(n * dp1);
-  for (int64_t i = 0; i < n * dp1; ++i) L.slice_w[i] = L.weight[i] * alpha;
+  at::parallel_for(0, n * dp1, 65536, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) L.slice_w[i] = L.weight[i] * alpha;
+  });
 }
 
 template <typename T>
@@ -472,10 +556,14 @@ template <typename T>
 void scale_lattice(Lattice<T>& L, const T* in_scale, const T* out_scale) {
   const int dp1 = L.d + 1;
   if (in_scale)
-    for (size_t j = 0; j < L.gather_w.size(); ++j) L.gather_w[j] *= in_scale[L.gather_pt[j]];
+    at::parallel_for(0, static_cast<int64_t>(L.gather_w.size()), 65536, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) L.gather_w[j] *= in_scale[L.gather_pt[j]];
+    });
   if (out_scale)
-    for (int64_t p = 0; p < L.n; ++p)
-      for (int r = 0; r < dp1; ++r) L.slice_w[p * dp1 + r] *= out_scale[p];
+    at::parallel_for(0, L.n, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int r = 0; r < dp1; ++r) L.slice_w[p * dp1 + r] *= out_scale[p];
+    });
 }
 
 // Value buffers reused across filter calls on one lattice.
