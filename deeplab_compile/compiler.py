@@ -330,7 +330,7 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
                 inputs: Mapping[str, Any] | None = None, fuse: bool | None = None,
-                max_param_gib: float | None = None):
+                lower: bool | None = None, max_param_gib: float | None = None):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -356,10 +356,28 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             checkpoints and caffemodels load into both; ``fuse=False`` gives
             ``gm.net.layers`` exactly as the netdef wrote them, which the exporters
             (``deeplab-compile --emit``) and code that walks the layers need.
+        lower: whether to lower the module for CPU inference (:mod:`deeplab_compile.lower`):
+            each convolution's weight, with any folded BatchNorm, is reordered once for
+            oneDNN and activations stay channels-last; in a fused net a convolution also
+            takes the ReLU after it, and the residual sum before that ReLU, as oneDNN
+            post-ops.  The default, ``None``, lowers the test phase (the modules fall back
+            to the plain ops wherever the fast path would differ: CUDA, autograd,
+            autocast, tracing); ``lower=False`` keeps the plain modules.  Parameter names,
+            state_dicts and the graph's node names are unchanged.
         max_param_gib: the most GiB of tensors building the module may allocate, checked
             from the shape rules before anything is allocated (a one-line ``SizeError``
             over it).  Default: ``$DEEPLAB_MAX_PARAM_GIB``, else 4 (:mod:`deeplab_compile.sizes`).
     """
     from .codegen import generate
-    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse),
-                    max_param_gib=max_param_gib)
+    gm = generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse), max_param_gib=max_param_gib)
+    return lowered(gm, fuse=fuse, lower=lower)
+
+
+def lowered(gm, *, fuse: bool | None = None, lower: bool | None = None):
+    """``gm`` lowered for CPU inference (in place) when ``lower`` says so (``None``: the
+    test phase), with post-op fusion when the passes ran (``fuse`` as in
+    :func:`compile_net`)."""
+    if (gm.phase == "test") if lower is None else lower:
+        from .lower import lower_for_cpu
+        lower_for_cpu(gm, fuse=(gm.phase == "test") if fuse is None else fuse)
+    return gm
