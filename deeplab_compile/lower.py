@@ -37,8 +37,10 @@ from torch import fx, nn
 
 from .layers._units import Folding, fold
 from .layers.aspp import ConvSumModule
+from .layers.batch_norm import CaffeBatchNorm
 from .layers.conv_bn import FoldedConv2d
 from .layers.eltwise import CaffeEltwise
+from .layers.scale import CaffeScale
 
 _CL = torch.channels_last
 
@@ -275,6 +277,36 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
     graph.lint()
     gm.graph = graph
     gm.recompile()
+    return gm
+
+
+def merge_bn_scale(gm: fx.GraphModule) -> fx.GraphModule:
+    """Every BatchNorm whose only reader is a Scale with a learned per-channel scale (one
+    bottom, axis 1) becomes one BatchNorm call with the Scale's weight and bias as its
+    affine terms: one pass over the activations instead of two, forward and backward,
+    in both phases.  The node takes the Scale's name; parameters stay where they were
+    (the BatchNorm node reads the Scale's tensors).  In place; returns ``gm``."""
+    graph = gm.graph
+    names: dict[fx.Node, str] = {}
+    for node in list(graph.nodes):
+        if getattr(node, "_erased", False) or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        if type(_module(gm, node)) is not CaffeBatchNorm:
+            continue
+        user = _sole_user(node)
+        sc = _module(gm, user) if user is not None else None
+        if (type(sc) is not CaffeScale or sc.is_bias_layer or sc.weight is None or sc.axis != 1
+                or sc.weight.dim() != 1 or user.args != (node,) or user.kwargs):
+            continue
+        with graph.inserting_before(user):
+            w = graph.get_attr(f"{user.target}.weight")
+            b = graph.get_attr(f"{user.target}.bias") if sc.bias is not None else None
+        args = (node.args[0], w, b)
+        names[_replace(gm, node, user, [node, user], args, {})] = user.name
+    if names:
+        gm.graph = _renamed_copy(graph, names)
+        gm.graph.lint()
+        gm.recompile()
     return gm
 
 

@@ -170,7 +170,33 @@ def test_copies_and_pickles_run(path):
             close(other.eval()(x)["logits"], want)
 
 
-def test_train_phase_is_not_lowered(path):
+def test_train_phase_convolutions_stay_plain(path):
     gm = compile_net(path, phase="train", vars={})
     assert not any(isinstance(m, (PackedConv, PackedConvSum)) for m in gm.modules())
     assert any(type(m) is nn.Conv2d for m in gm.modules())
+
+
+def test_bn_scale_merge_trains_like_the_plain_net(path):
+    """Train phase: BatchNorm + Scale as one batch_norm call gives the plain net's loss
+    terms, gradients and running statistics (Caffe's update), under the Scale's name."""
+    plain = compile_net(path, phase="train", lower=False)
+    merged = compile_net(path, phase="train")
+    merged.load_state_dict(randomize(plain))
+    w0 = float(merged.get_submodule("stem_bn").running_weight)
+    assert "CaffeScale" not in kinds(merged) and "CaffeScale" in kinds(plain)
+    assert "stem_scale" in {n.name for n in merged.graph.nodes}
+    x = image(batch=3)
+    for step in range(2):
+        for gm in (plain, merged):
+            gm.zero_grad()
+            torch.manual_seed(step)                 # the same dropout masks
+            gm(x)["logits"].square().sum().backward()
+        gp, gm_ = dict(plain.named_parameters()), dict(merged.named_parameters())
+        for k in gp:                                # float sums in another order: 1e-4, as test_passes
+            torch.testing.assert_close(gm_[k].grad, gp[k].grad, rtol=1e-4, atol=1e-4 * gp[k].grad.abs().max().item())
+        sp, sm = plain.state_dict(), merged.state_dict()
+        for k in sp:
+            if "running" in k:
+                torch.testing.assert_close(sm[k], sp[k], rtol=1e-5, atol=1e-6)
+    maf = merged.get_submodule("stem_bn").moving_average_fraction   # Caffe's weight <- maf * weight + 1, twice
+    assert float(merged.get_submodule("stem_bn").running_weight) == pytest.approx(maf * (maf * w0 + 1) + 1)

@@ -16,7 +16,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
     Returns ``(net, data_spec)``.  The netdef is read once: the data spec is resolved
     from its IR, and the sized net is a reshape of that IR."""
     from ..codegen import generate
-    from ..compiler import load, load_netdef, net_from_doc, reshape
+    from ..compiler import load, load_netdef, lowered, net_from_doc, reshape
     from ..data.spec import resolve_spec
     net_path = resolve_path(solver, solver.net)
     if not os.path.exists(net_path):
@@ -41,7 +41,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None)
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
     # never fused: the passes are for inference, and training walks the netdef's layers
-    net = generate(reshape(ir, inputs) if inputs else ir)
+    net = lowered(generate(reshape(ir, inputs) if inputs else ir))   # BatchNorm + Scale as one call
     if spec.num_classes is None:
         from ..data.spec import net_num_classes
         spec.num_classes = net_num_classes(net.net)
