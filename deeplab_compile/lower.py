@@ -9,14 +9,18 @@ unit (``Convolution``, or ``ConvolutionBN`` from ``fold_bn``) becomes a
     conv [+ BN + Scale folded] -> Eltwise SUM (+ x) -> ReLU  "add" + "relu" post-ops
     ConvSum (fuse_aspp's 1x1 conv sum) -> ReLU               two calls, the second adds the first
 
-with the folded weight reordered once into oneDNN's blocked layout and kept until one of
+(in a net compiled with ``fuse=False`` only the weights and layout, one node per layer);
+the graph asks for the post-ops (``other=``, ``relu=True``), so a module called on its
+own is still the layer it is named after.  Each convolution's folded weight is reordered
+once into oneDNN's blocked layout and kept until one of
 the tensors it was made from changes (``load_state_dict``, ``load_weights``, an
 optimizer step: every in-place write bumps a tensor's version), and activations kept
 channels-last (NHWC, oneDNN's native layout), so no call reorders its input or output.
 This is what ``torch.compile``'s CPU backend does with frozen weights (the same
 ``mkldnn._convolution_pointwise`` ops), without its compile time.
 
-The fast path runs only where it computes exactly what the plain modules would: a
+The fast path runs only where it computes what the plain modules would (up to float
+rounding, as any other convolution algorithm): a
 float32 CPU input, no autograd graph to record (``torch.no_grad()``/inference mode, or
 parameters without ``requires_grad``), no autocast, outside ``torch.compile`` tracing,
 and oneDNN enabled.  Anywhere else (CUDA, training, bf16 autocast) the module runs the
@@ -26,6 +30,10 @@ Node names are kept: the fused node takes the name of the last node it replaced 
 ReLU's), so an intermediate blob is found under the same name as before.  Parameter
 names and state_dicts are unchanged (the new module holds the same ``weight``/``bias``
 tensors under the same module name).  The outputs are returned contiguous (NCHW).
+
+:func:`merge_bn_scale` is the one rewrite for both phases: a BatchNorm and the Scale
+after it become one ``batch_norm`` call with the Scale's weight and bias (train phase,
+and test nets compiled with ``fuse=False``).
 """
 from __future__ import annotations
 
@@ -106,11 +114,12 @@ def _plain(x, other, w, b, geom, relu: bool):
 
 
 class PackedConv(Folding):
-    """A convolution unit with its ReLU (and the residual add before it) fused: see the
-    module docstring.  ``forward(x, *unit tensors, other=None)``: ``other`` is added
-    before the ReLU."""
+    """A convolution unit (see the module docstring).  ``forward(x, *unit tensors,
+    other=None, relu=False)``: ``other`` is added, then the ReLU applied, as oneDNN
+    post-ops; the graph passes them where it fused those layers, so called on its own the
+    module is the layer it replaced."""
 
-    def __init__(self, conv: nn.Module, *, relu: bool, add: bool = False):
+    def __init__(self, conv: nn.Module):
         super().__init__(getattr(conv, "mode_bn", None))
         self.weight = conv.weight
         self.bias = conv.bias
@@ -121,44 +130,42 @@ class PackedConv(Folding):
         self.stride, self.padding = _pair(conv.stride), _pair(conv.padding)
         self.dilation, self.groups = _pair(conv.dilation), conv.groups
         self.geom = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-        self.relu, self.add = relu, add
         self._packed = _Packed()
         self.train(conv.training)
 
     def extra_repr(self) -> str:
         w = self.weight
-        post = "+".join((["add"] if self.add else []) + (["relu"] if self.relu else [])) or "none"
         return (f"{w.shape[1] * self.geom[3]}, {w.shape[0]}, kernel_size={tuple(w.shape[2:])}, padding={self.geom[0]}, "
-                f"stride={self.geom[1]}, dilation={self.geom[2]}, groups={self.geom[3]}, folded={self.meta}, "
-                f"post-ops={post}")
+                f"stride={self.geom[1]}, dilation={self.geom[2]}, groups={self.geom[3]}, folded={self.meta}")
 
-    def forward(self, x: torch.Tensor, *tensors: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *tensors: torch.Tensor, other: torch.Tensor | None = None,
+                relu: bool = False) -> torch.Tensor:
         self.check_eval()
         own = [self.weight] + ([self.bias] if self.bias is not None else [])
         ts = own + list(tensors)
-        if fast_path_ok(x, ts):
+        # a wrong channel count takes the plain path, for torch's error message rather than oneDNN's
+        if fast_path_ok(x, ts) and x.shape[1] == self.weight.shape[1] * self.groups:
             w, b = self._packed.get(self.meta, ts, self.geom, x)
-            return _conv_call(x, other, w, b, self.geom, self.relu)
+            return _conv_call(x, other, w, b, self.geom, relu)
         w, b = fold(self.meta, iter(ts))
-        return _plain(x, other, w, b, self.geom, self.relu)
+        return _plain(x, other, w, b, self.geom, relu)
 
 
 class PackedConvSum(Folding):
-    """``fuse_aspp``'s ConvSum (a sum of 1x1 convolutions, one per input) with an
-    optional ReLU after it: each 1x1 convolution one oneDNN call, each later one adding
+    """``fuse_aspp``'s ConvSum (a sum of 1x1 convolutions, one per input), ``relu=True``
+    with the ReLU after it: each 1x1 convolution one oneDNN call, each later one adding
     the sum so far as a post-op, the last one applying the ReLU."""
 
-    def __init__(self, mod: ConvSumModule, *, relu: bool):
+    def __init__(self, mod: ConvSumModule):
         super().__init__(mod.mode_bn)
         self.metas = list(mod.metas)
-        self.relu = relu
         self._packed = [_Packed() for _ in self.metas]
         self.train(mod.training)
 
     def extra_repr(self) -> str:
-        return f"inputs={len(self.metas)}, relu={self.relu}"
+        return f"inputs={len(self.metas)}"
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor, relu: bool = False) -> torch.Tensor:
         self.check_eval()
         xs, rest = args[:len(self.metas)], list(args[len(self.metas):])
         geom = ([0, 0], [1, 1], [1, 1], 1)
@@ -171,13 +178,12 @@ class PackedConvSum(Folding):
         y = None
         for k, (x, m, ts) in enumerate(zip(xs, self.metas, units)):
             last = k == len(xs) - 1
-            relu = self.relu and last
             if fast:
                 w, b = self._packed[k].get(m, ts, geom, x)
-                y = _conv_call(x, y, w, b, geom, relu)
+                y = _conv_call(x, y, w, b, geom, relu and last)
             else:
                 w, b = fold(m, iter(ts))
-                y = _plain(x, y, w, b, geom, relu)
+                y = _plain(x, y, w, b, geom, relu and last)
         return y
 
 
@@ -250,28 +256,29 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
         mod = _module(gm, node)
         if not fuse:
             if _is_conv(gm, node):
-                gm.add_submodule(node.target, PackedConv(mod, relu=False))
+                gm.add_submodule(node.target, PackedConv(mod))
             continue
         if isinstance(mod, ConvSumModule):
             user = _sole_user(node)
             relu = _is_relu(gm, user)
-            gm.add_submodule(node.target, PackedConvSum(mod, relu=relu))
+            gm.add_submodule(node.target, PackedConvSum(mod))
             if relu:
-                names[_replace(gm, node, user, [node, user], node.args, dict(node.kwargs))] = user.name
+                names[_replace(gm, node, user, [node, user], node.args, {"relu": True})] = user.name
             continue
         if not _is_conv(gm, node):
             continue
         user = _sole_user(node)
         if _is_relu(gm, user):
-            gm.add_submodule(node.target, PackedConv(mod, relu=True))
-            names[_replace(gm, node, user, [node, user], node.args, dict(node.kwargs))] = user.name
+            gm.add_submodule(node.target, PackedConv(mod))
+            names[_replace(gm, node, user, [node, user], node.args, {"relu": True})] = user.name
         elif _is_sum2(gm, user) and _is_relu(gm, _sole_user(user)) and user.args[0] is not user.args[1]:
             relu_node = _sole_user(user)
             other = user.args[1] if user.args[0] is node else user.args[0]
-            gm.add_submodule(node.target, PackedConv(mod, relu=True, add=True))
-            names[_replace(gm, node, relu_node, [node, user, relu_node], node.args, {"other": other})] = relu_node.name
+            gm.add_submodule(node.target, PackedConv(mod))
+            names[_replace(gm, node, relu_node, [node, user, relu_node], node.args,
+                           {"other": other, "relu": True})] = relu_node.name
         else:
-            gm.add_submodule(node.target, PackedConv(mod, relu=False))
+            gm.add_submodule(node.target, PackedConv(mod))
     _contiguous_outputs(graph)
     graph = _renamed_copy(graph, names)
     graph.lint()

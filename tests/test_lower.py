@@ -112,12 +112,25 @@ def test_fused_lowering_takes_relus_and_residual_sums(path):
     names = {n.name for n in low.graph.nodes}
     assert {"stem_relu", "a_relu", "b_relu", "down_relu", "logits"} <= names
     assert names <= {n.name for n in plain.graph.nodes} | {n.name for n in low.graph.nodes if n.op == "call_method"}
-    residual = [low.get_submodule(n.target) for n in low.graph.nodes if n.name == "a_relu"][0]
-    assert isinstance(residual, PackedConv) and residual.add and residual.relu
+    residual = [n for n in low.graph.nodes if n.name == "a_relu"][0]
+    assert isinstance(low.get_submodule(residual.target), PackedConv) and residual.target == "a3"
+    assert residual.kwargs["relu"] is True and residual.kwargs["other"].name == "stem_relu"
     unfused = compile_net(path, fuse=False)
     assert kinds(unfused).count("ReLU") == kinds(compile_net(path, fuse=False, lower=False)).count("ReLU")
     assert "Conv2d" not in kinds(unfused)
     assert sorted(unfused.state_dict()) == sorted(compile_net(path, fuse=False, lower=False).state_dict())
+
+
+def test_a_module_on_its_own_is_its_layer(path):
+    """The post-ops are the graph's: called directly, a lowered conv is the convolution
+    (with its folded BatchNorm), no ReLU."""
+    plain, low = pair(path, False)
+    x = torch.randn(1, 12, 9, 9)
+    with torch.no_grad():
+        close(low.get_submodule("down")(x), plain.get_submodule("down")(x))
+        assert (low.get_submodule("down")(x) < 0).any()
+        with pytest.raises(RuntimeError, match="channels"):     # torch's message, not oneDNN's
+            low.get_submodule("down")(torch.randn(1, 8, 9, 9))
 
 
 def test_lowering_twice_changes_nothing(path):
