@@ -326,6 +326,6 @@ def _contiguous_outputs(graph: fx.Graph) -> None:
     for k, v in value.items():
         if isinstance(v, fx.Node) and not (v.op == "call_method" and v.target == "contiguous"):
             with graph.inserting_before(out):
-                v = graph.call_method("contiguous", (v,))
+                v = graph.create_node("call_method", "contiguous", (v,), name=f"{v.name}_nchw")
         new[k] = v
     out.args = (new,)
