@@ -48,6 +48,13 @@ NETS = {"v3": "deeplab_v3_resnet101", "v3plus_xception": "deeplab_v3plus_xceptio
         "v3plus_mnv2": "deeplab_v3plus_mobilenetv2", "v3_mnv2": "deeplab_v3_mobilenetv2"}
 TV = {"layout": "torchvision"}
 SECTION = "benchmarks/models.py"
+INTRO = """DeepLabv3 ResNet-101 compiled from netdef/deeplab_v3_resnet101.yaml with
+`layout=torchvision`, against torchvision's own `deeplabv3_resnet101` (eager, imported
+through tests/peers.py) with the same weights, converted as `deeplab-convert --from
+torchvision:deeplabv3_resnet101` does; every output agrees with torchvision's `out` to
+1e-5 relative (checked in the run).  Candidates run interleaved in one process; the
+baseline is torchvision's row of the same table.
+"""
 
 
 def _rss_bytes() -> int:
@@ -267,7 +274,7 @@ def main(argv=None):
     lines += ["", f"Load average (1 min) at start {load0:.2f}, at end {load1:.2f}."]
     print(lines[-1])
     if args.write:
-        replace_section(SECTION, f"## {SECTION}\n\n" + "\n".join(lines) + "\n")
+        replace_section(SECTION, f"## {SECTION}\n\n{INTRO}\n" + "\n".join(lines) + "\n")
     return 0
 
 

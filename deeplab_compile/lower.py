@@ -37,7 +37,6 @@ and test nets compiled with ``fuse=False``).
 """
 from __future__ import annotations
 
-import operator
 
 import torch
 import torch.nn.functional as F
