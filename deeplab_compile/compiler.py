@@ -330,7 +330,7 @@ def net_from_doc(doc: Mapping, *, phase: str = "test", inputs: Mapping[str, Any]
 
 def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", vars: Mapping[str, Any] | None = None,
                 inputs: Mapping[str, Any] | None = None, fuse: bool | None = None,
-                max_param_gib: float | None = None):
+                lower: bool | None = None, max_param_gib: float | None = None):
     """Compile a netdef into a :class:`deeplab_compile.codegen.CompiledNet` (a torch.fx
     GraphModule).
 
@@ -356,10 +356,32 @@ def compile_net(source: str | os.PathLike | Mapping, *, phase: str = "test", var
             checkpoints and caffemodels load into both; ``fuse=False`` gives
             ``gm.net.layers`` exactly as the netdef wrote them, which the exporters
             (``deeplab-compile --emit``) and code that walks the layers need.
+        lower: whether to lower the module (:mod:`deeplab_compile.lower`; the default,
+            ``None``, lowers; ``False`` keeps one plain module per layer).  In both phases
+            a BatchNorm and the Scale after it run as one ``batch_norm`` call.  In the test
+            phase each convolution's weight, with any folded BatchNorm, is reordered once
+            for oneDNN and activations stay channels-last; in a fused net a convolution
+            also takes the ReLU after it, and the residual sum before that ReLU, as oneDNN
+            post-ops.  The modules fall back to the plain ops wherever the fast path would
+            differ (CUDA, autograd, autocast, tracing).  Parameter names, state_dicts and
+            the names of the blobs that remain are unchanged.
         max_param_gib: the most GiB of tensors building the module may allocate, checked
             from the shape rules before anything is allocated (a one-line ``SizeError``
             over it).  Default: ``$DEEPLAB_MAX_PARAM_GIB``, else 4 (:mod:`deeplab_compile.sizes`).
     """
     from .codegen import generate
-    return generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse),
-                    max_param_gib=max_param_gib)
+    gm = generate(build_net(source, phase=phase, vars=vars, inputs=inputs, fuse=fuse), max_param_gib=max_param_gib)
+    return lowered(gm, fuse=fuse, lower=lower)
+
+
+def lowered(gm, *, fuse: bool | None = None, lower: bool | None = None):
+    """``gm`` lowered (in place) unless ``lower`` is false: BatchNorm + Scale as one call
+    in both phases, and in the test phase the oneDNN convolutions, with post-op fusion
+    when the passes ran (``fuse`` as in :func:`compile_net`).  See :mod:`deeplab_compile.lower`."""
+    if lower is False:
+        return gm
+    from .lower import lower_for_cpu, merge_bn_scale
+    merge_bn_scale(gm)
+    if gm.phase == "test":
+        lower_for_cpu(gm, fuse=(gm.phase == "test") if fuse is None else fuse)
+    return gm

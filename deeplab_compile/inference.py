@@ -91,14 +91,14 @@ def compile_at(ir, inputs: Mapping[str, Any] | None = None, *, fuse: bool | None
     """A :class:`~deeplab_compile.codegen.CompiledNet` of the shaped, unfused IR ``ir`` at
     the input sizes ``inputs`` (``None``: as shaped).  ``fuse`` as in
     :func:`~deeplab_compile.compiler.compile_net`: ``None`` runs the passes for the test
-    phase only."""
+    phase only; the test phase is lowered for CPU inference (:func:`~deeplab_compile.compiler.lowered`)."""
     from .codegen import generate
-    from .compiler import reshape
+    from .compiler import lowered, reshape
     net = reshape(ir, inputs) if inputs else ir
     if (ir.phase == "test") if fuse is None else fuse:
         from .passes import run_passes
         net = run_passes(net)
-    return generate(net)
+    return lowered(generate(net), fuse=fuse)
 
 
 def input_shape(ir, name: str) -> tuple[int, ...]:

@@ -36,8 +36,9 @@ def convert(tmp_path, model, source, net, **vars):
     return out
 
 
-def compiled(net, ckpt, fuse, size=SIZE, **vars):
-    gm = deeplab_compile.compile(netdef(net), vars=vars, inputs={"data": f"1x3x{size}x{size}"}, fuse=fuse)
+def compiled(net, ckpt, fuse, size=SIZE, lower=None, **vars):
+    gm = deeplab_compile.compile(netdef(net), vars=vars, inputs={"data": f"1x3x{size}x{size}"}, fuse=fuse,
+                                 lower=lower)
     deeplab_compile.load_weights(gm, str(ckpt))
     return gm.eval()
 
@@ -225,7 +226,7 @@ def test_vgg16_conv_trunk_reads_deeplab_input(tv_vgg16, net, fuse):
     conv2_1 .. conv5_3 are torchvision's tensors."""
     model, cks = tv_vgg16
     caffe, tvin = _deeplab_and_torchvision_inputs()
-    gm = compiled(net, cks[net], fuse)
+    gm = compiled(net, cks[net], fuse, lower=False)   # conv1_2 before its ReLU: the lowering fuses the two
     _, seen = run(gm, caffe, "conv1_2")
     with torch.no_grad():
         ref = model.features[:3](tvin)

@@ -129,7 +129,7 @@ def test_generated_code_is_readable_and_lints():
     net = deeplab_compile.compile(LARGEFOV)
     net.graph.lint()
     code = net.code
-    assert "self.conv1_1(data)" in code
+    assert "self.conv1_1(data, relu = True)" in code          # the ReLU as the conv's post-op (lower.py)
     assert "self.fc6(" in code and "self.fc8_interp(" in code
     names = dict(net.named_parameters())
     assert "fc6.weight" in names and "fc6.bias" in names

@@ -54,17 +54,43 @@ class CaffeBatchNorm(nn.Module):
         return (f"{self.channels}, use_global_stats={self.use_global_stats}, "
                 f"moving_average_fraction={self.moving_average_fraction}, eps={self.eps}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalize ``x``; ``weight``/``bias`` (a Scale layer's, passed by the lowering
+        in :mod:`deeplab_compile.lower`) make it one call of BatchNorm and Scale."""
         use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
         if use_global:
-            y = F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+            y = F.batch_norm(x, self.running_mean, self.running_var, weight, bias, training=False, eps=self.eps)
             if self.update_global_stats and self.training:
                 self._update(x.detach())
             return y
-        y = F.batch_norm(x, None, None, training=True, eps=self.eps)
+        if self.training and x.dtype == self.running_mean.dtype:
+            # one pass: torch's update with momentum 1/weight_new is Caffe's (module docstring),
+            # with the same unbiased variance
+            w_new = self.moving_average_fraction * self._weight_value() + 1.0
+            y = F.batch_norm(x, self.running_mean, self.running_var, weight, bias, training=True,
+                             momentum=1.0 / w_new, eps=self.eps)
+            with torch.no_grad():
+                self.running_weight.mul_(self.moving_average_fraction).add_(1.0)
+            self._weight_seen = (self._weight_key(), w_new)
+            return y
+        y = F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         if self.training:
             self._update(x.detach())
         return y
+
+    def _weight_key(self) -> tuple:
+        w = self.running_weight
+        return w.data_ptr(), w._version, w.device
+
+    def _weight_value(self) -> float:
+        """``running_weight`` as a number, read from the tensor only when it changed
+        elsewhere (a loaded state_dict): no device sync per step on a GPU."""
+        seen = self.__dict__.get("_weight_seen")
+        if seen is None or seen[0] != self._weight_key():
+            seen = (self._weight_key(), float(self.running_weight))
+            self._weight_seen = seen
+        return seen[1]
 
     @torch.no_grad()
     def _update(self, x: torch.Tensor) -> None:

@@ -65,10 +65,11 @@ class SyncCaffeBatchNorm(CaffeBatchNorm):
         new.train(bn.training)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
         if use_global or not dist.is_initialized() or dist.get_world_size() == 1:
-            return super().forward(x)
+            return super().forward(x, weight, bias)
         from torch.distributed.nn.functional import all_reduce
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -88,6 +89,10 @@ class SyncCaffeBatchNorm(CaffeBatchNorm):
                 self.running_mean.mul_(keep).add_(mean.detach() / w_new)
                 self.running_var.mul_(keep).add_(unbiased.detach() / w_new)
                 self.running_weight.copy_(w_new)
+        if weight is not None:              # the Scale after it (deeplab_compile.lower.merge_bn_scale)
+            y = y * weight.view(shape)
+        if bias is not None:
+            y = y + bias.view(shape)
         return y
 
 

@@ -81,7 +81,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None,
     batch, and the net and the spec take this process's share of it (:func:`split_batch`;
     the caller runs the ``iter_size`` share)."""
     from ..codegen import generate
-    from ..compiler import reshape
+    from ..compiler import lowered, reshape
     ir, spec = ir_spec or train_ir(solver)
     if batch_size:
         spec.batch_size = batch_size
@@ -95,7 +95,7 @@ def build_train_net(solver: Solver, *, seed: int, batch_size: int | None = None,
             inputs[name] = (b, shape[1], h, w)
     torch.manual_seed(seed)
     # never fused: the passes are for inference, and training walks the netdef's layers
-    net = generate(reshape(ir, inputs) if inputs else ir)
+    net = lowered(generate(reshape(ir, inputs) if inputs else ir))   # BatchNorm + Scale as one call
     if spec.num_classes is None:
         from ..data.spec import net_num_classes
         spec.num_classes = net_num_classes(net.net)
