@@ -197,8 +197,8 @@ def main(argv=None) -> int:
             f"{ITERS} iterations, best of {a.repeats} calls in each of {a.runs} interleaved runs per preset; "
             f"1-minute load average at the start of each run (LargeFOV's, then v2's): "
             f"{', '.join(f'{v:.1f}' for v in loads)}"
-            + (" (other jobs were running: every row is slowed, the threaded ones most)."
-               if max(loads) > (os.cpu_count() or 1) * 0.75 else "."))
+            + " (the average includes this benchmark's own earlier rows, which keep 2 threads or 2 "
+              "processes busy, so about 2 is what an otherwise idle 2-core machine shows).")
     print("\n" + head)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if a.write:
