@@ -206,18 +206,28 @@ def bench_v3_train(args, dev, ref, kind, sd_src, lines):
     opt_ours = torch.optim.SGD(ours.param_groups(base_lr=1e-3, weight_decay=1e-4), lr=1e-3, momentum=0.9)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     ce = torch.nn.CrossEntropyLoss(ignore_index=255)
+    # the solver's channels_last: true (net and input batches in torch.channels_last)
+    ours_cl = ours_v3(sd_src, c, phase="train").to(dev).train().to(memory_format=torch.channels_last)
+    opt_cl = torch.optim.SGD(ours_cl.param_groups(base_lr=1e-3, weight_decay=1e-4), lr=1e-3, momentum=0.9)
+    data_cl = data.contiguous(memory_format=torch.channels_last)
 
     def step_ours():
         opt_ours.zero_grad()
         ours.total_loss(ours(data, label.float())).backward()
         opt_ours.step()
 
+    def step_cl():
+        opt_cl.zero_grad()
+        ours_cl.total_loss(ours_cl(data_cl, label.float())).backward()
+        opt_cl.step()
+
     def step_ref():
         opt_ref.zero_grad()
         ce(fwd(data), label[:, 0].long()).backward()
         opt_ref.step()
     name = f"{'torchvision' if kind == 'torchvision' else 'replica'} train step"
-    fns = {name: step_ref, "train step (phase=train)": step_ours}
+    fns = {name: step_ref, "train step (phase=train)": step_ours,
+           "train step, channels_last: true": step_cl}
     times = interleaved(fns, args.train_steps, sync=torch.cuda.synchronize if dev == "cuda" else None)
     lines += ["", f"Train step: batch {n} x 3 x {c} x {c}, BatchNorm in train mode, SGD momentum 0.9, "
                   f"{args.train_steps} interleaved steps after one warm-up each.", "",
