@@ -159,6 +159,9 @@ class PackedConvSum(Folding):
         super().__init__(mod.mode_bn)
         self.metas = list(mod.metas)
         self._packed = [_Packed() for _ in self.metas]
+        # where each unit's tensors start among the arguments after the inputs
+        counts = [1 + m[0] + 2 * (m[1] is not None) + m[2] + m[3] for m in self.metas]
+        self._starts = [sum(counts[:k]) for k in range(len(counts) + 1)]
         self.train(mod.training)
 
     def extra_repr(self) -> str:
@@ -168,11 +171,7 @@ class PackedConvSum(Folding):
         self.check_eval()
         xs, rest = args[:len(self.metas)], list(args[len(self.metas):])
         geom = ([0, 0], [1, 1], [1, 1], 1)
-        counts = [1 + m[0] + 2 * (m[1] is not None) + m[2] + m[3] for m in self.metas]
-        units, i = [], 0
-        for c in counts:
-            units.append(rest[i:i + c])
-            i += c
+        units = [rest[a:b] for a, b in zip(self._starts, self._starts[1:])]
         fast = all(fast_path_ok(x, rest) for x in xs)
         y = None
         for k, (x, m, ts) in enumerate(zip(xs, self.metas, units)):
@@ -253,11 +252,7 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
         if getattr(node, "_erased", False) or node.op != "call_module":
             continue
         mod = _module(gm, node)
-        if not fuse:
-            if _is_conv(gm, node):
-                gm.add_submodule(node.target, PackedConv(mod))
-            continue
-        if isinstance(mod, ConvSumModule):
+        if isinstance(mod, ConvSumModule) and fuse:
             user = _sole_user(node)
             relu = _is_relu(gm, user)
             gm.add_submodule(node.target, PackedConvSum(mod))
@@ -266,18 +261,17 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
             continue
         if not _is_conv(gm, node):
             continue
+        gm.add_submodule(node.target, PackedConv(mod))
         user = _sole_user(node)
+        if not fuse:
+            continue
         if _is_relu(gm, user):
-            gm.add_submodule(node.target, PackedConv(mod))
             names[_replace(gm, node, user, [node, user], node.args, {"relu": True})] = user.name
         elif _is_sum2(gm, user) and _is_relu(gm, _sole_user(user)) and user.args[0] is not user.args[1]:
             relu_node = _sole_user(user)
             other = user.args[1] if user.args[0] is node else user.args[0]
-            gm.add_submodule(node.target, PackedConv(mod))
             names[_replace(gm, node, relu_node, [node, user, relu_node], node.args,
                            {"other": other, "relu": True})] = relu_node.name
-        else:
-            gm.add_submodule(node.target, PackedConv(mod))
     _contiguous_outputs(graph)
     graph = _renamed_copy(graph, names)
     graph.lint()

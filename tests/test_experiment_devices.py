@@ -156,31 +156,29 @@ iteration 3, loss 2.5; snapshot model/train_iter_3.pt
 """
 
 
-def test_torchrun_output_shows_an_error_once_and_keeps_its_report_in_the_log():
+def filtered(text: str) -> tuple[list[str], list[str]]:
+    """(the lines torchrun's output filter shows on the console, those it only logs)."""
     shown, logged = [], []
     f = OutputFilter(shown.append, logged.append)
-    for ln in TORCHRUN_FAILURE.splitlines(keepends=True):
+    for ln in text.splitlines(keepends=True):
         f.line(ln)
     f.close()
+    return shown, logged
+
+
+def test_torchrun_output_shows_an_error_once_and_keeps_its_report_in_the_log():
+    shown, logged = filtered(TORCHRUN_FAILURE)
     assert "".join(shown) == "deeplab-train: error: solver.yaml: unknown solver field 'bas_lr'; did you mean 'base_lr'?\n"
     assert "".join(sorted(shown + logged)) == "".join(sorted(TORCHRUN_FAILURE.splitlines(keepends=True)))
 
 
 def test_after_ctrl_c_the_console_shows_how_to_resume_and_not_torchruns_traceback():
-    shown, logged = [], []
-    f = OutputFilter(shown.append, logged.append)
-    for ln in TORCHRUN_INTERRUPTED.splitlines(keepends=True):
-        f.line(ln)
-    f.close()
+    shown, logged = filtered(TORCHRUN_INTERRUPTED)
     assert shown == TORCHRUN_INTERRUPTED.splitlines(keepends=True)[:1]
 
 
 def test_a_training_process_traceback_is_shown_whole():
-    shown, logged = [], []
-    f = OutputFilter(shown.append, logged.append)
-    for ln in CHILD_TRACEBACK.splitlines(keepends=True):
-        f.line(ln)
-    f.close()
+    shown, logged = filtered(CHILD_TRACEBACK)
     assert "".join(shown) == CHILD_TRACEBACK and logged == []
 
 

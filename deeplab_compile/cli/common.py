@@ -62,7 +62,8 @@ def add_param_limit(parser: argparse.ArgumentParser) -> None:
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:
     """``--precision fp32|bf16|fp16`` and ``--channels-last`` for the inference commands
     (the solver's ``precision`` / ``channels_last`` for training)."""
-    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
+    from ..training.precision import PRECISIONS
+    parser.add_argument("--precision", default="fp32", type=str.lower, choices=PRECISIONS,
                         help="fp32 (default), or bf16/fp16 autocast on the device; outputs are float32")
     parser.add_argument("--channels-last", action="store_true",
                         help="the net and its inputs in torch.channels_last memory layout")
