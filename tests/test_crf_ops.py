@@ -236,3 +236,22 @@ def test_thread_count_does_not_change_the_result(storage, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+@compiled
+@pytest.mark.parametrize("storage", ["half", "float32"])
+def test_reused_scratch_memory_does_not_leak_into_the_next_image(storage, monkeypatch):
+    # The kernel keeps its large scratch arrays (1 MiB and up) for the next call; an image
+    # run after a larger and a smaller one, on the same thread, must come out exactly as
+    # when it ran first.
+    monkeypatch.setenv("DEEPLAB_CRF_STORAGE", storage)
+    g = torch.Generator().manual_seed(1)
+
+    def case(h, w, c):
+        return (torch.rand(1, 3, h, w, generator=g) * 255).round(), torch.rand(1, c, h, w, generator=g) * 4
+
+    image, unary = case(170, 180, 21)
+    first = dense_crf(image, unary, 3, 3, 4, 30, 6, 3)
+    for other in (case(260, 250, 24), case(120, 130, 5)):
+        dense_crf(*other, 3, 3, 4, 30, 6, 3)
+    assert torch.equal(dense_crf(image, unary, 3, 3, 4, 30, 6, 3), first)

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "common/crf_math.h"
+#include "cpu/big_alloc.h"
 #include "common/lattice_checks.h"
 #include "cpu/mean_field_f16.h"
 #include "cpu/permutohedral.h"
@@ -155,7 +156,8 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
   constexpr int64_t kTile = 64;
   const int64_t tiles = (n + kTile - 1) / kTile;
   // Scratch the loops below overwrite completely: left uninitialised.
-  std::unique_ptr<float[]> neg_u(new float[n * S]), q(new float[n * S]);
+  auto neg_u = big_array<float>(n * S);
+  auto q = big_array<float>(n * S);
   at::parallel_for(0, tiles, grain / kTile, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t p0 = t * kTile, p1 = std::min(n, p0 + kTile);
@@ -173,7 +175,7 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
 #endif
   {
     lattice::Workspace<float> ws;
-    std::unique_ptr<float[]> msg(new float[n * S]);
+    auto msg = big_array<float>(n * S);
     at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { softmax_rows(neg_u.get(), q.get(), S, b, e); });
     for (int64_t it = 0; it < prm.iterations; ++it) {
       // Potts: a pixel's label is rewarded by the filtered mass of that label.

@@ -27,6 +27,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/big_alloc.h"
 #include "cpu/permutohedral.h"
 #include "cpu/vec8.h"
 
@@ -43,11 +44,11 @@ inline int64_t row_halves(int64_t S) { return S <= 8 ? 8 : S <= 16 ? 16 : (S + 3
 
 // A 64-byte aligned, uninitialised array of half floats.
 struct HalfBuffer {
-  std::unique_ptr<uint16_t[]> raw;
+  BigArray<uint16_t> raw;
   uint16_t* ptr = nullptr;
   void resize(int64_t count) {
-    raw.reset(new uint16_t[count + 32]);
-    ptr = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(raw.get()) + 63) & ~uintptr_t{63});
+    raw = big_array<uint16_t>(count);  // 64-byte aligned at least
+    ptr = raw.get();
   }
 };
 

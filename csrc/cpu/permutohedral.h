@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/lattice_math.h"
+#include "cpu/big_alloc.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
 // Hot loops get an x86-64-v3 (AVX2, FMA) clone chosen at load time by CPU features; the default clone stays
@@ -49,13 +50,13 @@ struct Lattice {
   int64_t m = 0;  // lattice vertices
   // Vertex ids are stored +1: row 0 of every value buffer is kept at zero and
   // stands for "no such vertex", which saves a branch in the blur.
-  std::vector<int32_t> offset;      // n*(d+1)
-  std::vector<T> weight;            // n*(d+1) barycentric weights
-  std::vector<T> slice_w;           // n*(d+1) weights used when slicing (alpha folded in)
-  std::vector<int32_t> blur_nb;     // (d+1)*m*2
-  std::vector<int64_t> gather_ptr;  // m+1
-  std::vector<int32_t> gather_pt;   // n*(d+1)
-  std::vector<T> gather_w;          // n*(d+1)
+  big_vector<int32_t> offset;      // n*(d+1)
+  big_vector<T> weight;            // n*(d+1) barycentric weights
+  big_vector<T> slice_w;           // n*(d+1) weights used when slicing (alpha folded in)
+  big_vector<int32_t> blur_nb;     // (d+1)*m*2
+  big_vector<int64_t> gather_ptr;  // m+1
+  big_vector<int32_t> gather_pt;   // n*(d+1)
+  big_vector<T> gather_w;          // n*(d+1)
 };
 
 // Open-addressing map from vertex key (d int32 coordinates) to dense id, for keys
@@ -252,8 +253,8 @@ class PackedTable {
     }
   }
   uint64_t mask_ = 0;
-  std::vector<Slot> slots_;
-  std::vector<uint64_t> keys_;
+  big_vector<Slot> slots_;
+  big_vector<uint64_t> keys_;
 };
 
 // Embeds points [b, e) (lattice_math.h's embed_point), writing their simplex
@@ -289,7 +290,7 @@ template <typename T>
 bool index_grid2(const int32_t* rem0, const int32_t* rank, int64_t n, Lattice<T>& L) {
   const Dim<2> d;
   constexpr int64_t dp1 = 3;
-  std::vector<int32_t> keys(n * dp1 * 2);
+  big_vector<int32_t> keys(n * dp1 * 2);
   at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p)
       for (int r = 0; r < dp1; ++r) vertex_key(rem0 + p * dp1, rank + p * dp1, d, r, keys.data() + (p * dp1 + r) * 2);
@@ -305,7 +306,7 @@ bool index_grid2(const int32_t* rem0, const int32_t* rank, int64_t n, Lattice<T>
   // A margin of d + 1 so that every neighbour step stays inside the grid.
   const int64_t w0 = int64_t{hi[0]} - lo[0] + 1 + 2 * dp1, w1 = int64_t{hi[1]} - lo[1] + 1 + 2 * dp1;
   if (w0 * w1 > 16 * n * dp1 + 4096 || w0 * w1 >= (int64_t{1} << 31)) return false;
-  std::vector<int32_t> grid(w0 * w1, 0);  // id + 1, 0 for none
+  big_vector<int32_t> grid(w0 * w1, 0);  // id + 1, 0 for none
   std::vector<int32_t> cell;              // grid cell of each vertex
   cell.reserve(n);
   for (int64_t i = 0; i < n * dp1; ++i) {
@@ -337,7 +338,7 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
   L.d = d;
   L.n = n;
   const int64_t dp1 = d + 1;
-  std::vector<int32_t> rem0(n * dp1), rank(n * dp1);
+  big_vector<int32_t> rem0(n * dp1), rank(n * dp1);
   L.offset.assign(n * dp1, 0);
   L.weight.assign(n * dp1, T(0));
 
@@ -370,7 +371,7 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
     // every corner of the previous point and of the point above before the table.
     // The keys are computed first (in parallel), so that the table slots of the
     // keys a few points ahead can be prefetched.
-    std::vector<uint64_t> keys(n * dp1);
+    big_vector<uint64_t> keys(n * dp1);
     at::parallel_for(0, n, 8192, [&](int64_t b, int64_t e) {
       int32_t key[kMaxEmbedDim];
       for (int64_t p = b; p < e; ++p)
@@ -466,7 +467,7 @@ void build_lattice_impl(const T* features, int64_t n, DimT d, Lattice<T>& L, int
   //    for any thread count), and each chunk fills its runs.
   const int64_t total = n * dp1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total / 65536));
-  std::vector<int32_t> count(chunks * m, 0);  // then: the chunk's first slot within the vertex's list
+  big_vector<int32_t> count(chunks * m, 0);  // then: the chunk's first slot within the vertex's list
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       int32_t* cnt = count.data() + c * m;
