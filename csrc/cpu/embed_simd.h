@@ -9,8 +9,8 @@
 //     the coordinates, as embed_point's scatter does, with each update kept as
 //     ``slot + diff * down`` (or ``slot - diff * down``) under a lane mask;
 //   - ceil and floor are exact (truncation, then a correction by one).
-// Only the caller's clone decides the instructions: the functions here are always
-// inlined into it.
+// On x86 the block loop (embed_eights) is compiled for x86-64-v3 alone and runs where
+// the CPU has it; embed8 and its helpers are always inlined into it.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +18,13 @@
 
 #include "common/lattice_math.h"
 #include "cpu/vec8.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX2__)
+#define DL_SIMD_X86_V3 1
+#define DL_SIMD_TARGET __attribute__((target("arch=x86-64-v3")))
+#else
+#define DL_SIMD_TARGET
+#endif
 
 namespace deeplab {
 namespace lattice {
@@ -128,10 +135,12 @@ DL_VINLINE void embed8(const float* f, const float* scale, int32_t* rem0_out, in
 }
 
 // Embeds points [b, e) eight at a time; the last (e - b) % 8 go through embed8 too,
-// padded with zero features, so that every point takes the same arithmetic.
+// padded with zero features, so that every point takes the same arithmetic.  On x86
+// this is compiled for x86-64-v3 (AVX2, FMA) only: baseline x86-64 would emulate the
+// eight-lane selects at a loss, so there the caller keeps embed_point (see simd_ok).
 template <int D>
-DL_VINLINE void embed_eights(const float* features, const float* scale, int32_t* rem0, int32_t* rank,
-                             float* weight, int64_t b, int64_t e) {
+DL_SIMD_TARGET void embed_eights(const float* features, const float* scale, int32_t* rem0, int32_t* rank,
+                                 float* weight, int64_t b, int64_t e) {
   constexpr int dp1 = D + 1;
   for (; b + 8 <= e; b += 8)
     embed8<D>(features + b * D, scale, rem0 + b * dp1, rank + b * dp1, weight + b * dp1);
@@ -145,6 +154,23 @@ DL_VINLINE void embed_eights(const float* features, const float* scale, int32_t*
   std::memcpy(rem0 + b * dp1, r0, sizeof(int32_t) * left * dp1);
   std::memcpy(rank + b * dp1, rk, sizeof(int32_t) * left * dp1);
   std::memcpy(weight + b * dp1, w, sizeof(float) * left * dp1);
+}
+
+// Whether embed_eights runs here: on x86, where the CPU has AVX2 and FMA; elsewhere
+// always (GCC vector extensions map to the target's own vectors).
+inline bool simd_ok() {
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX2__) && defined(__FMA__)
+  return true;
+#elif defined(DL_SIMD_X86_V3)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+#else
+  return true;
+#endif
 }
 
 }  // namespace simd

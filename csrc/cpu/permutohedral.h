@@ -263,13 +263,15 @@ class PackedTable {
 // to single instructions.  Float points with d up to kMaxEmbedDim go eight at a time
 // through embed_simd.h, which gives embed_point's results for Dim<d> bit for bit (with
 // d known at compile time in every case: a runtime d is dispatched to its Dim<d>);
-// double points, and larger d, one at a time.
+// double points, larger d, and x86 CPUs without AVX2, one at a time.
 template <typename T, typename DimT>
 DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0, int32_t* rank, T* weight,
                         int64_t b, int64_t e) {
   const int dp1 = d + 1;
   if constexpr (std::is_same<T, float>::value) {
-    if constexpr (std::is_same<DimT, int>::value) {
+    if (!simd::simd_ok()) {
+      // embed_point below.
+    } else if constexpr (std::is_same<DimT, int>::value) {
       switch (static_cast<int>(d)) {
 #define DL_EMBED_CASE(D)                                          \
   case D:                                                         \
