@@ -52,6 +52,44 @@ def test_compiled_filter_matches_reference(n, d, V, dtype):
 
 
 @compiled
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 9, 16])
+def test_compiled_float_filter_eight_points_at_a_time(d):
+    # Float features are embedded eight points at a time (a runtime d as well as the fixed
+    # ones); 1001 points leave one over, which is embedded in a padded block of eight.
+    # Spread over several lattice cells, so that the simplices differ from point to point.
+    n = 1001
+    f = _features(n, d, 6.0, seed=10 + d, dtype=torch.float32) - 2.0
+    v = torch.randn(n, 2, generator=torch.Generator().manual_seed(d))
+    out = permutohedral_filter(f, v)
+    # Double features take the one-point-at-a-time embedding.
+    torch.testing.assert_close(out, permutohedral_filter(f.double(), v.double()).float(), rtol=1e-4, atol=1e-4)
+    if d <= 9:  # (the reference's 64-bit key codes do not cover this range for larger d)
+        torch.testing.assert_close(out, permutohedral_filter_reference(f, v), rtol=1e-4, atol=1e-4)
+    # One point alone (a padded block), and nine (a block and one over).
+    for k in (1, 9):
+        torch.testing.assert_close(permutohedral_filter(f[:k], v[:k]),
+                                   permutohedral_filter(f[:k].double(), v[:k].double()).float(),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@compiled
+@pytest.mark.parametrize("d", [2, 5, 6])
+def test_compiled_float_filter_same_for_any_thread_count(d):
+    # 20001 points: two threads split the embedding at a point that is not a multiple of eight.
+    f = _features(20001, d, 30.0, seed=d, dtype=torch.float32)
+    v = torch.randn(20001, 3, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = permutohedral_filter(f, v)
+        torch.set_num_threads(2)
+        two = permutohedral_filter(f, v)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+@compiled
 @pytest.mark.parametrize("d,offset", [(5, 3000.0), (3, 1e6), (8, 200.0), (2, 0.0)])
 def test_compiled_filter_far_from_origin(d, offset):
     # Lattice keys pack into one 64-bit word (64/d bits a coordinate) when they fit; far

@@ -12,10 +12,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "common/lattice_math.h"
 #include "cpu/big_alloc.h"
+#include "cpu/embed_simd.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
 // Hot loops get an x86-64-v3 (AVX2, FMA) clone chosen at load time by CPU features; the default clone stays
@@ -259,11 +261,34 @@ class PackedTable {
 
 // Embeds points [b, e) (lattice_math.h's embed_point), writing their simplex
 // (rem0, rank) and barycentric weights; a hot-loop clone so that rounding compiles
-// to single instructions.
+// to single instructions.  Float points with d up to kMaxEmbedDim go eight at a time
+// through embed_simd.h, which gives embed_point's results for Dim<d> bit for bit (with
+// d known at compile time in every case: a runtime d is dispatched to its Dim<d>);
+// double points, larger d, and x86 CPUs without AVX2, one at a time.
 template <typename T, typename DimT>
 DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0, int32_t* rank, T* weight,
                         int64_t b, int64_t e) {
   const int dp1 = d + 1;
+  if constexpr (std::is_same<T, float>::value) {
+    if (!simd::simd_ok()) {
+      // embed_point below.
+    } else if constexpr (std::is_same<DimT, int>::value) {
+      switch (static_cast<int>(d)) {
+#define DL_EMBED_CASE(D)                                          \
+  case D:                                                         \
+    simd::embed_eights<D>(features, scale, rem0, rank, weight, b, e); \
+    return;
+        DL_EMBED_CASE(1) DL_EMBED_CASE(2) DL_EMBED_CASE(3) DL_EMBED_CASE(4) DL_EMBED_CASE(5) DL_EMBED_CASE(6)
+        DL_EMBED_CASE(7) DL_EMBED_CASE(8) DL_EMBED_CASE(9) DL_EMBED_CASE(10) DL_EMBED_CASE(11)
+        DL_EMBED_CASE(12) DL_EMBED_CASE(13) DL_EMBED_CASE(14) DL_EMBED_CASE(15) DL_EMBED_CASE(16)
+#undef DL_EMBED_CASE
+        default: break;
+      }
+    } else if constexpr (DimT::value <= kMaxEmbedDim) {
+      simd::embed_eights<DimT::value>(features, scale, rem0, rank, weight, b, e);
+      return;
+    }
+  }
   T elevated[kMaxEmbedDim + 1], bary[kMaxEmbedDim + 2];
   std::vector<T> big_e, big_b;
   T* el = elevated;
