@@ -50,6 +50,7 @@ from .layers.aspp import ASPPHeadModule, ConvSumModule
 from .layers.batch_norm import CaffeBatchNorm
 from .layers.conv_bn import FoldedConv2d
 from .layers.eltwise import CaffeEltwise
+from .layers.interp import CaffeInterp
 from .layers.scale import CaffeScale
 
 _CL = torch.channels_last
@@ -350,7 +351,7 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
             other = user.args[1] if user.args[0] is node else user.args[0]
             names[_replace(gm, node, relu_node, [node, user, relu_node], node.args,
                            {"other": other, "relu": True})] = relu_node.name
-    _contiguous_outputs(graph)
+    _contiguous_outputs(gm)
     graph = _renamed_copy(graph, names)
     graph.lint()
     gm.graph = graph
@@ -388,13 +389,22 @@ def merge_bn_scale(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _contiguous_outputs(graph: fx.Graph) -> None:
+def _contiguous_outputs(gm: fx.GraphModule) -> None:
+    """Every output contiguous (NCHW).  An output that is an Interp of a channels-last
+    blob resizes it NCHW instead: the small blob is reordered, not the large result."""
+    graph = gm.graph
     out = next(n for n in graph.nodes if n.op == "output")
     value = out.args[0]
     if not isinstance(value, dict):
         return
     new = {}
     for k, v in value.items():
+        if (isinstance(v, fx.Node) and isinstance(_module(gm, v), CaffeInterp) and v.args
+                and isinstance(v.args[0], fx.Node)
+                and not (v.args[0].op == "call_method" and v.args[0].target == "contiguous")):
+            with graph.inserting_before(v):
+                x = graph.create_node("call_method", "contiguous", (v.args[0],), name=f"{v.args[0].name}_nchw")
+            v.args = (x,) + tuple(v.args[1:])
         if isinstance(v, fx.Node) and not (v.op == "call_method" and v.target == "contiguous"):
             with graph.inserting_before(out):
                 v = graph.create_node("call_method", "contiguous", (v,), name=f"{v.name}_nchw")

@@ -102,6 +102,20 @@ def test_lowered_matches_plain(path, fuse, channels_last):
         assert b[k].is_contiguous()
 
 
+def test_an_interp_output_resizes_nchw(path, tmp_path):
+    """A resized output is resized from the small blob made NCHW, not reordered after."""
+    p = tmp_path / "interp.yaml"
+    p.write_text(open(path).read() + "  - {name: up, type: Interp, bottom: logits, zoom_factor: 4}\n")
+    plain, low = pair(str(p), True)
+    up = next(n for n in low.graph.nodes if n.name == "up")
+    assert up.args[0].op == "call_method" and up.args[0].target == "contiguous"
+    with torch.no_grad():
+        a, b = plain(image()), low(image())
+    for k in a:
+        close(b[k], a[k])
+        assert b[k].is_contiguous()
+
+
 def test_fused_lowering_takes_relus_and_residual_sums(path):
     """Every conv+ReLU and conv+Eltwise SUM+ReLU is one node, named after the ReLU; the
     unfused net keeps one node per layer."""
