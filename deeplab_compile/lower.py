@@ -8,6 +8,9 @@ unit (``Convolution``, or ``ConvolutionBN`` from ``fold_bn``) becomes a
     conv [+ BN + Scale folded] -> ReLU                      "relu" post-op
     conv [+ BN + Scale folded] -> Eltwise SUM (+ x) -> ReLU  "add" + "relu" post-ops
     ConvSum (fuse_aspp's 1x1 conv sum) -> ReLU               two calls, the second adds the first
+    ASPPHead (fuse_aspp's v3 head)                           a call per branch (+ReLU), then a 1x1
+                                                             call per branch's projection slice, each
+                                                             adding the sum so far, the last +ReLU
 
 (in a net compiled with ``fuse=False`` only the weights and layout, one node per layer);
 the graph asks for the post-ops (``other=``, ``relu=True``), so a module called on its
@@ -43,10 +46,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .layers._units import Folding, fold
-from .layers.aspp import ConvSumModule
+from .layers.aspp import ASPPHeadModule, ConvSumModule
 from .layers.batch_norm import CaffeBatchNorm
 from .layers.conv_bn import FoldedConv2d
 from .layers.eltwise import CaffeEltwise
+from .layers.interp import CaffeInterp
 from .layers.scale import CaffeScale
 
 _CL = torch.channels_last
@@ -150,6 +154,80 @@ class PackedConv(Folding):
         return _plain(x, other, w, b, self.geom, relu)
 
 
+def _unit_starts(metas) -> list[int]:
+    """Where each unit's tensors start among a fused module's tensor arguments (and the end)."""
+    counts = [1 + m[0] + 2 * (m[1] is not None) + m[2] + m[3] for m in metas]
+    return [sum(counts[:k]) for k in range(len(counts) + 1)]
+
+
+class PackedASPPHead(ASPPHeadModule):
+    """``fuse_aspp``'s DeepLab v3 head (:class:`~.layers.aspp.ASPPHeadModule`, the same
+    arguments and result) as oneDNN calls on reordered weights: each branch's convolution
+    with its BatchNorm folded and its ReLU as a post-op; then the projection as one 1x1
+    call per branch on that branch's slice of the (folded) projection weight, each adding
+    the sum so far as a post-op, the last one applying the output ReLU.  The image-pooling
+    branch and the projection's bias are a per-image constant, computed first and added by
+    the first projection call; the concat is never built.  Off the fast path it is the
+    module it replaced."""
+
+    def __init__(self, mod: ASPPHeadModule):
+        super().__init__(kinds=mod.kinds, rates=mod.rates, channels=mod.channels, metas=mod.metas,
+                         relu_out=mod.relu_out, mode_bn=mod.mode_bn)
+        self._starts = _unit_starts(self.metas)
+        self._cache = _Packed()          # key, then (branches, pool, proj_bias) in ``weight``
+        self.train(mod.training)
+
+    def _pack(self, tensors, x):
+        """(branches, pool, proj_bias): branches as (weight, bias, geom, proj weight) on
+        reordered weights; pool as (weight, bias, proj slice) plain, or None."""
+        units = [tensors[a:b] for a, b in zip(self._starts, self._starts[1:])]
+        with torch.inference_mode(False), torch.no_grad():
+            wbs = [fold(m, iter(ts)) for m, ts in zip(self.metas, units)]
+            pw, pb = wbs[-1]
+            pw = pw.reshape(pw.shape[0], pw.shape[1])
+            pb = pw.new_zeros(pw.shape[0]) if pb is None else pb
+            slices = torch.split(pw, self.channels, dim=1)
+            branches, pool = [], None
+            h = [x.shape[0], 0, x.shape[2], x.shape[3]]
+            for kind, rate, (w, b), s in zip(self.kinds, self.rates, wbs[:-1], slices):
+                b = w.new_zeros(w.shape[0]) if b is None else b
+                if kind == "pool":
+                    pool = (w.reshape(w.shape[0], w.shape[1]), b, s)
+                    continue
+                r = int(rate) if w.shape[-1] > 1 else 1
+                geom = ([r * (w.shape[-1] - 1) // 2] * 2, [1, 1], [r, r], 1)
+                wr = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), *geom, list(x.shape))
+                p1 = ([0, 0], [1, 1], [1, 1], 1)
+                h[1] = w.shape[0]
+                pr = torch.ops.mkldnn._reorder_convolution_weight(s.contiguous()[:, :, None, None], *p1, list(h))
+                branches.append((wr, b.contiguous(), geom, pr))
+        return branches, pool, pb.contiguous()
+
+    def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        self.check_eval()
+        if not (fast_path_ok(x, tensors) and self.kinds.count("conv") > 0):
+            return super().forward(x, *tensors)
+        key = _version_key(tensors)
+        if key != self._cache.key:
+            self._cache.weight, self._cache.key = self._pack(tensors, x), key
+        branches, pool, pb = self._cache.weight
+        x = x.contiguous(memory_format=_CL)
+        y, bias = None, pb
+        if pool is not None:
+            pw, pbias, ps = pool
+            feat = F.relu(F.linear(x.mean((2, 3)), pw, pbias))
+            const = F.linear(feat, ps, pb)                      # (N, Co): pooling branch + projection bias
+            y = const[:, :, None, None].expand(x.shape[0], const.shape[1], x.shape[2], x.shape[3])
+            y, bias = y.contiguous(memory_format=_CL), None
+        p1 = ([0, 0], [1, 1], [1, 1], 1)
+        for k, (w, b, geom, pr) in enumerate(branches):
+            hk = _conv_call(x, None, w, b, geom, True)
+            last = k == len(branches) - 1
+            y = _conv_call(hk, y, pr, bias, p1, self.relu_out and last)
+            bias = None
+        return y
+
+
 class PackedConvSum(Folding):
     """``fuse_aspp``'s ConvSum (a sum of 1x1 convolutions, one per input), ``relu=True``
     with the ReLU after it: each 1x1 convolution one oneDNN call, each later one adding
@@ -159,9 +237,7 @@ class PackedConvSum(Folding):
         super().__init__(mod.mode_bn)
         self.metas = list(mod.metas)
         self._packed = [_Packed() for _ in self.metas]
-        # where each unit's tensors start among the arguments after the inputs
-        counts = [1 + m[0] + 2 * (m[1] is not None) + m[2] + m[3] for m in self.metas]
-        self._starts = [sum(counts[:k]) for k in range(len(counts) + 1)]
+        self._starts = _unit_starts(self.metas)      # after the inputs
         self.train(mod.training)
 
     def extra_repr(self) -> str:
@@ -252,6 +328,9 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
         if getattr(node, "_erased", False) or node.op != "call_module":
             continue
         mod = _module(gm, node)
+        if type(mod) is ASPPHeadModule:
+            gm.add_submodule(node.target, PackedASPPHead(mod))
+            continue
         if isinstance(mod, ConvSumModule) and fuse:
             user = _sole_user(node)
             relu = _is_relu(gm, user)
@@ -272,7 +351,7 @@ def lower_for_cpu(gm: fx.GraphModule, *, fuse: bool = True) -> fx.GraphModule:
             other = user.args[1] if user.args[0] is node else user.args[0]
             names[_replace(gm, node, relu_node, [node, user, relu_node], node.args,
                            {"other": other, "relu": True})] = relu_node.name
-    _contiguous_outputs(graph)
+    _contiguous_outputs(gm)
     graph = _renamed_copy(graph, names)
     graph.lint()
     gm.graph = graph
@@ -310,13 +389,22 @@ def merge_bn_scale(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _contiguous_outputs(graph: fx.Graph) -> None:
+def _contiguous_outputs(gm: fx.GraphModule) -> None:
+    """Every output contiguous (NCHW).  An output that is an Interp of a channels-last
+    blob resizes it NCHW instead: the small blob is reordered, not the large result."""
+    graph = gm.graph
     out = next(n for n in graph.nodes if n.op == "output")
     value = out.args[0]
     if not isinstance(value, dict):
         return
     new = {}
     for k, v in value.items():
+        if (isinstance(v, fx.Node) and isinstance(_module(gm, v), CaffeInterp) and v.args
+                and isinstance(v.args[0], fx.Node)
+                and not (v.args[0].op == "call_method" and v.args[0].target == "contiguous")):
+            with graph.inserting_before(v):
+                x = graph.create_node("call_method", "contiguous", (v.args[0],), name=f"{v.args[0].name}_nchw")
+            v.args = (x,) + tuple(v.args[1:])
         if isinstance(v, fx.Node) and not (v.op == "call_method" and v.target == "contiguous"):
             with graph.inserting_before(out):
                 v = graph.create_node("call_method", "contiguous", (v,), name=f"{v.name}_nchw")

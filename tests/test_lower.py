@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from deeplab_compile.compiler import compile_net
-from deeplab_compile.lower import PackedConv, PackedConvSum, lower_for_cpu
+from deeplab_compile.lower import PackedASPPHead, PackedConv, PackedConvSum, lower_for_cpu
 
 NETDEF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "netdef")
 
@@ -102,13 +102,27 @@ def test_lowered_matches_plain(path, fuse, channels_last):
         assert b[k].is_contiguous()
 
 
+def test_an_interp_output_resizes_nchw(path, tmp_path):
+    """A resized output is resized from the small blob made NCHW, not reordered after."""
+    p = tmp_path / "interp.yaml"
+    p.write_text(open(path).read() + "  - {name: up, type: Interp, bottom: logits, zoom_factor: 4}\n")
+    plain, low = pair(str(p), True)
+    up = next(n for n in low.graph.nodes if n.name == "up")
+    assert up.args[0].op == "call_method" and up.args[0].target == "contiguous"
+    with torch.no_grad():
+        a, b = plain(image()), low(image())
+    for k in a:
+        close(b[k], a[k])
+        assert b[k].is_contiguous()
+
+
 def test_fused_lowering_takes_relus_and_residual_sums(path):
     """Every conv+ReLU and conv+Eltwise SUM+ReLU is one node, named after the ReLU; the
     unfused net keeps one node per layer."""
     plain, low = pair(path, True)
     k = kinds(low)
     assert "ReLU" not in k and "CaffeEltwise" not in k and "FoldedConv2d" not in k and "Conv2d" not in k
-    assert k.count("PackedConvSum") == 1
+    assert k.count("PackedConvSum") == 1 and k.count("PackedASPPHead") == 1
     names = {n.name for n in low.graph.nodes}
     assert {"stem_relu", "a_relu", "b_relu", "down_relu", "logits"} <= names
     assert names <= {n.name for n in plain.graph.nodes} | {n.name for n in low.graph.nodes if n.op == "call_method"}
@@ -153,6 +167,10 @@ def test_packed_weights_follow_new_weights(path):
         plain.get_submodule("a2_bn").running_var.mul_(3)
         low.get_submodule("a2_bn").running_var.mul_(3)
         close(low(x)["logits"], plain(x)["logits"])
+        for name in ("aspp_c2_bn", "aspp_pool_bn", "aspp_bn"):        # in the packed v3 head
+            for gm in (plain, low):
+                gm.get_submodule(name).running_mean.add_(0.7)
+            close(low(x)["logits"], plain(x)["logits"])
 
 
 def test_autograd_uses_the_plain_ops(path):
@@ -213,3 +231,20 @@ def test_bn_scale_merge_trains_like_the_plain_net(path):
                 torch.testing.assert_close(sm[k], sp[k], rtol=1e-5, atol=1e-6)
     maf = merged.get_submodule("stem_bn").moving_average_fraction   # Caffe's weight <- maf * weight + 1, twice
     assert float(merged.get_submodule("stem_bn").running_weight) == pytest.approx(maf * (maf * w0 + 1) + 1)
+
+
+@pytest.mark.parametrize("net", ["deeplab_v3plus_mobilenetv2", "deeplab_v3_resnet101"])
+def test_zoo_nets_lowered_match_plain(net):
+    """The zoo's v3 and v3+ nets (depthwise convolutions, the v3 head with image pooling,
+    the decoder), lowered, against the plain modules on a batch of two small images."""
+    path = os.path.join(NETDEF, net + ".yaml")
+    plain = compile_net(path, vars={"crop": 65}, lower=False)
+    low = compile_net(path, vars={"crop": 65})
+    assert "PackedASPPHead" in kinds(low) and "PackedConv" in kinds(low)
+    low.load_state_dict(randomize(plain, seed=3))
+    plain.eval(), low.eval()
+    x = torch.randn(2, 3, 65, 65, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = plain(x), low(x)
+    for k in a:
+        close(b[k], a[k])
