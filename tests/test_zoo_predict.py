@@ -106,3 +106,15 @@ def test_predict_resize_to_range_errors_are_one_line(setup, capsys, bad):
     assert main(["--netdef", NET, "--weights", str(w), str(imgs), "-o", str(out), "--resize-to-range", bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resize-to-range" in err[0] and "MIN[,MAX[,FACTOR]]" in err[0]
+
+
+def test_predict_resize_rule_order():
+    from deeplab_compile.cli.predict import _resize_rule
+    doc = {"layers": [{"name": "data", "type": "ImageSegData", "resize_to_range": {"min": 24, "factor": 8}}]}
+    meta = {"solver": {"data": {"resize_to_range": {"min": 30, "max": 40}}}}
+    flag = {"min": 16, "max": None, "factor": None}
+    assert _resize_rule(doc, meta, flag) == (flag, "--resize-to-range")
+    assert _resize_rule(doc, meta, None) == ({"min": 30, "max": 40, "factor": None},
+                                             "the weights file's solver data section")
+    assert _resize_rule(doc, {}, None) == ({"min": 24, "max": None, "factor": 8}, "layer 'data'")
+    assert _resize_rule({"layers": []}, {}, None) == ({}, "none")
