@@ -117,7 +117,7 @@ def read_pt(path: str | os.PathLike) -> Any:
 def _state_of(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == SNAPSHOT_FORMAT:
-        meta = {k: obj[k] for k in ("iter", "net", "vars", "preprocess") if k in obj}
+        meta = {k: obj[k] for k in ("iter", "net", "vars", "preprocess", "solver") if k in obj}
         obj = obj.get("model")
     elif isinstance(obj, dict):
         for key in ("state_dict", "model"):
@@ -137,7 +137,8 @@ def _state_of(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors of a ``.pt``/``.pth`` file and its plain metadata (``vars``, ``netdef``,
-    ``source``, ``layout``, ``preprocess`` where the file records them)."""
+    ``source``, ``layout``, ``preprocess``, and a snapshot's ``iter``, ``net`` and ``solver``,
+    where the file records them)."""
     path = os.fspath(path)
     return _state_of(read_pt(path), path)
 

@@ -59,3 +59,62 @@ def test_predict_errors_are_one_line(setup, capsys):
     # the mismatch table follows its error line whole: a header and one indented row per tensor
     table = err[err.index(heads[1]) + 1:]
     assert len(table) > 2 and all(row.startswith("  ") for row in table)
+
+
+def _input_sizes(monkeypatch):
+    """The input sizes the Predictor compiles nets for, in call order."""
+    from deeplab_compile.cli.predict import Predictor
+    sizes, net = [], Predictor.net
+
+    def record(self, h, w):
+        sizes.append((h, w))
+        return net(self, h, w)
+
+    monkeypatch.setattr(Predictor, "net", record)
+    return sizes
+
+
+def test_predict_resize_to_range_runs_the_resized_image(setup, monkeypatch):
+    # 37x45 with min 24, max 30: the shorter side to 24, the longer to 45 * 24 / 37 = 29.2,
+    # rounded up as TF does: 30, not above max.
+    w, imgs, out = setup
+    sizes = _input_sizes(monkeypatch)
+    assert main(["--netdef", NET, "--weights", str(w), str(imgs / "im0.jpg"), "-o", str(out),
+                 "--resize-to-range", "24,30", "--probs"]) == 0
+    assert sizes == [(24, 30)]
+    assert read_label_png(out / "im0.png").shape == (37, 45)
+    assert np.load(out / "im0_probs.npy").shape == (21, 37, 45)
+
+
+def test_predict_resize_to_range_from_the_snapshot_solver(setup, monkeypatch, capsys):
+    w, imgs, out = setup
+    state = torch.load(w, weights_only=True)["state_dict"]
+    snap = w.parent / "snap.pt"
+    from deeplab_compile.weights import SNAPSHOT_FORMAT
+    torch.save({"format": SNAPSHOT_FORMAT, "iter": 10, "model": state,
+                "solver": {"data": {"resize_to_range": {"min": 24, "max": 30}}}}, snap)
+    sizes = _input_sizes(monkeypatch)
+    assert main(["--netdef", NET, "--weights", str(snap), str(imgs / "im1.jpg"), "-o", str(out)]) == 0
+    assert sizes == [(24, 24)]
+    assert "resize_to_range 24,30,None from the weights file's solver data section" in capsys.readouterr().err
+    assert read_label_png(out / "im1.png").shape == (40, 40)
+
+
+@pytest.mark.parametrize("bad", ["0", "24,x", "1,2,3,4", ""])
+def test_predict_resize_to_range_errors_are_one_line(setup, capsys, bad):
+    w, imgs, out = setup
+    assert main(["--netdef", NET, "--weights", str(w), str(imgs), "-o", str(out), "--resize-to-range", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resize-to-range" in err[0] and "MIN[,MAX[,FACTOR]]" in err[0]
+
+
+def test_predict_resize_rule_order():
+    from deeplab_compile.cli.predict import _resize_rule
+    doc = {"layers": [{"name": "data", "type": "ImageSegData", "resize_to_range": {"min": 24, "factor": 8}}]}
+    meta = {"solver": {"data": {"resize_to_range": {"min": 30, "max": 40}}}}
+    flag = {"min": 16, "max": None, "factor": None}
+    assert _resize_rule(doc, meta, flag) == (flag, "--resize-to-range")
+    assert _resize_rule(doc, meta, None) == ({"min": 30, "max": 40, "factor": None},
+                                             "the weights file's solver data section")
+    assert _resize_rule(doc, {}, None) == ({"min": 24, "max": None, "factor": 8}, "layer 'data'")
+    assert _resize_rule({"layers": []}, {}, None) == ({}, "none")

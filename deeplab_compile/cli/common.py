@@ -69,6 +69,17 @@ def add_precision_flags(parser: argparse.ArgumentParser) -> None:
                         help="the net and its inputs in torch.channels_last memory layout")
 
 
+def parse_resize_to_range(text: str) -> dict[str, int | None]:
+    """``--resize-to-range 513,513,16`` -> ``{"min": 513, "max": 513, "factor": 16}`` (max and
+    factor None when left out); anything else is a one-line error."""
+    parts = text.split(",")
+    if not 1 <= len(parts) <= 3 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
+        raise DeepLabError(f"--resize-to-range {text!r}: give MIN[,MAX[,FACTOR]] as positive integers, "
+                           "e.g. 513,513,16")
+    values = [int(v) for v in parts] + [None] * (3 - len(parts))
+    return dict(zip(("min", "max", "factor"), values))
+
+
 def parse_scales(text: str) -> list[float]:
     """``--scales 0.5,0.75,1`` -> ``[0.5, 0.75, 1.0]``; anything else is a one-line error."""
     try:

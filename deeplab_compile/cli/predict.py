@@ -2,7 +2,8 @@
 
     deeplab-predict --netdef netdef/deeplab_v3_resnet101.yaml --weights model.pt img.jpg DIR -o out/
         [--scales 0.5,0.75,1] [--flip] [--crf deeplab_largefov] [--palette voc|cityscapes|ade20k]
-        [--probs] [--preprocess caffe|imagenet|tf] [-D NAME=VALUE] [--precision fp32|bf16|fp16] [--channels-last]
+        [--probs] [--preprocess caffe|imagenet|tf] [--resize-to-range MIN[,MAX[,FACTOR]]] [-D NAME=VALUE]
+        [--precision fp32|bf16|fp16] [--channels-last]
 
 For each image it writes ``out/<stem>.png`` (the labels as a palette PNG), ``out/<stem>_overlay.png``
 (the colours over the image) and with ``--probs`` ``out/<stem>_probs.npy`` (C x H x W float16).
@@ -15,6 +16,11 @@ what the weights file records (``deeplab-train`` writes the training data's), el
 netdef's ``preprocess:`` key, else its ImageSegData layer's ``mean_value``/``scale``.
 ``--preprocess caffe|imagenet|tf`` overrides it: ``caffe`` (BGR minus DeepLab's mean,
 0..255), ``imagenet`` (RGB, torchvision's mean/std), ``tf`` (RGB, x / 127.5 - 1).
+``--resize-to-range MIN[,MAX[,FACTOR]]`` resizes each image first as the data layer's
+``resize_to_range`` does (TF DeepLab's min/max_resize_value and resize_factor, bilinear with
+corners aligned) and the probabilities back to the image's own size; without the flag, the
+range the weights file's solver ``data:`` section records applies, else the netdef's
+ImageSegData layer's, else none.
 ``--precision bf16|fp16`` runs the net under CPU autocast and ``--channels-last`` in that
 memory layout; the probabilities are averaged, and the labels taken, in float32.
 """
@@ -28,7 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import DeepLabError
-from .common import add_param_limit, add_precision_flags, atomic_path, entry_point, parse_scales
+from .common import (add_param_limit, add_precision_flags, atomic_path, entry_point, parse_resize_to_range,
+                     parse_scales)
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
@@ -47,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette", default=None, help="voc, cityscapes or ade20k (default voc)")
     p.add_argument("--probs", action="store_true", help="also write C x H x W probabilities (.npy)")
     p.add_argument("--preprocess", choices=("caffe", "imagenet", "tf"), help="input normalisation")
+    p.add_argument("--resize-to-range", metavar="MIN[,MAX[,FACTOR]]",
+                   help="resize each image as TF DeepLab's min/max_resize_value and resize_factor, e.g. 513,513,16 "
+                        "(default: the weights file's solver data section, else the netdef's data layer); the "
+                        "outputs are at the image's own size")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
     add_precision_flags(p)
     add_param_limit(p)
@@ -80,7 +91,8 @@ class Predictor:
     by :func:`deeplab_compile.inference.multi_scale_probs`."""
 
     def __init__(self, netdef: str, state_dict: dict | None, vars: dict, preprocess=None,
-                 weights_path: str = "the weights", meta: dict | None = None, text=None, precision=None):
+                 weights_path: str = "the weights", meta: dict | None = None, text=None, precision=None,
+                 resize_to_range: dict | None = None):
         from ..caffe.caffemodel import check_state_dict
         from ..compiler import load_netdef, net_from_doc
         from ..inference import SizedNets, compile_at, net_preprocess
@@ -90,6 +102,7 @@ class Predictor:
         doc = load_netdef(text if text is not None else netdef, vars)   # text: the file as parsed
         self.netdef = netdef
         self.preprocess, self.preprocess_from = net_preprocess(doc, meta, preprocess)
+        self.resize, self.resize_from = _resize_rule(doc, meta, resize_to_range)
         ir = net_from_doc(doc, phase="test", source=netdef)
         first = compile_at(ir)
         if state_dict is not None:
@@ -110,7 +123,41 @@ class Predictor:
             with self.precision.autocast("cpu"):
                 return score_reader(net)[1](net(self.precision.input(x))).float()
 
-        return multi_scale_probs(run, normalise(rgb, self.preprocess), scales, flip)[0]
+        r, (h0, w0) = self.resize, rgb.shape[:2]
+        if r:
+            from ..data.transforms import range_size, resize_aligned
+            rgb = resize_aligned(rgb, *range_size(h0, w0, r["min"], r["max"], r["factor"]), nearest=False)
+        probs = multi_scale_probs(run, normalise(rgb, self.preprocess), scales, flip)
+        if tuple(probs.shape[-2:]) != (h0, w0):      # back at the image's own size, corners aligned
+            probs = torch.nn.functional.interpolate(probs, size=(h0, w0), mode="bilinear", align_corners=True)
+        return probs[0]
+
+
+def _resize_rule(doc, meta: dict | None, flag: dict | None) -> tuple[dict, str]:
+    """``(resize_to_range, where it came from)``: the flag, else the weights file's solver
+    ``data:`` section, else the netdef's ImageSegData layer, else none (``{}``)."""
+    from ..inference import data_layer_params
+    from ..layers.data import resize_range
+
+    class _Owner:                       # resize_range reports through .error
+        def __init__(self, where):
+            self.where = where
+
+        def error(self, message, **_):
+            return DeepLabError(f"{self.where}: {message}")
+
+    if flag:
+        return flag, "--resize-to-range"
+    solver = (meta or {}).get("solver") or {}
+    data = solver.get("data") if isinstance(solver, dict) else None
+    if isinstance(data, dict) and data.get("resize_to_range"):
+        where = "the weights file's solver data section"
+        return resize_range(data["resize_to_range"], _Owner(where)), where
+    lay = data_layer_params(doc)
+    if lay is not None and lay.get("resize_to_range"):
+        where = f"layer '{lay.get('name')}'"
+        return resize_range(lay["resize_to_range"], _Owner(where)), where
+    return {}, "none"
 
 
 def _load_weights(path: str | None) -> tuple[dict | None, dict]:
@@ -151,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         crf_params = presets.get_preset(args.crf)
     images = list_images(args.images)
     from ..training.precision import Precision
+    resize = parse_resize_to_range(args.resize_to_range) if args.resize_to_range is not None else None
     pred = Predictor(args.netdef, state, vars, args.preprocess, args.weights or "the weights", meta, text,
-                     Precision(args.precision, args.channels_last))
+                     Precision(args.precision, args.channels_last), resize)
+    rng = (f"; resize_to_range {pred.resize['min']},{pred.resize['max']},{pred.resize['factor']} from "
+           f"{pred.resize_from}" if pred.resize else "")
     print(f"input normalisation: {pred.preprocess.describe()}, from {pred.preprocess_from}; "
-          f"precision {pred.precision.describe()}", file=sys.stderr)
+          f"precision {pred.precision.describe()}{rng}", file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
     for path in images:
         with Image.open(path) as im:

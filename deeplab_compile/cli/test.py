@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_param_limit, add_precision_flags, entry_point
+from .common import add_param_limit, add_precision_flags, entry_point, parse_resize_to_range
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             data["mean_value"] = [float(v) for v in a.mean.split(",")]
         except ValueError:
             raise DeepLabError(f"--mean {a.mean!r}: give B,G,R numbers") from None
-    if a.resize_to_range:
-        parts = a.resize_to_range.split(",")
-        if not 1 <= len(parts) <= 3 or not all(v.strip().isdigit() for v in parts):
-            raise DeepLabError(f"--resize-to-range {a.resize_to_range!r}: give MIN[,MAX[,FACTOR]] as integers, "
-                               "e.g. 513,513,16")
-        data["resize_to_range"] = dict(zip(("min", "max", "factor"), (int(v) for v in parts)))
+    if a.resize_to_range is not None:
+        data["resize_to_range"] = {k: v for k, v in parse_resize_to_range(a.resize_to_range).items()
+                                   if v is not None}
     r = run_test(a.net, a.weights, list_path=a.list, root=a.root, vars=parse_defines(a.defines), data=data,
                  gpu=a.gpu, batch_size=a.batch_size, scales=scales, flip=a.flip, features_dir=a.features,
                  blob=a.blob, png_dir=a.png, num_workers=a.workers, precision=a.precision,
