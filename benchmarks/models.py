@@ -21,8 +21,11 @@ Inference: all variants run interleaved, one call of each in turn per round, und
 ``torch.no_grad()``; min and median over the rounds, ratio = torchvision's time / ours
 (above 1: ours is faster) by median and by min.  Training: one step (forward, loss,
 backward, SGD step) of the train-phase net against torchvision's model in train mode
-with CrossEntropyLoss(ignore_index=255), batch 2 at ``--train-crop``, interleaved.  The
-load average is printed before and after.  ``--write`` puts the tables in place of
+with CrossEntropyLoss(ignore_index=255), batch 2 at ``--train-crop``, interleaved, in both
+memory layouts of the solver's ``channels_last``: the default ``auto`` (channels-last on a
+CPU, NCHW on CUDA, as ``deeplab-train`` resolves it) and the other one written out
+(``channels_last: false`` on a CPU, ``true`` on CUDA).  The load average is printed
+before and after.  ``--write`` puts the tables in place of
 RESULTS.md's ``## benchmarks/models.py`` section.
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "zoo"))
 
 import deeplab_compile  # noqa: E402
+from deeplab_compile.training.precision import resolve_channels_last  # noqa: E402
 from deeplab_compile.zoo.convert import convert_state_dict  # noqa: E402
 
 NETS = {"v3": "deeplab_v3_resnet101", "v3plus_xception": "deeplab_v3plus_xception65",
@@ -206,7 +210,8 @@ def bench_v3_train(args, dev, ref, kind, sd_src, lines):
     opt_ours = torch.optim.SGD(ours.param_groups(base_lr=1e-3, weight_decay=1e-4), lr=1e-3, momentum=0.9)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     ce = torch.nn.CrossEntropyLoss(ignore_index=255)
-    # the solver's channels_last: true (net and input batches in torch.channels_last)
+    # channels-last: net and input batches in torch.channels_last, as the solver's
+    # channels_last: true does, and its default auto on a CPU
     ours_cl = ours_v3(sd_src, c, phase="train").to(dev).train().to(memory_format=torch.channels_last)
     opt_cl = torch.optim.SGD(ours_cl.param_groups(base_lr=1e-3, weight_decay=1e-4), lr=1e-3, momentum=0.9)
     data_cl = data.contiguous(memory_format=torch.channels_last)
@@ -226,8 +231,15 @@ def bench_v3_train(args, dev, ref, kind, sd_src, lines):
         ce(fwd(data), label[:, 0].long()).backward()
         opt_ref.step()
     name = f"{'torchvision' if kind == 'torchvision' else 'replica'} train step"
-    fns = {name: step_ref, "train step (phase=train)": step_ours,
-           "train step, channels_last: true": step_cl}
+    # the solver's default (auto) is channels-last here on a CPU, NCHW on CUDA; the other
+    # layout's row names the value that asks for it
+    if resolve_channels_last("auto", dev):
+        layouts = {"train step, channels_last: false (NCHW)": step_ours,
+                 "train step, channels_last: auto (default; channels-last on a CPU)": step_cl}
+    else:
+        layouts = {"train step, channels_last: auto (default; NCHW on CUDA)": step_ours,
+                 "train step, channels_last: true": step_cl}
+    fns = {name: step_ref, **layouts}
     times = interleaved(fns, args.train_steps, sync=torch.cuda.synchronize if dev == "cuda" else None)
     lines += ["", f"Train step: batch {n} x 3 x {c} x {c}, BatchNorm in train mode, SGD momentum 0.9, "
                   f"{args.train_steps} interleaved steps after one warm-up each.", "",

@@ -97,6 +97,8 @@ def test_v3_trains_at_os16_and_tests_at_os8_with_tf_scales_and_flip(ds, net, cla
     assert opts == {"scales": want, "flip": True, "data": pre, "precision": "bf16"}
     assert eval_options(test, {"EVAL_SCALES": "1", "EVAL_FLIP": 0, "PRECISION": "fp32", "CHANNELS_LAST": "true"}) == {
         "scales": [1.0], "flip": False, "data": pre, "channels_last": True}
+    for off in ("auto", "false"):            # the solver's auto is no --channels-last for the test step
+        assert "channels_last" not in eval_options(test, {"CHANNELS_LAST": off})
 
 
 # What each v3/v3+ config's initial weights read (their pretrained_cfg): torchvision's
@@ -242,9 +244,11 @@ def test_v3_solvers_train_in_bf16_unless_told_otherwise(ds, net, classes):
         given = {"CONFIG_DIR": folder, "MODEL_DIR": "/model", "LABEL_MAP": "none", **values(config(ds, net, name),
                                                                                          classes)}
         s = load_solver(config(ds, net, name), given)
-        assert (s.precision, s.channels_last) == ("bf16", False), name
+        assert (s.precision, s.channels_last) == ("bf16", "auto"), name
         s = load_solver(config(ds, net, name), {**given, "PRECISION": "fp32", "CHANNELS_LAST": True})
         assert (s.precision, s.channels_last) == ("fp32", True), name
+        s = load_solver(config(ds, net, name), {**given, "CHANNELS_LAST": "false"})     # as the experiment passes it
+        assert s.channels_last is False, name
 
 
 @pytest.mark.parametrize("env,want", [
@@ -252,6 +256,7 @@ def test_v3_solvers_train_in_bf16_unless_told_otherwise(ds, net, classes):
     ({"DEV_ID": "0"}, {}),
     ({"DEV_ID": "cpu", "PRECISION": "bf16", "CHANNELS_LAST": "1"}, {"PRECISION": "bf16", "CHANNELS_LAST": "true"}),
     ({"DEV_ID": "0", "CHANNELS_LAST": "off"}, {"CHANNELS_LAST": "false"}),
+    ({"DEV_ID": "cpu", "CHANNELS_LAST": "Auto"}, {"PRECISION": "fp32", "CHANNELS_LAST": "auto"}),
 ])
 def test_experiment_passes_precision_and_channels_last(monkeypatch, tmp_path, env, want):
     from deeplab_compile.experiment.settings import Settings
@@ -270,7 +275,7 @@ def test_experiment_refuses_a_channels_last_that_is_not_a_switch(monkeypatch, tm
     monkeypatch.delenv("DATA_ROOT", raising=False)
     monkeypatch.setenv("EXP", str(tmp_path))
     monkeypatch.setenv("CHANNELS_LAST", "maybe")
-    with pytest.raises(DataError, match="CHANNELS_LAST='maybe' is not a switch"):
+    with pytest.raises(DataError, match="CHANNELS_LAST='maybe' is not a switch or auto; set it to 1, 0 or auto"):
         Settings.from_env()
 
 

@@ -268,6 +268,14 @@ def _bn_config(exp):
     assert anchor in text
     (dst / "train.yaml").write_text(text.replace(
         anchor, '  - {name: bn1, type: BatchNorm, bottom: conv1_1, top: conv1_1}\n' + anchor, 1))
+    # the config trains NCHW (channels_last: false), which this comparison needs: one
+    # process normalizes with torch's batch_norm, whose channels-last CPU kernel rounds
+    # differently (about 2e-6 relative against float64, NCHW 1e-7), and conv1_1's bias,
+    # right before the BatchNorm, has a gradient that is zero up to that rounding: in
+    # channels-last one process's conv1_1 bias ends 2e-3 (relative to its largest value)
+    # from the two processes' within 3 iterations, while the two-process runs of the two
+    # layouts agree to 4e-7
+    assert "\nchannels_last: false" in (dst / "solver.yaml").read_text()
 
 
 @pytest.mark.slow

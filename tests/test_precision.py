@@ -23,7 +23,7 @@ import deeplab_compile
 from deeplab_compile import ops
 from deeplab_compile.data.synthetic import generate
 from deeplab_compile.training.loop import train
-from deeplab_compile.training.precision import Precision, PrecisionError
+from deeplab_compile.training.precision import Precision, PrecisionError, resolve_channels_last
 from deeplab_compile.training.solver import SolverError, load_solver
 from deeplab_compile.weights import load_snapshot
 
@@ -165,7 +165,7 @@ def run(folder, syn, extra="", **kw):
     folder.mkdir(exist_ok=True)
     return train(load_solver(write_solver(folder, syn, extra, **{k: kw.pop(k) for k in ("max_iter", "snapshot")
                                                                   if k in kw})),
-                 progress=False, echo=lambda *_: None, **kw)
+                 progress=False, **{"echo": lambda *_: None, **kw})
 
 
 @pytest.mark.parametrize("text,where", [("precision: fp8", "precision"), ("precision: [bf16]", "precision"),
@@ -198,9 +198,126 @@ def test_prototxt_solver_takes_precision_and_channels_last(tmp_path):
         load_solver(str(p))
 
 
-def test_defaults_are_fp32_contiguous(tmp_path, syn):
+def test_defaults_are_fp32_and_the_layout_auto(tmp_path, syn):
     s = load_solver(write_solver(tmp_path, syn))
-    assert (s.precision, s.channels_last) == ("fp32", False)
+    assert (s.precision, s.channels_last) == ("fp32", "auto")
+    # auto: channels-last on a CPU, NCHW on CUDA; true and false whatever the device
+    assert resolve_channels_last("auto", "cpu") and not resolve_channels_last("auto", "cuda:0")
+    assert resolve_channels_last(True, "cuda") and not resolve_channels_last(False, "cpu")
+
+
+@pytest.mark.parametrize("text,want", [("channels_last: auto", "auto"), ("channels_last: Auto", "auto"),
+                                       ("channels_last: true", True), ("channels_last: false", False),
+                                       ('channels_last: "true"', True), ("channels_last: 'FALSE'", False),
+                                       ("", "auto")])
+def test_yaml_channels_last_takes_auto_true_false(tmp_path, syn, text, want):
+    assert load_solver(write_solver(tmp_path, syn, text + "\n")).channels_last == want
+
+
+def test_channels_last_from_a_variable_as_the_experiment_passes_it(tmp_path, syn):
+    path = write_solver(tmp_path, syn, "channels_last: ${CL}\n")
+    assert [load_solver(path, {"CL": v}).channels_last for v in ("auto", "true", "false", True)] == [
+        "auto", True, False, True]
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "[true]", "''", "1"])
+def test_a_bad_channels_last_names_the_values(tmp_path, syn, value):
+    path = write_solver(tmp_path, syn, f"channels_last: {value}\n")
+    line = len(open(path).read().splitlines())          # the field is the file's last line
+    with pytest.raises(SolverError) as e:
+        load_solver(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{line}:") and "field 'channels_last' must be one of auto, true, false" in msg
+    assert "\n" not in msg
+
+
+def test_deeplab_train_bad_channels_last_is_one_line_exit_2(tmp_path, syn, capsys):
+    from deeplab_compile.cli.train import main
+    path = write_solver(tmp_path, syn, "channels_last: nhwc\n")
+    assert main(["--solver", path, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and path in err[0] and "auto, true, false" in err[0] and "'nhwc'" in err[0]
+
+
+@pytest.mark.parametrize("line,want", [("channels_last: true\n", True), ("channels_last: false\n", False),
+                                       ("", "auto")])
+def test_prototxt_channels_last_absent_is_auto(tmp_path, line, want):
+    p = tmp_path / "solver.prototxt"
+    p.write_text('net: "train.prototxt"\nbase_lr: 0.001\nmax_iter: 10\n' + line)
+    assert load_solver(str(p)).channels_last == want
+    from deeplab_compile.training.solver import convert_caffe
+    fields, _ = convert_caffe(p.read_text(), str(p))      # deeplab-convert: absent stays absent (auto)
+    assert fields.get("channels_last", "auto") == want
+
+
+def test_prototxt_channels_last_is_a_bool_field(tmp_path):
+    p = tmp_path / "solver.prototxt"
+    p.write_text('net: "train.prototxt"\nbase_lr: 0.001\nmax_iter: 10\nchannels_last: auto\n')
+    with pytest.raises(SolverError, match=r"solver.prototxt:4:.*'channels_last' takes true or false"):
+        load_solver(str(p))
+
+
+def test_the_default_layout_trains_channels_last_on_a_cpu_into_an_ordinary_snapshot(tmp_path, syn):
+    """auto on the CPU: the run says channels_last and its weights are in that layout; the
+    snapshot loads into a fresh compiled net, deeplab-test and a caffemodel as the same
+    tensors in NCHW do."""
+    import deeplab_compile
+    from deeplab_compile.caffe.caffemodel import caffe_state_dict
+    from deeplab_compile.cli.convert import main as convert_main
+    from deeplab_compile.test import run_test
+
+    lines = []
+    folder = tmp_path / "run"
+    folder.mkdir()
+    res = run(folder, syn, max_iter=2, gpu="cpu", echo=lines.append)
+    assert res.iter == 2
+    assert any("device cpu, precision fp32, channels_last" in ln for ln in lines), lines
+    model = load_snapshot(res.snapshot)["model"]
+    w = model["conv1_1.weight"]
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    nchw = {k: v.contiguous() for k, v in model.items()}
+    assert nchw["conv1_1.weight"].is_contiguous()
+    plain = str(tmp_path / "nchw.pt")
+    torch.save(nchw, plain)
+
+    vars_ = {"crop": 33, "width": 4, "dropout": 0.0}
+    x = torch.randn(2, 3, 33, 33, generator=torch.Generator().manual_seed(7))
+
+    def outputs(weights):
+        net = deeplab_compile.compile(TINY, phase="test", vars=vars_).eval()
+        deeplab_compile.load_weights(net, weights)
+        for k, v in net.state_dict().items():                 # loaded value for value
+            assert torch.equal(v, nchw[k]), k
+        with torch.no_grad():
+            return net(x)
+
+    a, b = outputs(res.snapshot), outputs(plain)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    # deeplab-test on the snapshot writes what it writes from the NCHW copy
+    from deeplab_compile.io.features import read_blob
+    feats = {}
+    for name, weights in (("snap", res.snapshot), ("plain", plain)):
+        r = run_test(TINY, weights, list_path=f"{syn}/list/val.txt", root=syn, vars=dict(vars_, crop=49),
+                     data={"preprocess": "tf"}, features_dir=str(tmp_path / name), progress=False, num_workers=0)
+        feats[name] = {os.path.basename(f): read_blob(f) for f in r.files}
+    assert feats["snap"] and feats["snap"].keys() == feats["plain"].keys()
+    for k, v in feats["snap"].items():
+        np.testing.assert_array_equal(v, feats["plain"][k], err_msg=k)
+
+    # a caffemodel written from the snapshot holds the tensors in Caffe's (NCHW) order
+    defines = [a for k, v in vars_.items() for a in ("-D", f"{k}={v}")]
+    for name, weights in (("snap", res.snapshot), ("plain", plain)):
+        assert convert_main([weights, "--netdef", TINY, *defines, "-o", str(tmp_path / f"{name}.caffemodel"),
+                             "-q"]) == 0
+    data = (tmp_path / "snap.caffemodel").read_bytes()
+    assert data == (tmp_path / "plain.caffemodel").read_bytes()
+    net = deeplab_compile.compile(TINY, phase="test", vars=vars_)
+    back = caffe_state_dict(net, str(tmp_path / "snap.caffemodel"))
+    for k, v in back.items():
+        assert torch.equal(v, nchw[k]), k
 
 
 def test_bf16_training_is_finite_and_close_to_fp32(tmp_path, syn):
@@ -217,12 +334,13 @@ def test_bf16_training_is_finite_and_close_to_fp32(tmp_path, syn):
 
 
 def test_channels_last_training_equals_contiguous(tmp_path, syn):
-    plain = run(tmp_path / "plain", syn)
+    plain = run(tmp_path / "plain", syn, "channels_last: false\n")
     nhwc = run(tmp_path / "nhwc", syn, "channels_last: true\n")
     np.testing.assert_allclose(nhwc.history["loss"], plain.history["loss"], rtol=1e-4)
     a, b = load_snapshot(plain.snapshot)["model"], load_snapshot(nhwc.snapshot)["model"]
     w = b["conv1_1.weight"]
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()   # the layout was used
+    assert a["conv1_1.weight"].is_contiguous()                                            # and not here
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 

@@ -33,7 +33,8 @@ FIELDS = {
     "snapshot_after_train": "snapshot_after_train", "random_seed": "random_seed",
     "solver_mode": "solver_mode", "device_id": "device_id", "test_interval": "test_interval",
     "test_iter": "test_iter", "type": "type", "solver_type": "type", "weights": "weights",
-    "precision": "precision", "channels_last": "channels_last",     # ours (caffe.proto: 1001, 1002)
+    "precision": "precision", "channels_last": "channels_last",     # ours (caffe.proto: 1001, 1002;
+                                                                    # channels_last absent: auto)
 }
 #: Fields read and dropped, with the reason given in the notes.
 DROPPED = {

@@ -35,7 +35,9 @@ lists tested; ``MAX_ITER``, ``MAX_ITER2``, ``SEED``, ``TEST_CROP``, ``TRAIN_CROP
 ``BATCH_SIZE``, ``ITER_SIZE``, ``TRAIN_OUTPUT_STRIDE``, ``OUTPUT_STRIDE``, ``EVAL_SCALES``,
 ``EVAL_FLIP`` and ``RESIZE_MIN``/``RESIZE_MAX``/``RESIZE_FACTOR`` (ADE20K's resize_to_range) are passed with ``-D`` to the configs that declare them, when set (a
 test config's ``EVAL_SCALES``, ``EVAL_FLIP`` and ``PREPROCESS`` also pick the test
-step's scales, flip and preprocessing); ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
+step's scales, flip and preprocessing), and so are ``PRECISION`` and ``CHANNELS_LAST``
+(1, 0 or ``auto``; :func:`.settings.precision_defines`; the test step takes
+``--channels-last`` for 1 only); ``NUM_IMAGES``, ``IMAGE_MIN``, ``IMAGE_MAX`` size the
 synthetic set; ``LABEL_MAP`` and ``PALETTE`` override the dataset's label mapping and
 colours; ``CRF_JOBS`` the images the CRF runs at once; ``SBD_ROOT`` (VOC) SBD's lists.
 

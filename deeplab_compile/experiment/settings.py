@@ -36,14 +36,23 @@ DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SI
            "RESIZE_MIN", "RESIZE_MAX", "RESIZE_FACTOR")
 
 
+def _layout(name: str) -> str:
+    """``CHANNELS_LAST`` as the solver reads it: ``auto``, or a switch written true/false."""
+    v = os.environ.get(name, "").strip().lower()
+    if v == "auto" or v in ON or v in OFF:
+        return "auto" if v == "auto" else "true" if v in ON else "false"
+    from ..data.errors import DataError
+    raise DataError(f"{name}={os.environ[name]!r} is not a switch or auto", hint="set it to 1, 0 or auto")
+
+
 def precision_defines(defines: dict, dev_id: str) -> dict:
-    """``PRECISION`` and ``CHANNELS_LAST`` as the configs read them: ``CHANNELS_LAST`` a
-    switch written true/false; on ``DEV_ID=cpu`` without ``PRECISION``, fp32 (the
-    configs' bf16 default is meant for GPUs; ``benchmarks/train.py --precision`` measures
-    bf16 against fp32 on a given CPU)."""
+    """``PRECISION`` and ``CHANNELS_LAST`` as the configs read them: ``CHANNELS_LAST``
+    ``auto`` or a switch written true/false; on ``DEV_ID=cpu`` without ``PRECISION``, fp32
+    (the configs' bf16 default is meant for GPUs; ``benchmarks/train.py --precision``
+    measures bf16 against fp32 on a given CPU)."""
     out = dict(defines)
     if "CHANNELS_LAST" in out:
-        out["CHANNELS_LAST"] = "true" if _flag("CHANNELS_LAST", False) else "false"
+        out["CHANNELS_LAST"] = _layout("CHANNELS_LAST")
     if dev_id == "cpu":
         out.setdefault("PRECISION", "fp32")
     return out
@@ -184,8 +193,10 @@ def crf_settings(s: Settings) -> tuple[dict, int]:
 def eval_options(path: str, values: dict) -> dict:
     """How a test config is run: its ``EVAL_SCALES`` (comma-separated, default 1),
     ``EVAL_FLIP`` (default off), ``PREPROCESS`` (``caffe`` or ``tf``, default the data
-    layer's), ``PRECISION`` (default fp32) and ``CHANNELS_LAST`` (default off), each from
-    the config's ``vars`` unless ``values`` (the -D values) set it."""
+    layer's), ``PRECISION`` (default fp32) and ``CHANNELS_LAST`` (on: ``--channels-last``;
+    off, ``auto`` or unset: no flag, since on a CPU the test net is lowered to channels-last
+    oneDNN calls either way, :mod:`deeplab_compile.lower`), each from the config's ``vars``
+    unless ``values`` (the -D values) set it."""
     import yaml
     with open(path, encoding="utf-8") as f:
         own = (yaml.safe_load(f) or {}).get("vars") or {}

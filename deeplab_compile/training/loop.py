@@ -14,7 +14,8 @@ and :class:`.optim.CaffeSGD` applies Caffe's update.  The steps, in this file's 
 * precision (:mod:`.precision`): the solver's ``precision`` runs the forward under
   autocast (bf16/fp16; fp16 scales the loss with a ``torch.amp.GradScaler``, whose
   state goes into the snapshots) and ``channels_last`` puts the net and the input
-  batches in that memory layout;
+  batches in that memory layout (``auto``, the default: on a CPU, not on CUDA); a
+  snapshot's tensors keep the layout's strides and load into a net of either layout;
 * one iteration (:func:`_iteration`, :func:`_check_loss`): forward/backward passes; a
   NaN or infinite loss stops before the update with :class:`TrainingDiverged`, naming
   the iteration and the last good snapshot (:func:`_last_good`: all its tensors finite,
@@ -70,7 +71,7 @@ from .distributed import convert_sync_bn, init_distributed, peer_lost, pick_devi
 from .mining import hard_pixel_ratio, install_hard_mining
 from .net import build_train_net, split_batch, train_ir
 from .optim import CaffeSGD
-from .precision import Precision
+from .precision import Precision, resolve_channels_last
 from .runlog import RunLog, plot_losses
 from .solver import Solver, resolve_path
 
@@ -191,7 +192,7 @@ def train(solver: Solver, *, weights: str | None = None, resume: str | None = No
     batch split, a diverged loss) carries ``main``: true on process 0 only, so that one
     process prints it."""
     device = pick_device(gpu, solver)
-    precision = Precision(solver.precision, solver.channels_last)
+    precision = Precision(solver.precision, resolve_channels_last(solver.channels_last, device))
     try:
         precision.check(device)
     except DeepLabError as err:

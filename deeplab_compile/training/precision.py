@@ -11,7 +11,10 @@ and the ``--precision`` / ``--channels-last`` flags of ``deeplab-test`` and
   state goes into the snapshots.
 * ``channels_last``: the net's 4-D parameters and the floating input batches in
   ``torch.channels_last`` (NHWC in memory; the convolution libraries' fast layout on
-  GPUs with tensor cores and in oneDNN).
+  GPUs with tensor cores and in oneDNN).  The solver's field is one of
+  :data:`CHANNELS_LAST` (``auto``, the default, or true/false); :func:`resolve_channels_last`
+  turns ``auto`` into channels_last on a CPU (oneDNN trains faster in it) and NCHW on
+  CUDA, once the run's device is known, so :attr:`Precision.channels_last` is a bool.
 
 The custom ops declare how they behave under autocast (:mod:`deeplab_compile.ops._autocast`).
 Outputs written to disk (features, probabilities, label maps) are float32 whatever the
@@ -28,6 +31,8 @@ import torch
 from ..errors import DeepLabError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: the solver's ``channels_last`` values (YAML's true/false are the last two)
+CHANNELS_LAST = ("auto", "true", "false")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -104,6 +109,14 @@ class Precision:
         if self.name != "fp16":
             return None
         return torch.amp.GradScaler(torch.device(device).type)
+
+
+def resolve_channels_last(value: bool | str, device: torch.device | str) -> bool:
+    """The solver's ``channels_last`` (``"auto"``, True or False) on ``device``: ``auto`` is
+    channels_last on a CPU and NCHW elsewhere (CUDA)."""
+    if value == "auto":
+        return torch.device(device).type == "cpu"
+    return bool(value)
 
 
 def parse_precision(value, where: str) -> str:

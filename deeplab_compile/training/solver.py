@@ -27,7 +27,8 @@ to the file; the ``data:`` section's ``source`` and ``root_folder`` relative to 
     snapshot_prefix: model/train
     random_seed: 1
     precision: bf16        # fp32 (default) | bf16 | fp16: autocast on the run's device (fp16 adds a grad scaler)
-    channels_last: false   # the net and the input batches in torch.channels_last
+    channels_last: auto    # auto (default): the net and the input batches in torch.channels_last
+                           # on a CPU, NCHW on CUDA | true | false
 
 What the fields drive lives beside this module: the rates in :mod:`.lr_policy` (warm-up
 included), the update in :mod:`.optim`, hard-pixel mining (``top_k_percent_pixels``,
@@ -51,7 +52,7 @@ from ..schema import P
 from ..netdef.errors import did_you_mean, near_miss
 from ..netdef.parse import Map, load, loc_of
 from .lr_policy import POLICIES, learning_rate
-from .precision import PRECISIONS
+from .precision import CHANNELS_LAST, PRECISIONS
 
 
 class SolverError(DeepLabError):
@@ -97,7 +98,8 @@ SCHEMA: dict[str, P] = {
     "hard_example_mining_step": P("int", 0, min=0),
     "precision": P("enum", "fp32", choices=PRECISIONS,
                    doc="fp32, or bf16/fp16 autocast on the run's device (fp16 with a grad scaler)"),
-    "channels_last": P("bool", False, doc="the net and the input batches in torch.channels_last"),
+    "channels_last": P("any", "auto", doc="auto (channels_last on a CPU, NCHW on CUDA), true or false: "
+                       "the net and the input batches in torch.channels_last"),
 }
 
 
@@ -157,7 +159,7 @@ class Solver:
     top_k_percent_pixels: float = 1.0
     hard_example_mining_step: int = 0
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | str = "auto"      # "auto", True or False (precision.resolve_channels_last)
     locs: dict = field(default_factory=dict, repr=False)
     defines: dict = field(default_factory=dict, repr=False)     # -D overrides
     used_vars: set = field(default_factory=set, repr=False)     # names ${...} in the solver read
@@ -293,7 +295,7 @@ def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = 
                 v = _substitute(v, env, sec, key, used)
             if p.kind == "dict" and v is None:
                 v = {}
-            coerced = p.coerce(key, v, sec)
+            coerced = _channels_last(v, sec) if key == "channels_last" else p.coerce(key, v, sec)
             values[key] = v if p.kind == "dict" else coerced
         elif p.required:
             raise sec.error(f"missing required field '{key}'", hint=f"add '{key}: ...'")
@@ -305,6 +307,18 @@ def parse_solver(doc: Mapping, path: str, overrides: Mapping[str, Any] | None = 
                **values)
     _check(s, sec)
     return s
+
+
+def _channels_last(value: Any, sec: _Section) -> bool | str:
+    """``channels_last``: ``auto``, or true/false (YAML booleans, or those words as strings,
+    as ``-D CHANNELS_LAST=true`` gives them); "auto" or a bool."""
+    text = ("true" if value else "false") if isinstance(value, bool) else (
+        value.strip().lower() if isinstance(value, str) else None)
+    if text not in CHANNELS_LAST:
+        raise sec.error(f"field 'channels_last' must be one of {', '.join(CHANNELS_LAST)}, got {value!r}",
+                        key="channels_last", hint="write 'channels_last: auto' (channels_last on a CPU, NCHW "
+                        "on CUDA), 'channels_last: true' or 'channels_last: false'")
+    return "auto" if text == "auto" else text == "true"
 
 
 def _check(s: Solver, sec: _Section) -> None:
