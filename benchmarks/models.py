@@ -1,6 +1,6 @@
 """Zoo nets: compiled vs the peer's own PyTorch model, CPU fp32 (GPU when one is present).
 
-    python benchmarks/models.py [--size 513] [--threads 2] [--repeat 5] [--nets v3,v3plus_mnv2]
+    python benchmarks/models.py [--size 513] [--threads 2] [--repeat 5] [--runs 3] [--nets v3,v3plus_mnv2]
                                 [--train-crop 257] [--train-steps 3] [--inductor] [--write]
 
 DeepLabv3 ResNet-101 (``layout=torchvision``) against torchvision's real
@@ -18,8 +18,9 @@ torchvision's random initialisation with non-trivial BatchNorm statistics, conve
                       weights; its compile time is printed on its own row
 
 Inference: all variants run interleaved, one call of each in turn per round, under
-``torch.no_grad()``; min and median over the rounds, ratio = torchvision's time / ours
-(above 1: ours is faster) by median and by min.  Training: one step (forward, loss,
+``torch.no_grad()``; min and median over the rounds of all ``--runs`` runs, ratio =
+torchvision's time / ours (above 1: ours is faster) by median and by min, and the spread
+(min / median / max) of each run's median ratio.  Training: one step (forward, loss,
 backward, SGD step) of the train-phase net against torchvision's model in train mode
 with CrossEntropyLoss(ignore_index=255), batch 2 at ``--train-crop``, interleaved, in both
 memory layouts of the solver's ``channels_last``: the default ``auto`` (channels-last on a
@@ -148,12 +149,32 @@ def ours_v3(sd_src, size, *, phase="test", **kw):
     return net
 
 
-def rows(times, base_key, dev, fns, lines, net_name, mem=True):
-    tb_med, tb_min = statistics.median(times[base_key]), min(times[base_key])
-    for k, ts in times.items():
+def timed_runs(fns, args, dev, repeat) -> list[dict]:
+    """``args.runs`` interleaved runs of ``repeat`` rounds each: a list of {key: [seconds]}."""
+    sync = torch.cuda.synchronize if dev == "cuda" else None
+    out = []
+    for r in range(args.runs):
+        out.append(interleaved(fns, repeat, sync=sync))
+        if args.runs > 1:
+            print(f"run {r + 1}/{args.runs} done, load average {load_average():.2f}", flush=True)
+    return out
+
+
+def spread(values) -> str:
+    v = sorted(values)
+    return f"{v[0]:.2f} / {statistics.median(v):.2f} / {v[-1]:.2f}"
+
+
+def rows(runs, base_key, dev, fns, lines, net_name, mem=True):
+    """One row per candidate: min and median over every round of every run, the ratios of
+    the pooled times, and the spread (min / median / max) of each run's median ratio."""
+    pooled = {k: [t for run in runs for t in run[k]] for k in runs[0]}
+    tb_med, tb_min = statistics.median(pooled[base_key]), min(pooled[base_key])
+    for k, ts in pooled.items():
         mb = f"{peak_mb(fns[k], dev):.0f}" if mem else ""
+        per_run = [statistics.median(run[base_key]) / statistics.median(run[k]) for run in runs]
         row = (f"| {net_name} | {k} | {min(ts) * 1e3:.0f} | {statistics.median(ts) * 1e3:.0f} | "
-               f"{tb_med / statistics.median(ts):.2f} | {tb_min / min(ts):.2f} | {mb} |")
+               f"{tb_med / statistics.median(ts):.2f} | {tb_min / min(ts):.2f} | {spread(per_run)} | {mb} |")
         lines.append(row)
         print(row, flush=True)
 
@@ -191,8 +212,7 @@ def bench_v3(args, dev, lines):
             compile_s = time.perf_counter() - t
             k = f"torch.compile (inductor, freezing; compile {compile_s:.0f} s, not in the times)"
             fns[k] = lambda: cnet(x)["logits_interp"]
-        times = interleaved(fns, args.repeat, sync=torch.cuda.synchronize if dev == "cuda" else None)
-        rows(times, ref_name, dev, fns, lines, NETS["v3"])
+        rows(timed_runs(fns, args, dev, args.repeat), ref_name, dev, fns, lines, NETS["v3"])
     if args.train_steps > 0:
         bench_v3_train(args, dev, ref, kind, sd_src, lines)
 
@@ -240,11 +260,12 @@ def bench_v3_train(args, dev, ref, kind, sd_src, lines):
         layouts = {"train step, channels_last: auto (default; NCHW on CUDA)": step_ours,
                  "train step, channels_last: true": step_cl}
     fns = {name: step_ref, **layouts}
-    times = interleaved(fns, args.train_steps, sync=torch.cuda.synchronize if dev == "cuda" else None)
+    runs = timed_runs(fns, args, dev, args.train_steps)
     lines += ["", f"Train step: batch {n} x 3 x {c} x {c}, BatchNorm in train mode, SGD momentum 0.9, "
-                  f"{args.train_steps} interleaved steps after one warm-up each.", "",
-              "| net | variant | min ms | median ms | ratio (median) | ratio (min) | |", "|---|---|---:|---:|---:|---:|---|"]
-    rows(times, name, dev, fns, lines, NETS["v3"], mem=False)
+                  f"{args.train_steps} interleaved steps after one warm-up each, in each of {args.runs} runs.", "",
+              "| net | variant | min ms | median ms | ratio (median) | ratio (min) | ratio per run (min / median / max) | |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
+    rows(runs, name, dev, fns, lines, NETS["v3"], mem=False)
 
 
 def bench_other(key, args, dev, lines):
@@ -258,15 +279,15 @@ def bench_other(key, args, dev, lines):
         net.load_state_dict(base.state_dict())
         fns[k] = (lambda n: lambda: n(x))(net)
     with torch.no_grad():
-        times = interleaved(fns, args.repeat, sync=torch.cuda.synchronize if dev == "cuda" else None)
-        rows(times, "fuse=False, lower=False", dev, fns, lines, NETS[key])
+        rows(timed_runs(fns, args, dev, args.repeat), "fuse=False, lower=False", dev, fns, lines, NETS[key])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=513)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=5, help="interleaved rounds per run")
+    p.add_argument("--runs", type=int, default=3, help="runs (the spread of the ratio is over these)")
     p.add_argument("--nets", default="v3")
     p.add_argument("--train-crop", type=int, default=257)
     p.add_argument("--train-steps", type=int, default=3, help="0 skips the training rows")
@@ -282,10 +303,12 @@ def main(argv=None):
     s = args.size
     load0 = load_average()
     lines = [f"### Zoo nets, {datetime.date.today()}, {device_line(dev, torch.get_num_threads())}, fp32, "
-             f"1x3x{s}x{s}, {args.repeat} interleaved runs", "",
-             "Ratio: the baseline's time / this row's (above 1: faster than the baseline), by median and by min.", "",
-             "| net | variant | min ms | median ms | ratio (median) | ratio (min) | peak MB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"1x3x{s}x{s}, {args.runs} runs of {args.repeat} interleaved rounds", "",
+             "Ratio: the baseline's time / this row's (above 1: faster than the baseline), by median and by min "
+             "over every round of every run; then each run's median ratio, min / median / max over the runs.", "",
+             "| net | variant | min ms | median ms | ratio (median) | ratio (min) | ratio per run (min / median / max) "
+             "| peak MB |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
     print(f"load average at start: {load0:.2f}", flush=True)
     for key in args.nets.split(","):
         if key == "v3":
