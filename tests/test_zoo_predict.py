@@ -118,3 +118,11 @@ def test_predict_resize_rule_order():
                                              "the weights file's solver data section")
     assert _resize_rule(doc, {}, None) == ({"min": 24, "max": None, "factor": 8}, "layer 'data'")
     assert _resize_rule({"layers": []}, {}, None) == ({}, "none")
+
+
+def test_predict_bad_recorded_resize_to_range_names_its_source():
+    from deeplab_compile.cli.predict import _resize_rule
+    from deeplab_compile.errors import DeepLabError
+    with pytest.raises(DeepLabError, match="solver data section: parameter 'resize_to_range' needs 'min'") as e:
+        _resize_rule({"layers": []}, {"solver": {"data": {"resize_to_range": {"max": 3}}}}, None)
+    assert "min: 513" in e.value.hint

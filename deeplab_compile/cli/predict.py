@@ -143,8 +143,8 @@ def _resize_rule(doc, meta: dict | None, flag: dict | None) -> tuple[dict, str]:
         def __init__(self, where):
             self.where = where
 
-        def error(self, message, **_):
-            return DeepLabError(f"{self.where}: {message}")
+        def error(self, message, *, hint=None, **_):
+            return DeepLabError(f"{self.where}: {message}", hint=hint)
 
     if flag:
         return flag, "--resize-to-range"
