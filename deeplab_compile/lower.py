@@ -54,6 +54,7 @@ from .layers.interp import CaffeInterp
 from .layers.scale import CaffeScale
 
 _CL = torch.channels_last
+_1X1 = ([0, 0], [1, 1], [1, 1], 1)      # padding, stride, dilation, groups of a 1x1 convolution
 
 
 def fast_path_ok(x: torch.Tensor, tensors) -> bool:
@@ -173,39 +174,28 @@ class PackedASPPHead(ASPPHeadModule):
     def __init__(self, mod: ASPPHeadModule):
         super().__init__(kinds=mod.kinds, rates=mod.rates, channels=mod.channels, metas=mod.metas,
                          relu_out=mod.relu_out, mode_bn=mod.mode_bn)
-        self._starts = _unit_starts(self.metas)
-        self._cache = _Packed()          # key, then (branches, pool, proj_bias) in ``weight``
+        self._cache = _Packed()          # key, then _pack's (branches, pool, proj_bias) in ``weight``
         self.train(mod.training)
 
     def _pack(self, tensors, x):
-        """(branches, pool, proj_bias): branches as (weight, bias, geom, proj weight) on
-        reordered weights; pool as (weight, bias, proj slice) plain, or None."""
-        units = [tensors[a:b] for a, b in zip(self._starts, self._starts[1:])]
+        """(branches, pool, proj_bias): each convolution branch as (weight, bias, geometry,
+        projection slice), both weights reordered; pool as ``head_args`` gives it (weight,
+        bias, projection slice; None without one)."""
+        branches = []
         with torch.inference_mode(False), torch.no_grad():
-            wbs = [fold(m, iter(ts)) for m, ts in zip(self.metas, units)]
-            pw, pb = wbs[-1]
-            pw = pw.reshape(pw.shape[0], pw.shape[1])
-            pb = pw.new_zeros(pw.shape[0]) if pb is None else pb
-            slices = torch.split(pw, self.channels, dim=1)
-            branches, pool = [], None
-            h = [x.shape[0], 0, x.shape[2], x.shape[3]]
-            for kind, rate, (w, b), s in zip(self.kinds, self.rates, wbs[:-1], slices):
-                b = w.new_zeros(w.shape[0]) if b is None else b
-                if kind == "pool":
-                    pool = (w.reshape(w.shape[0], w.shape[1]), b, s)
-                    continue
+            ws, bs, rates, projs, pw, pb, pp, proj_bias = self.head_args(tensors)
+            for w, b, rate, s in zip(ws, bs, rates, projs):
                 r = int(rate) if w.shape[-1] > 1 else 1
                 geom = ([r * (w.shape[-1] - 1) // 2] * 2, [1, 1], [r, r], 1)
                 wr = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), *geom, list(x.shape))
-                p1 = ([0, 0], [1, 1], [1, 1], 1)
-                h[1] = w.shape[0]
-                pr = torch.ops.mkldnn._reorder_convolution_weight(s.contiguous()[:, :, None, None], *p1, list(h))
+                h = [x.shape[0], w.shape[0], x.shape[2], x.shape[3]]
+                pr = torch.ops.mkldnn._reorder_convolution_weight(s.contiguous()[:, :, None, None], *_1X1, h)
                 branches.append((wr, b.contiguous(), geom, pr))
-        return branches, pool, pb.contiguous()
+        return branches, (None if pw is None else (pw, pb, pp)), proj_bias.contiguous()
 
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         self.check_eval()
-        if not (fast_path_ok(x, tensors) and self.kinds.count("conv") > 0):
+        if not (fast_path_ok(x, tensors) and "conv" in self.kinds):
             return super().forward(x, *tensors)
         key = _version_key(tensors)
         if key != self._cache.key:
@@ -219,11 +209,10 @@ class PackedASPPHead(ASPPHeadModule):
             const = F.linear(feat, ps, pb)                      # (N, Co): pooling branch + projection bias
             y = const[:, :, None, None].expand(x.shape[0], const.shape[1], x.shape[2], x.shape[3])
             y, bias = y.contiguous(memory_format=_CL), None
-        p1 = ([0, 0], [1, 1], [1, 1], 1)
         for k, (w, b, geom, pr) in enumerate(branches):
             hk = _conv_call(x, None, w, b, geom, True)
             last = k == len(branches) - 1
-            y = _conv_call(hk, y, pr, bias, p1, self.relu_out and last)
+            y = _conv_call(hk, y, pr, bias, _1X1, self.relu_out and last)
             bias = None
         return y
 
@@ -246,18 +235,17 @@ class PackedConvSum(Folding):
     def forward(self, *args: torch.Tensor, relu: bool = False) -> torch.Tensor:
         self.check_eval()
         xs, rest = args[:len(self.metas)], list(args[len(self.metas):])
-        geom = ([0, 0], [1, 1], [1, 1], 1)
         units = [rest[a:b] for a, b in zip(self._starts, self._starts[1:])]
         fast = all(fast_path_ok(x, rest) for x in xs)
         y = None
         for k, (x, m, ts) in enumerate(zip(xs, self.metas, units)):
             last = k == len(xs) - 1
             if fast:
-                w, b = self._packed[k].get(m, ts, geom, x)
-                y = _conv_call(x, y, w, b, geom, relu and last)
+                w, b = self._packed[k].get(m, ts, _1X1, x)
+                y = _conv_call(x, y, w, b, _1X1, relu and last)
             else:
                 w, b = fold(m, iter(ts))
-                y = _plain(x, y, w, b, geom, relu and last)
+                y = _plain(x, y, w, b, _1X1, relu and last)
         return y
 
 

@@ -135,6 +135,24 @@ def test_fused_lowering_takes_relus_and_residual_sums(path):
     assert sorted(unfused.state_dict()) == sorted(compile_net(path, fuse=False, lower=False).state_dict())
 
 
+def test_packed_head_runs_onednn_not_the_fused_op(path, monkeypatch):
+    """Under no_grad the packed v3 head computes without the fused op (its fallback),
+    and with gradients on it falls back to it."""
+    from deeplab_compile.layers.aspp import ASPPHeadModule
+    plain, low = pair(path, True)
+    x = image()
+    with torch.no_grad():
+        want = plain(x)["logits"]
+    calls = []
+    real = ASPPHeadModule.head_args
+    monkeypatch.setattr(ASPPHeadModule, "head_args", lambda self, t: calls.append(1) or real(self, t))
+    monkeypatch.setattr(ASPPHeadModule, "forward", lambda *a: pytest.fail("the fused op ran"))
+    with torch.no_grad():
+        close(low(x)["logits"], want)
+        close(low(x)["logits"], want)
+    assert calls == [1]                      # folded and reordered once, for both calls
+
+
 def test_a_module_on_its_own_is_its_layer(path):
     """The post-ops are the graph's: called directly, a lowered conv is the convolution
     (with its folded BatchNorm), no ReLU."""

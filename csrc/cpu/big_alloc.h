@@ -1,6 +1,6 @@
 // Large scratch arrays kept for the next call.
 //
-// The CRF's per-image arrays (about 150 MB for a 500x375 image) would be fresh memory
+// The CRF's per-image arrays (tens of MB each for a 500x375 image) would be fresh memory
 // on every call: the first touch of each 4 KiB page is a fault that zeroes it, which
 // costs as much as the work done on it (the -unary transpose took 13 ms, 4 of them
 // work).  Blocks of at least 1 MiB are therefore kept, when freed, in a per-thread

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/lattice_math.h"
 #include "cpu/vec8.h"
@@ -171,6 +172,30 @@ inline bool simd_ok() {
 #else
   return true;
 #endif
+}
+
+// The largest dimension with an eight-point copy (permutohedral.h's kMaxEmbedDim).
+constexpr int kMaxDim = 16;
+
+// embed_eights for the dimension ``d`` (an int, or Dim<D>) where this CPU runs it and d
+// is at most kMaxDim; returns false, touching nothing, otherwise (the caller then embeds
+// one point at a time).  A runtime d is dispatched to its fixed Dim<d> copy.
+template <int D = 1, typename DimT>
+bool embed_eights_for(DimT d, const float* features, const float* scale, int32_t* rem0, int32_t* rank,
+                      float* weight, int64_t b, int64_t e) {
+  if constexpr (!std::is_same<DimT, int>::value) {
+    if constexpr (DimT::value > kMaxDim) return false;
+    else {
+      if (!simd_ok()) return false;
+      embed_eights<DimT::value>(features, scale, rem0, rank, weight, b, e);
+      return true;
+    }
+  } else if constexpr (D > kMaxDim) {
+    return false;
+  } else {
+    if (d != D) return embed_eights_for<D + 1>(d, features, scale, rem0, rank, weight, b, e);
+    return embed_eights_for(Dim<D>{}, features, scale, rem0, rank, weight, b, e);
+  }
 }
 
 }  // namespace simd

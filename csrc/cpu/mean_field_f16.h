@@ -42,15 +42,8 @@ using lattice::kLane;
 // row is more than half of one.
 inline int64_t row_halves(int64_t S) { return S <= 8 ? 8 : S <= 16 ? 16 : (S + 31) / 32 * 32; }
 
-// A 64-byte aligned, uninitialised array of half floats.
-struct HalfBuffer {
-  BigArray<uint16_t> raw;
-  uint16_t* ptr = nullptr;
-  void resize(int64_t count) {
-    raw = big_array<uint16_t>(count);  // 64-byte aligned at least
-    ptr = raw.get();
-  }
-};
+// A 64-byte aligned, uninitialised array of half floats (big_alloc.h).
+using HalfBuffer = BigArray<uint16_t>;
 
 inline bool cpu_supported() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -223,18 +216,18 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
     slices[k] = Slice{kernels[k].offset.data(), kernels[k].slice_w.data(), nullptr, kernels[k].d + 1, big};
     if (!iterate) continue;
     // Splat and blur write rows 1..m; row 0 ("no such vertex") must read as zero.
-    a[k].resize((kernels[k].m + 1) * RS);
-    b[k].resize((kernels[k].m + 1) * RS);
-    std::memset(a[k].ptr, 0, RS * sizeof(uint16_t));
-    std::memset(b[k].ptr, 0, RS * sizeof(uint16_t));
+    a[k] = HalfBuffer((kernels[k].m + 1) * RS);
+    b[k] = HalfBuffer((kernels[k].m + 1) * RS);
+    std::memset(a[k].get(), 0, RS * sizeof(uint16_t));
+    std::memset(b[k].get(), 0, RS * sizeof(uint16_t));
   }
-  if (iterate) qh.resize(n * RS);
+  if (iterate) qh = HalfBuffer(n * RS);
 
   for (int64_t it = 0; it <= iterations; ++it) {
     const bool last = it == iterations || nk == 0;
     at::parallel_for(0, n, grain, [&](int64_t p0, int64_t p1) {
       with_scratch([&](__m256* heap) {
-        pixel_pass<NB>(neg_u, slices.data(), nk, RS, nb, p0, p1, last ? nullptr : qh.ptr, last ? q : nullptr, heap);
+        pixel_pass<NB>(neg_u, slices.data(), nk, RS, nb, p0, p1, last ? nullptr : qh.get(), last ? q : nullptr, heap);
       });
     });
     if (last) break;
@@ -242,10 +235,10 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
       const auto& L = kernels[k];
       const int64_t m = L.m;
       at::parallel_for(0, m, grain, [&](int64_t v0, int64_t v1) {
-        with_scratch([&](__m256* heap) { splat<NB>(L, qh.ptr, RS, a[k].ptr, nb, v0, v1, heap); });
+        with_scratch([&](__m256* heap) { splat<NB>(L, qh.get(), RS, a[k].get(), nb, v0, v1, heap); });
       });
-      uint16_t* cur = a[k].ptr;
-      uint16_t* nxt = b[k].ptr;
+      uint16_t* cur = a[k].get();
+      uint16_t* nxt = b[k].get();
       for (int ax = 0; ax <= L.d; ++ax) {
         const int32_t* nbr = L.blur_nb.data() + static_cast<int64_t>(ax) * m * 2;
         at::parallel_for(0, m, grain, [&](int64_t v0, int64_t v1) { blur<NB>(nbr, cur, RS, nxt, nb, v0, v1); });

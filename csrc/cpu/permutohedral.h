@@ -33,6 +33,7 @@ namespace lattice {
 constexpr int64_t kLane = 8;
 // Feature dimensions up to this embed with scratch on the stack.
 constexpr int kMaxEmbedDim = 16;
+static_assert(simd::kMaxDim == kMaxEmbedDim, "every dimension embedded with stack scratch has an eight-point copy");
 // How many rows ahead the gather loops prefetch: lattice rows are reached
 // through index arrays, which the hardware prefetcher cannot follow.
 constexpr int64_t kAhead = 12;
@@ -270,24 +271,7 @@ DL_HOT void embed_range(const T* features, const T* scale, DimT d, int32_t* rem0
                         int64_t b, int64_t e) {
   const int dp1 = d + 1;
   if constexpr (std::is_same<T, float>::value) {
-    if (!simd::simd_ok()) {
-      // embed_point below.
-    } else if constexpr (std::is_same<DimT, int>::value) {
-      switch (static_cast<int>(d)) {
-#define DL_EMBED_CASE(D)                                          \
-  case D:                                                         \
-    simd::embed_eights<D>(features, scale, rem0, rank, weight, b, e); \
-    return;
-        DL_EMBED_CASE(1) DL_EMBED_CASE(2) DL_EMBED_CASE(3) DL_EMBED_CASE(4) DL_EMBED_CASE(5) DL_EMBED_CASE(6)
-        DL_EMBED_CASE(7) DL_EMBED_CASE(8) DL_EMBED_CASE(9) DL_EMBED_CASE(10) DL_EMBED_CASE(11)
-        DL_EMBED_CASE(12) DL_EMBED_CASE(13) DL_EMBED_CASE(14) DL_EMBED_CASE(15) DL_EMBED_CASE(16)
-#undef DL_EMBED_CASE
-        default: break;
-      }
-    } else if constexpr (DimT::value <= kMaxEmbedDim) {
-      simd::embed_eights<DimT::value>(features, scale, rem0, rank, weight, b, e);
-      return;
-    }
+    if (simd::embed_eights_for(d, features, scale, rem0, rank, weight, b, e)) return;
   }
   T elevated[kMaxEmbedDim + 1], bary[kMaxEmbedDim + 2];
   std::vector<T> big_e, big_b;

@@ -39,8 +39,10 @@ DEFINES = ("MAX_ITER", "MAX_ITER2", "SEED", "TEST_CROP", "TRAIN_CROP", "BATCH_SI
 def _layout(name: str) -> str:
     """``CHANNELS_LAST`` as the solver reads it: ``auto``, or a switch written true/false."""
     v = os.environ.get(name, "").strip().lower()
-    if v == "auto" or v in ON or v in OFF:
-        return "auto" if v == "auto" else "true" if v in ON else "false"
+    if v == "auto":
+        return v
+    if v in ON or v in OFF:
+        return "true" if v in ON else "false"
     from ..data.errors import DataError
     raise DataError(f"{name}={os.environ[name]!r} is not a switch or auto", hint="set it to 1, 0 or auto")
 

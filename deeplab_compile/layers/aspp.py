@@ -158,6 +158,12 @@ class ASPPHeadModule(Folding):
     def forward(self, x: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         from ..ops import aspp_v3_head_auto
         self.check_eval()
+        return aspp_v3_head_auto(x, *self.head_args(tensors), self.relu_out)
+
+    def head_args(self, tensors) -> tuple:
+        """The folded tensors as ``deeplab::aspp_v3_head`` takes them: weights, biases, rates
+        and projection slices of the convolution branches, then the pooling branch's weight,
+        bias and projection slice (None without one), then the projection's bias."""
         it = iter(tensors)
         wbs = [fold(m, it) for m in self.metas]          # branches in concat order, then the projection
         pw, pb = wbs[-1]
@@ -173,7 +179,7 @@ class ASPPHeadModule(Folding):
                 pool = (w.reshape(w.shape[0], w.shape[1]), b, s)
             else:
                 ws.append(w), bs.append(b), rates.append(rate), projs.append(s)
-        return aspp_v3_head_auto(x, ws, bs, rates, projs, pool[0], pool[1], pool[2], pb, self.relu_out)
+        return ws, bs, rates, projs, pool[0], pool[1], pool[2], pb
 
 
 class ASPPHead(_Fused):
