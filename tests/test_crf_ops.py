@@ -183,7 +183,7 @@ def test_compiled_crf_zero_weights_and_iterations():
 
 
 @compiled
-@pytest.mark.parametrize("C", [1, 4, 13, 21, 32, 40])   # 1, 1, 2, 3, 4 and 5 label blocks (5: generic)
+@pytest.mark.parametrize("C", [1, 4, 13, 21, 32, 40, 70])   # 1, 1, 2, 3, 4, 5 and 9 label blocks (5, 9: generic)
 def test_half_storage_close_to_float32(C, monkeypatch):
     g = torch.Generator().manual_seed(C)
     image = (torch.rand(2, 3, 37, 41, generator=g) * 255).round()
