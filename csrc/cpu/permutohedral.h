@@ -567,10 +567,10 @@ inline int64_t chain_cut(const int32_t* run, int64_t b) {
 // normaliser of a CRF kernel.  The same splat -> blur -> slice as filter(), on
 // scalars.  Call it before scale_lattice().
 template <typename T>
-std::vector<T> filter_ones(const Lattice<T>& L) {
+big_vector<T> filter_ones(const Lattice<T>& L) {
   const int dp1 = L.d + 1;
   const int64_t n = L.n, m = L.m;
-  std::vector<T> a(m + 1, T(0)), b(m + 1, T(0));
+  big_vector<T> a(m + 1, T(0)), b(m + 1, T(0));
   at::parallel_for(0, m, 16384, [&](int64_t v0, int64_t v1) {
     for (int64_t v = v0; v < v1; ++v) {
       T s = 0;
@@ -585,7 +585,7 @@ std::vector<T> filter_ones(const Lattice<T>& L) {
     });
     std::swap(a, b);
   }
-  std::vector<T> out(n);
+  big_vector<T> out(n);
   at::parallel_for(0, n, 16384, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       T s = 0;
