@@ -4,9 +4,12 @@
 // on every call: the first touch of each 4 KiB page is a fault that zeroes it, which
 // costs as much as the work done on it (the -unary transpose took 13 ms, 4 of them
 // work).  Blocks of at least 1 MiB are therefore kept, when freed, in a per-thread
-// cache of at most kCacheBytes and handed out again to a request they fit (at most
-// twice its size), so that the next image of a similar size runs on memory already
-// mapped.  Larger images than the cache holds simply allocate as before.
+// cache of at most kCacheBytes (the oldest blocks leave first) and handed out again to
+// a request they fit, so that the next image of a similar size runs on memory already
+// mapped.  A block goes only to a request it exceeds by at most a quarter: with a looser fit
+// a small request takes the block a larger one needs later in the same call, and that
+// one then gets fresh memory on every call.  Larger images than the cache holds simply
+// allocate as before.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +18,9 @@
 #include <new>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace deeplab {
 
@@ -30,7 +36,8 @@ class BlockCache {
   void* take(std::size_t bytes) {
     std::size_t best = free_.size();
     for (std::size_t i = 0; i < free_.size(); ++i)
-      if (free_[i].size >= bytes && free_[i].size <= 2 * bytes && (best == free_.size() || free_[i].size < free_[best].size))
+      if (free_[i].size >= bytes && free_[i].size - bytes <= bytes / 4 &&
+          (best == free_.size() || free_[i].size < free_[best].size))
         best = i;
     if (best == free_.size()) return nullptr;
     void* p = free_[best].ptr;
@@ -38,9 +45,14 @@ class BlockCache {
     free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
     return p;
   }
-  // Keeps the block, or returns false when the cache is full.
+  // Keeps the block, making room by freeing the oldest ones; false for a block larger
+  // than the whole cache.
   bool keep(void* p, std::size_t bytes) {
-    if (held_ + bytes > kCacheBytes) return false;
+    if (bytes > kCacheBytes) return false;
+    std::size_t drop = 0;
+    while (held_ + bytes > kCacheBytes) held_ -= free_[drop++].size;
+    for (std::size_t i = 0; i < drop; ++i) std::free(free_[i].ptr);
+    free_.erase(free_.begin(), free_.begin() + static_cast<std::ptrdiff_t>(drop));
     free_.push_back(Block{p, bytes});
     held_ += bytes;
     return true;
@@ -60,12 +72,21 @@ inline BlockCache& block_cache() {
   return cache;
 }
 
-// 64-byte aligned, uninitialised.
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+// 64-byte aligned, uninitialised.  Blocks of a huge page or more are aligned to one
+// and asked to be backed by huge pages (on Linux, where transparent huge pages are
+// enabled "always" or "madvise"): the CRF reaches its arrays at random, and with
+// 4 KiB pages most of those reaches also miss the TLB.
 inline void* big_alloc(std::size_t bytes) {
   if (bytes >= kCacheMin)
     if (void* p = block_cache().take(bytes)) return p;
   void* p = nullptr;
-  if (posix_memalign(&p, 64, bytes ? bytes : 1) != 0) throw std::bad_alloc();
+  const bool huge = bytes >= kHugePage;
+  if (posix_memalign(&p, huge ? kHugePage : 64, bytes ? bytes : 1) != 0) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (huge) madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
   return p;
 }
 

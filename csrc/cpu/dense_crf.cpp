@@ -111,11 +111,12 @@ struct Params {
 // One pairwise kernel: its lattice with the normaliser and the Potts weight
 // folded into the splat/slice weights, so that filtering Q yields the message
 // w * n * K (n' * Q) directly.
-void build_kernel(lattice::Lattice<float>& lat, const std::vector<float>& feats, int64_t n, int64_t W, int d,
-                  float w, bool symmetric) {
+void build_kernel(lattice::Lattice<float>& lat, const big_vector<float>& feats, int64_t n, int64_t W, int d,
+                  float w, bool symmetric, bool chains) {
   lattice::build_lattice<float>(feats.data(), n, d, lat, /*row=*/W);
-  const std::vector<float> deg = lattice::filter_ones(lat);
-  std::vector<float> in_scale(n), out_scale(n);
+  if (chains) lattice::build_chains(lat);
+  const big_vector<float> deg = lattice::filter_ones(lat);
+  big_vector<float> in_scale(n), out_scale(n);
   at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) crf::norm_scales(deg[p], w, symmetric, in_scale[p], out_scale[p]);
   });
@@ -130,18 +131,19 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
 
   std::vector<lattice::Lattice<float>> kernels;
   kernels.reserve(2);
+  const bool chains = prm.half && prm.iterations > 0;  // the half-float iterations blur along chains
   if (prm.pos_w != 0.f) {
-    std::vector<float> f(n * 2);
+    big_vector<float> f(n * 2);
     at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
         for (int64_t x = 0; x < W; ++x)
           crf::pixel_features(img, n, x, y, y * W + x, prm.pos_xy_std, 1.f, false, f.data() + (y * W + x) * 2);
     });
     kernels.emplace_back();
-    build_kernel(kernels.back(), f, n, W, 2, prm.pos_w, prm.symmetric);
+    build_kernel(kernels.back(), f, n, W, 2, prm.pos_w, prm.symmetric, chains);
   }
   if (prm.bi_w != 0.f) {
-    std::vector<float> f(n * 5);
+    big_vector<float> f(n * 5);
     at::parallel_for(0, H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t b, int64_t e) {
       for (int64_t y = b; y < e; ++y)
         for (int64_t x = 0; x < W; ++x)
@@ -149,7 +151,7 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
                               f.data() + (y * W + x) * 5);
     });
     kernels.emplace_back();
-    build_kernel(kernels.back(), f, n, W, 5, prm.bi_w, prm.symmetric);
+    build_kernel(kernels.back(), f, n, W, 5, prm.bi_w, prm.symmetric, chains);
   }
 
   // -unary, point-major and label-padded, transposed in tiles of pixels.

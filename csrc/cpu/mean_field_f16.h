@@ -10,9 +10,10 @@
 // lattice's own approximation of the Gaussian.
 //
 // One iteration, per kernel: splat the stored Q (gathering each vertex's
-// contributors), blur along the d+1 axes; then one pass over the pixels slices every
-// kernel, adds -unary, takes the softmax and stores Q for the next splat (in half
-// floats) or, after the last iteration, the result (in float32).
+// contributors), blur along the d+1 axes in place, chain by chain; then one pass
+// over the pixels slices every kernel, adds -unary, takes the softmax and stores Q
+// for the next splat (in half floats) or, after the last iteration, the result (in
+// float32).
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: the target pragma below
@@ -100,24 +101,43 @@ void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int
   }
 }
 
-// dst[v] = src[v] + (src[n1(v)] + src[n2(v)]) / 2 along one axis; row 0 is zero.
+// In place along one axis: row[v] = row[v] + (row[n1(v)] + row[n2(v)]) / 2 for the
+// vertices of the chains in [i0, i1) of ``run`` (build_chains; i0 and i1 cut between
+// chains), each row read once and the old value of the previous vertex kept in
+// registers.  The same arithmetic as a blur into a second buffer, so the same bits.
 template <int NB>
-void blur(const int32_t* __restrict__ nbr, const uint16_t* __restrict__ src, int64_t RS,
-          uint16_t* __restrict__ dst, int64_t nb_rt, int64_t v0, int64_t v1) {
+void blur_chains(const int32_t* __restrict__ run, uint16_t* __restrict__ rows, int64_t RS, int64_t nb_rt,
+                 int64_t i0, int64_t i1) {
+  if (i0 >= i1) return;
   const int64_t nb = NB > 0 ? NB : nb_rt;
+  // A row's blocks in registers for up to kMaxNB blocks; more go one block at a time.
+  constexpr int64_t kMaxNB = NB > 0 ? NB : 8;
+  const int64_t width = nb <= kMaxNB ? nb : 1;
   const __m256 half = _mm256_set1_ps(0.5f);
-  for (int64_t v = v0; v < v1; ++v) {
-    if (v + kAhead < v1) {
-      lattice::prefetch_row(src + static_cast<int64_t>(nbr[2 * (v + kAhead)]) * RS, RS);
-      lattice::prefetch_row(src + static_cast<int64_t>(nbr[2 * (v + kAhead) + 1]) * RS, RS);
+  __m256 prev[kMaxNB], cur[kMaxNB];
+  for (int64_t b0 = 0; b0 < nb; b0 += width) {
+    const uint16_t* first = rows + static_cast<int64_t>(std::abs(run[i0])) * RS + b0 * kLane;
+    for (int64_t b = 0; b < width; ++b) {
+      prev[b] = _mm256_setzero_ps();
+      cur[b] = load_h(first + b * kLane);
     }
-    const uint16_t* c = src + (v + 1) * RS;
-    const uint16_t* a = src + static_cast<int64_t>(nbr[2 * v]) * RS;
-    const uint16_t* e = src + static_cast<int64_t>(nbr[2 * v + 1]) * RS;
-    uint16_t* o = dst + (v + 1) * RS;
-    for (int64_t b = 0; b < nb; ++b)
-      store_h(o + b * kLane, _mm256_fmadd_ps(half, _mm256_add_ps(load_h(a + b * kLane), load_h(e + b * kLane)),
-                                             load_h(c + b * kLane)));
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kAhead < i1) lattice::prefetch_row(rows + static_cast<int64_t>(std::abs(run[i + kAhead])) * RS, RS);
+      const int32_t o = run[i];
+      const bool last = o < 0;
+      // The next row: this chain's next vertex, or the first of the next chain, which
+      // only becomes ``cur``; row 0 (zeros) after the last chain of the range.
+      const int64_t next = i + 1 < i1 ? std::abs(run[i + 1]) : 0;
+      const uint16_t* r = rows + next * RS + b0 * kLane;
+      const __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(last ? 0 : -1));
+      uint16_t* out = rows + static_cast<int64_t>(last ? -o : o) * RS + b0 * kLane;
+      for (int64_t b = 0; b < width; ++b) {
+        const __m256 nx = load_h(r + b * kLane);
+        store_h(out + b * kLane, _mm256_fmadd_ps(half, _mm256_add_ps(prev[b], _mm256_and_ps(nx, keep)), cur[b]));
+        prev[b] = _mm256_and_ps(cur[b], keep);
+        cur[b] = nx;
+      }
+    }
   }
 }
 
@@ -207,7 +227,7 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
   };
 
   HalfBuffer qh;
-  std::vector<HalfBuffer> a(nk), b(nk);
+  std::vector<HalfBuffer> a(nk);
   std::vector<Slice> slices(nk);
   const bool iterate = iterations > 0 && nk > 0;
   for (int k = 0; k < nk; ++k) {
@@ -215,11 +235,9 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
     const bool big = (kernels[k].m + 1) * RS * static_cast<int64_t>(sizeof(uint16_t)) > (int64_t{1} << 20);
     slices[k] = Slice{kernels[k].offset.data(), kernels[k].slice_w.data(), nullptr, kernels[k].d + 1, big};
     if (!iterate) continue;
-    // Splat and blur write rows 1..m; row 0 ("no such vertex") must read as zero.
+    // Splat and blur write rows 1..m; row 0 ("no such vertex", the end of the chains) must read as zero.
     a[k] = HalfBuffer((kernels[k].m + 1) * RS);
-    b[k] = HalfBuffer((kernels[k].m + 1) * RS);
     std::memset(a[k].get(), 0, RS * sizeof(uint16_t));
-    std::memset(b[k].get(), 0, RS * sizeof(uint16_t));
   }
   if (iterate) qh = HalfBuffer(n * RS);
 
@@ -237,14 +255,13 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
       at::parallel_for(0, m, grain, [&](int64_t v0, int64_t v1) {
         with_scratch([&](__m256* heap) { splat<NB>(L, qh.get(), RS, a[k].get(), nb, v0, v1, heap); });
       });
-      uint16_t* cur = a[k].get();
-      uint16_t* nxt = b[k].get();
       for (int ax = 0; ax <= L.d; ++ax) {
-        const int32_t* nbr = L.blur_nb.data() + static_cast<int64_t>(ax) * m * 2;
-        at::parallel_for(0, m, grain, [&](int64_t v0, int64_t v1) { blur<NB>(nbr, cur, RS, nxt, nb, v0, v1); });
-        std::swap(cur, nxt);
+        const int32_t* run = L.chain.data() + static_cast<int64_t>(ax) * (m + 1);
+        at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+          blur_chains<NB>(run, a[k].get(), RS, nb, lattice::chain_cut(run, i0), lattice::chain_cut(run, i1));
+        });
       }
-      slices[k].values = cur;
+      slices[k].values = a[k].get();
     }
   }
 }

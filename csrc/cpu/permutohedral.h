@@ -57,6 +57,11 @@ struct Lattice {
   big_vector<T> weight;            // n*(d+1) barycentric weights
   big_vector<T> slice_w;           // n*(d+1) weights used when slicing (alpha folded in)
   big_vector<int32_t> blur_nb;     // (d+1)*m*2
+  // The vertices of each axis as chains along it (build_chains): (d+1) runs of m+1
+  // ids (+1), each run listing every vertex once, chain after chain, from the vertex
+  // with no "n2" neighbour along its "n1" neighbours; the last vertex of a chain is
+  // negated, and each run ends with a 0.
+  big_vector<int32_t> chain;
   big_vector<int64_t> gather_ptr;  // m+1
   big_vector<int32_t> gather_pt;   // n*(d+1)
   big_vector<T> gather_w;          // n*(d+1)
@@ -526,14 +531,46 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L, int64_t r
   }
 }
 
+// Fills L.chain from L.blur_nb.  A blur along one axis over a chain needs each row
+// once (the previous row's value is kept), instead of three reads per vertex.
+template <typename T>
+void build_chains(Lattice<T>& L) {
+  const int64_t m = L.m, dp1 = L.d + 1;
+  L.chain.resize(dp1 * (m + 1));
+  at::parallel_for(0, dp1, 1, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      const int32_t* nb = L.blur_nb.data() + a * m * 2;
+      int32_t* out = L.chain.data() + a * (m + 1);
+      int64_t k = 0;
+      for (int64_t v = 0; v < m; ++v) {
+        if (nb[v * 2 + 1] > 0) continue;  // not the first of its chain
+        for (int32_t u = static_cast<int32_t>(v + 1);;) {
+          const int32_t next = nb[(u - 1) * 2];
+          out[k++] = next > 0 ? u : -u;
+          if (next <= 0) break;
+          u = next;
+        }
+      }
+      out[k] = 0;
+    }
+  });
+}
+
+// Where a range [b, e) of one axis' chain run is cut so that every chain lies in
+// exactly one part: the start of the first chain that begins at or after b.
+inline int64_t chain_cut(const int32_t* run, int64_t b) {
+  while (b > 0 && run[b - 1] > 0) ++b;
+  return b;
+}
+
 // The lattice filter of ones, K 1 (each point's row sum), with one channel: the
 // normaliser of a CRF kernel.  The same splat -> blur -> slice as filter(), on
 // scalars.  Call it before scale_lattice().
 template <typename T>
-std::vector<T> filter_ones(const Lattice<T>& L) {
+big_vector<T> filter_ones(const Lattice<T>& L) {
   const int dp1 = L.d + 1;
   const int64_t n = L.n, m = L.m;
-  std::vector<T> a(m + 1, T(0)), b(m + 1, T(0));
+  big_vector<T> a(m + 1, T(0)), b(m + 1, T(0));
   at::parallel_for(0, m, 16384, [&](int64_t v0, int64_t v1) {
     for (int64_t v = v0; v < v1; ++v) {
       T s = 0;
@@ -548,7 +585,7 @@ std::vector<T> filter_ones(const Lattice<T>& L) {
     });
     std::swap(a, b);
   }
-  std::vector<T> out(n);
+  big_vector<T> out(n);
   at::parallel_for(0, n, 16384, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       T s = 0;
