@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -551,6 +552,9 @@ void build_chains(Lattice<T>& L) {
           u = next;
         }
       }
+      // Every vertex is in exactly one chain: n1 is one-to-one and never returns to a
+      // vertex along an axis (each step adds d to the axis' coordinate).
+      TORCH_INTERNAL_ASSERT(k == m, "build_chains: axis ", a, " lists ", k, " of ", m, " vertices");
       out[k] = 0;
     }
   });
