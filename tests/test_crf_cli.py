@@ -108,6 +108,27 @@ def test_command_errors_exit_2_with_one_line(tree, capsys, args, match):
     assert match in err
 
 
+def test_mistyped_choice_is_one_line_naming_the_near_miss(tree, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _run(tree, "--preset", "deeplab_largfov")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deeplab-crf: error: argument --preset")
+    assert "did you mean 'deeplab_largefov'?" in err
+
+
+@pytest.mark.parametrize("command", ["compile", "convert", "crf", "evaluate", "predict", "synthetic", "test",
+                                     "train"])
+def test_every_command_reports_argument_errors_in_one_line(command, capsys):
+    import importlib
+    parser = importlib.import_module(f"deeplab_compile.cli.{command}").build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--no-such-flag"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deeplab-") and "(-h for the usage)" in err
+
+
 def test_bad_storage_setting_fails_once_before_any_image(tree, capsys, monkeypatch):
     monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "fp16")
     assert _run(tree, "--out", str(tree / "out")) == 2

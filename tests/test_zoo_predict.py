@@ -108,6 +108,15 @@ def test_predict_resize_to_range_errors_are_one_line(setup, capsys, bad):
     assert len(err) == 1 and "--resize-to-range" in err[0] and "MIN[,MAX[,FACTOR]]" in err[0]
 
 
+def test_predict_resize_to_range_max_below_min_is_one_line(setup, capsys):
+    # checked as the data layer's resize_to_range is, before any image
+    w, imgs, out = setup
+    assert main(["--netdef", NET, "--weights", str(w), str(imgs), "-o", str(out), "--resize-to-range", "30,24"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resize-to-range '30,24'" in err[0] and "max 24 is smaller than min 30" in err[0]
+    assert not any(out.glob("*.png"))
+
+
 def test_predict_resize_rule_order():
     from deeplab_compile.cli.predict import _resize_rule
     doc = {"layers": [{"name": "data", "type": "ImageSegData", "resize_to_range": {"min": 24, "factor": 8}}]}

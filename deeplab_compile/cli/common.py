@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Callable
 
@@ -12,6 +13,20 @@ from ..errors import DeepLabError
 from ..io.atomic import atomic_path, atomic_write  # noqa: F401  (re-exported for the commands)
 
 EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the commands' one-line errors: ``prog: error: ...`` and exit status 2,
+    without the usage block (``-h`` shows it); a mistyped choice names the one it is near."""
+
+    def error(self, message: str):
+        from ..netdef.errors import near_miss
+        m = re.match(r"argument (\S+): invalid choice: '?([^']*?)'? \(choose from (.*)\)$", message)
+        hint = ""
+        if m:
+            guess = near_miss(m.group(2), [c.strip().strip("'") for c in m.group(3).split(",")])
+            hint = f"; did you mean '{guess}'?" if guess else ""
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}{hint} (-h for the usage)\n")
 
 
 def entry_point(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
@@ -69,15 +84,29 @@ def add_precision_flags(parser: argparse.ArgumentParser) -> None:
                         help="the net and its inputs in torch.channels_last memory layout")
 
 
+class Where:
+    """The ``owner`` of a check that reports through ``owner.error`` (such as
+    :func:`deeplab_compile.layers.data.resize_range`) for a value from outside a netdef: a
+    one-line error prefixed with where the value came from."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def error(self, message: str, *, hint: str | None = None, **_) -> DeepLabError:
+        return DeepLabError(f"{self.where}: {message}", hint=hint)
+
+
 def parse_resize_to_range(text: str) -> dict[str, int | None]:
     """``--resize-to-range 513,513,16`` -> ``{"min": 513, "max": 513, "factor": 16}`` (max and
-    factor None when left out); anything else is a one-line error."""
+    factor None when left out), checked as the data layer's ``resize_to_range`` is; anything
+    else is a one-line error."""
+    from ..layers.data import resize_range
     parts = text.split(",")
     if not 1 <= len(parts) <= 3 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
         raise DeepLabError(f"--resize-to-range {text!r}: give MIN[,MAX[,FACTOR]] as positive integers, "
                            "e.g. 513,513,16")
-    values = [int(v) for v in parts] + [None] * (3 - len(parts))
-    return dict(zip(("min", "max", "factor"), values))
+    return resize_range(dict(zip(("min", "max", "factor"), (int(v) for v in parts))),
+                        Where(f"--resize-to-range {text!r}"))
 
 
 def parse_scales(text: str) -> list[float]:

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import DeepLabError
-from .common import add_param_limit, entry_point
+from .common import Parser, add_param_limit, entry_point
 
 
 def parse_defines(items: list[str]) -> dict:
@@ -41,7 +41,7 @@ def parse_inputs(items: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="deeplab-compile",
         description="Compile a DeepLab netdef (YAML or Caffe prototxt) into a torch.fx graph and "
                     "print its layer table: shapes, parameters, FLOPs, output stride and receptive field.")

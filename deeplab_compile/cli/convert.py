@@ -17,12 +17,12 @@ import sys
 from typing import Callable
 
 from ..errors import DeepLabError, Loc
-from .common import add_param_limit, atomic_path, atomic_write, entry_point
+from .common import Parser, add_param_limit, atomic_path, atomic_write, entry_point
 from .compile import parse_defines
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="deeplab-convert",
         description="Convert Caffe weights (.caffemodel) to PyTorch checkpoints (.pt) and back, "
                     "and Caffe solver or net prototxts to YAML.")

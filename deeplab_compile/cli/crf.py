@@ -33,11 +33,11 @@ from ..crf.params import DEEPLAB_KEYS, NORMALIZATIONS
 from ..errors import DeepLabError
 from ..io.mat import FEATURE_SUFFIX
 from ..io.palette import PALETTES, read_label_png
-from .common import entry_point
+from .common import Parser, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeplab-crf", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="deeplab-crf", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--features", required=True, help="folder of <id>_blob_0.mat feature files")
     p.add_argument("--images", required=True, help="folder of the images (<id>.jpg or .png)")

@@ -8,11 +8,11 @@ import argparse
 import os
 import sys
 
-from .common import entry_point
+from .common import Parser, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeplab-eval", description="Confusion matrix, per-class IoU, mIOU and "
+    p = Parser(prog="deeplab-eval", description="Confusion matrix, per-class IoU, mIOU and "
                                 "pixel accuracy of PNG predictions or MatWrite .mat features.")
     p.add_argument("--pred", required=True, help="folder of <id>.png predictions or <id>_blob_0.mat features")
     p.add_argument("--gt", required=True, help="folder of <id>.png ground-truth label maps")

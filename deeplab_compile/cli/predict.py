@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 from ..errors import DeepLabError
-from .common import (add_param_limit, add_precision_flags, atomic_path, entry_point, parse_resize_to_range,
-                     parse_scales)
+from .common import (Parser, Where, add_param_limit, add_precision_flags, atomic_path, entry_point,
+                     parse_resize_to_range, parse_scales)
 from .compile import parse_defines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeplab-predict", description="Segment images with a zoo net.")
+    p = Parser(prog="deeplab-predict", description="Segment images with a zoo net.")
     p.add_argument("images", nargs="+", help="image files or directories")
     p.add_argument("--netdef", required=True)
     p.add_argument("--weights", help="checkpoint (.pt from deeplab-convert / deeplab-train) or a state dict")
@@ -139,24 +139,17 @@ def _resize_rule(doc, meta: dict | None, flag: dict | None) -> tuple[dict, str]:
     from ..inference import data_layer_params
     from ..layers.data import resize_range
 
-    class _Owner:                       # resize_range reports through .error
-        def __init__(self, where):
-            self.where = where
-
-        def error(self, message, *, hint=None, **_):
-            return DeepLabError(f"{self.where}: {message}", hint=hint)
-
     if flag:
         return flag, "--resize-to-range"
     solver = (meta or {}).get("solver") or {}
     data = solver.get("data") if isinstance(solver, dict) else None
     if isinstance(data, dict) and data.get("resize_to_range"):
         where = "the weights file's solver data section"
-        return resize_range(data["resize_to_range"], _Owner(where)), where
+        return resize_range(data["resize_to_range"], Where(where)), where
     lay = data_layer_params(doc)
     if lay is not None and lay.get("resize_to_range"):
         where = f"layer '{lay.get('name')}'"
-        return resize_range(lay["resize_to_range"], _Owner(where)), where
+        return resize_range(lay["resize_to_range"], Where(where)), where
     return {}, "none"
 
 

@@ -10,11 +10,11 @@ import sys
 
 from ..data.synthetic import NUM_CLASSES, generate
 from ..errors import DeepLabError
-from .common import entry_point
+from .common import Parser, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deeplab-synthetic",
+    ap = Parser(prog="deeplab-synthetic",
                                  description="A synthetic PASCAL-VOC-like dataset, written in VOC's layout.")
     ap.add_argument("out", help="folder to write (VOC layout)")
     ap.add_argument("--num-images", type=int, default=200)

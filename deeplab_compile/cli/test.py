@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_param_limit, add_precision_flags, entry_point, parse_resize_to_range
+from .common import Parser, add_param_limit, add_precision_flags, entry_point, parse_resize_to_range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeplab-test", description="Run a compiled net's TEST phase over "
+    p = Parser(prog="deeplab-test", description="Run a compiled net's TEST phase over "
                                 "an image list and write DeepLab MatWrite features and/or PNG predictions.")
     p.add_argument("--net", required=True, help="netdef (.yaml or .prototxt)")
     p.add_argument("--weights", required=True, help=".pt state dict or snapshot, or .caffemodel")
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise DeepLabError(f"--mean {a.mean!r}: give B,G,R numbers") from None
     if a.resize_to_range is not None:
-        data["resize_to_range"] = {k: v for k, v in parse_resize_to_range(a.resize_to_range).items()
-                                   if v is not None}
+        data["resize_to_range"] = parse_resize_to_range(a.resize_to_range)
     r = run_test(a.net, a.weights, list_path=a.list, root=a.root, vars=parse_defines(a.defines), data=data,
                  gpu=a.gpu, batch_size=a.batch_size, scales=scales, flip=a.flip, features_dir=a.features,
                  blob=a.blob, png_dir=a.png, num_workers=a.workers, precision=a.precision,
