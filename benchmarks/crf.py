@@ -29,7 +29,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from timing import ROOT, device_line, interleaved, load_average, replace_section
+from timing import ROOT, device_line, interleaved, load_average, replace_section, spread
 
 from deeplab_compile.crf import PRESETS  # noqa: E402
 from deeplab_compile.ops import backends  # noqa: E402
@@ -122,11 +121,6 @@ def bench_interleaved(cands: dict, repeats: int) -> dict:
     return {k: (best0[k], (best10[k] - best0[k]) / ITERS, best10[k]) for k in cands}
 
 
-def spread(values) -> tuple[float, float, float]:
-    """min, median and max."""
-    return min(values), statistics.median(values), max(values)
-
-
 def table(preset: str, p, rows, runs: int) -> str:
     """The markdown table of one preset.  ``rows``: (implementation, threads,
     normalization, build, iter, total, speed-ups), times in seconds or None, one
@@ -137,9 +131,7 @@ def table(preset: str, p, rows, runs: int) -> str:
              f"| speed-up vs pydensecrf 1 thread, same normalization (min / median / max of {runs} runs) |",
              "|---|---|---|---|---|---|---|"]
     for impl, thr, norm, bb, ii, tt, ups in rows:
-        lo, mid, hi = spread(ups)
-        lines.append(f"| {impl} | {thr} | {norm} | {ms(bb)} | {ms(ii)} | {ms(tt)} "
-                     f"| {lo:.2f}x / {mid:.2f}x / {hi:.2f}x |")
+        lines.append(f"| {impl} | {thr} | {norm} | {ms(bb)} | {ms(ii)} | {ms(tt)} | {spread(ups, 'x')} |")
     return "\n".join(lines)
 
 

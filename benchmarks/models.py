@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from timing import ROOT, device_line, interleaved, load_average, replace_section
+from timing import ROOT, device_line, interleaved, load_average, replace_section, spread
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "data", "zoo"))
@@ -160,11 +160,6 @@ def timed_runs(fns, args, dev, repeat) -> list[dict]:
     return out
 
 
-def spread(values) -> str:
-    v = sorted(values)
-    return f"{v[0]:.2f} / {statistics.median(v):.2f} / {v[-1]:.2f}"
-
-
 def rows(runs, base_key, dev, fns, lines, net_name, mem=True):
     """One row per candidate: min and median over every round of every run, the ratios of
     the pooled times, and the spread (min / median / max) of each run's median ratio."""
@@ -255,10 +250,10 @@ def bench_v3_train(args, dev, ref, kind, sd_src, lines):
     # layout's row names the value that asks for it
     if resolve_channels_last("auto", dev):
         layouts = {"train step, channels_last: false (NCHW)": step_ours,
-                 "train step, channels_last: auto (default; channels-last on a CPU)": step_cl}
+                   "train step, channels_last: auto (default; channels-last on a CPU)": step_cl}
     else:
         layouts = {"train step, channels_last: auto (default; NCHW on CUDA)": step_ours,
-                 "train step, channels_last: true": step_cl}
+                   "train step, channels_last: true": step_cl}
     fns = {name: step_ref, **layouts}
     runs = timed_runs(fns, args, dev, args.train_steps)
     lines += ["", f"Train step: batch {n} x 3 x {c} x {c}, BatchNorm in train mode, SGD momentum 0.9, "

@@ -47,6 +47,12 @@ def min_median(times: list[float]) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def spread(values, suffix: str = "") -> str:
+    """``min / median / max`` of per-run figures (ratios), two decimals, each with ``suffix``."""
+    v = sorted(values)
+    return " / ".join(f"{x:.2f}{suffix}" for x in (v[0], statistics.median(v), v[-1]))
+
+
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median seconds of one function on its own (no baseline to interleave with)."""
     return statistics.median(interleaved({0: fn}, repeats, warmup=warmup)[0])

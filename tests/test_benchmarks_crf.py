@@ -9,10 +9,6 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import crf as bench  # noqa: E402
 
 
-def test_spread_is_min_median_max():
-    assert bench.spread([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
-
-
 def test_each_run_gives_its_own_speed_up(monkeypatch):
     # Run r: pydensecrf takes 1.0 s, ours on 1 thread (0.5, 0.25, 0.2) s, everything else 0.5 s.
     ours_1 = iter([0.5, 0.25, 0.2])

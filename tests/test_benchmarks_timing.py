@@ -11,6 +11,11 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import timing  # noqa: E402
 
 
+def test_spread_is_min_median_max():
+    assert timing.spread([3.0, 1.0, 2.5, 2.0]) == "1.00 / 2.25 / 3.00"
+    assert timing.spread([1.234], "x") == "1.23x / 1.23x / 1.23x"
+
+
 def test_candidates_run_in_turn_after_the_warm_up():
     calls = []
     times = timing.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=2,
