@@ -203,6 +203,28 @@ def test_half_storage_close_to_float32(C, monkeypatch):
 
 
 @compiled
+@pytest.mark.parametrize("threads", [1, 2])
+def test_half_storage_positional_kernel_close_to_float32(threads, monkeypatch):
+    # A positional kernel of one pixel over 150 x 130 pixels: its lattice's chains (the
+    # half-float loop's blur order) run for a hundred vertices and more, and are listed
+    # sixteen at a time; the float32 loop blurs without chains.
+    g = torch.Generator().manual_seed(3)
+    image = (torch.rand(1, 3, 150, 130, generator=g) * 255).round()
+    unary = torch.rand(1, 7, 150, 130, generator=g) * 4
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        half = dense_crf(image, unary, 3, 1, 0, 80, 13, 5)
+        monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "float32")
+        full = dense_crf(image, unary, 3, 1, 0, 80, 13, 5)
+    finally:
+        torch.set_num_threads(before)
+    diff = (half - full).abs()
+    assert diff.max() < 1e-2 and diff.mean() < 2e-4, (diff.max(), diff.mean())
+    assert (half.argmax(1) == full.argmax(1)).float().mean() >= 0.995
+
+
+@compiled
 def test_storage_setting_is_checked(monkeypatch):
     monkeypatch.setenv("DEEPLAB_CRF_STORAGE", "fp16")
     with pytest.raises(RuntimeError, match="DEEPLAB_CRF_STORAGE must be"):

@@ -62,7 +62,23 @@ inline void store_h(uint16_t* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-inline __m256 exp_nonpositive(__m256 x) { return (__m256)deeplab::exp_nonpositive((v8f)x); }
+// vec8.h's exp_nonpositive with its polynomial in fused multiply-adds: the same steps,
+// each rounded once instead of twice.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.69314718055994531f));
+  __m256 p = _mm256_fmadd_ps(f, _mm256_set1_ps(1.f / 5040.f), _mm256_set1_ps(1.f / 720.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
 
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -163,46 +179,98 @@ inline void slice_pixel(const Slice& K, int64_t p, int64_t RS, int64_t nb, __m25
   }
 }
 
+// The softmax works on kGroup pixels at a time: a pixel's max, exp and sum form one
+// long chain of dependent instructions, and eight independent chains side by side
+// keep the core busy where one pixel at a time waits on each step.
+constexpr int64_t kGroup = 8;
+
+// out[i] = the largest lane of v[i] (i < 8), as hmax would give each.
+inline __m256 hmax8(const __m256* v) {
+  __m256 w[4];
+  for (int i = 0; i < 4; ++i)
+    w[i] = _mm256_max_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                         _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+  const __m256 x0 = _mm256_max_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
+  const __m256 x1 = _mm256_max_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
+  return _mm256_max_ps(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
+}
+
+// The sum of the lanes of v[i] for eight vectors, added in hsum's order (halves, then
+// pairs two apart, then the last two), so each comes out as hsum(v[i]) would.  Lanes
+// of the result: v[0], v[2], v[4], v[6], v[1], v[3], v[5], v[7] (hmax8 the same).
+inline __m256 hsum8(const __m256* v) {
+  __m256 w[4];
+  for (int i = 0; i < 4; ++i)
+    w[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                         _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+  const __m256 x0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
+  const __m256 x1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
+  return _mm256_add_ps(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
+}
+// Where hmax8 and hsum8 put vector i.
+constexpr int kLaneOf[kGroup] = {0, 4, 1, 5, 2, 6, 3, 7};
+
 // For pixels [p0, p1): Q = softmax(-unary + sum of the sliced kernels), stored in
 // half floats into ``qh`` (stride RS) and/or in float32 into ``qf`` (stride S).
+// ``heap``: kGroup * nb vectors of scratch for NB = 0.
 template <int NB>
 void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_t RS, int64_t nb_rt,
                 int64_t p0, int64_t p1, uint16_t* __restrict__ qh, float* __restrict__ qf, __m256* heap) {
   const int64_t nb = NB > 0 ? NB : nb_rt;
   const int64_t S = nb * kLane;
-  __m256 local[NB > 0 ? NB : 1];
-  __m256* acc = NB > 0 ? local : heap;
-  for (int64_t p = p0; p < p1; ++p) {
-    if (p + kAhead < p1) {
+  alignas(32) __m256 local[NB > 0 ? kGroup * NB : 1];
+  __m256* accs = NB > 0 ? local : heap;
+  alignas(32) __m256 red[kGroup];
+  alignas(32) float m8[kGroup], inv8[kGroup];
+  for (int64_t g0 = p0; g0 < p1; g0 += kGroup) {
+    const int64_t g = std::min(kGroup, p1 - g0);
+    for (int64_t i = 0; i < g; ++i) {
+      const int64_t p = g0 + i;
+      __m256* acc = accs + i * nb;
+      if (p + kAhead < p1) {
+        for (int k = 0; k < nk; ++k) {
+          if (!ks[k].values || !ks[k].prefetch) continue;
+          const int32_t* off = ks[k].offset + (p + kAhead) * ks[k].dp1;
+          for (int r = 0; r < ks[k].dp1; ++r) lattice::prefetch_row(ks[k].values + static_cast<int64_t>(off[r]) * RS, RS);
+        }
+      }
+      for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);
       for (int k = 0; k < nk; ++k) {
-        if (!ks[k].values || !ks[k].prefetch) continue;
-        const int32_t* off = ks[k].offset + (p + kAhead) * ks[k].dp1;
-        for (int r = 0; r < ks[k].dp1; ++r) lattice::prefetch_row(ks[k].values + static_cast<int64_t>(off[r]) * RS, RS);
+        const Slice& K = ks[k];
+        if (!K.values) continue;
+        switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
+          case 3: slice_pixel<NB, 3>(K, p, RS, nb, acc); break;
+          case 6: slice_pixel<NB, 6>(K, p, RS, nb, acc); break;
+          default: slice_pixel<NB, 0>(K, p, RS, nb, acc); break;
+        }
       }
+      __m256 mx = acc[0];
+      for (int64_t b = 1; b < nb; ++b) mx = _mm256_max_ps(mx, acc[b]);
+      red[i] = mx;
     }
-    for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);
-    for (int k = 0; k < nk; ++k) {
-      const Slice& K = ks[k];
-      if (!K.values) continue;
-      switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
-        case 3: slice_pixel<NB, 3>(K, p, RS, nb, acc); break;
-        case 6: slice_pixel<NB, 6>(K, p, RS, nb, acc); break;
-        default: slice_pixel<NB, 0>(K, p, RS, nb, acc); break;
+    for (int64_t i = g; i < kGroup; ++i) red[i] = red[0];
+    _mm256_store_ps(m8, hmax8(red));
+    for (int64_t i = 0; i < g; ++i) {
+      __m256* acc = accs + i * nb;
+      const __m256 m = _mm256_set1_ps(m8[kLaneOf[i]]);
+      __m256 tot = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        acc[b] = exp_nonpositive(_mm256_sub_ps(acc[b], m));
+        tot = _mm256_add_ps(tot, acc[b]);
       }
+      red[i] = tot;
     }
-    __m256 mx = acc[0];
-    for (int64_t b = 1; b < nb; ++b) mx = _mm256_max_ps(mx, acc[b]);
-    const __m256 m = _mm256_set1_ps(hmax(mx));
-    __m256 tot = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      acc[b] = exp_nonpositive(_mm256_sub_ps(acc[b], m));
-      tot = _mm256_add_ps(tot, acc[b]);
-    }
-    const __m256 inv = _mm256_set1_ps(1.f / hsum(tot));
-    for (int64_t b = 0; b < nb; ++b) {
-      const __m256 qv = _mm256_mul_ps(acc[b], inv);
-      if (qh) store_h(qh + p * RS + b * kLane, qv);
-      if (qf) _mm256_storeu_ps(qf + p * S + b * kLane, qv);
+    for (int64_t i = g; i < kGroup; ++i) red[i] = red[0];
+    _mm256_store_ps(inv8, _mm256_div_ps(_mm256_set1_ps(1.f), hsum8(red)));
+    for (int64_t i = 0; i < g; ++i) {
+      const int64_t p = g0 + i;
+      const __m256* acc = accs + i * nb;
+      const __m256 inv = _mm256_set1_ps(inv8[kLaneOf[i]]);
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m256 qv = _mm256_mul_ps(acc[b], inv);
+        if (qh) store_h(qh + p * RS + b * kLane, qv);
+        if (qf) _mm256_storeu_ps(qf + p * S + b * kLane, qv);
+      }
     }
   }
 }
@@ -220,9 +288,10 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
   const int nk = static_cast<int>(kernels.size());
   const int64_t grain = 2048;
   auto with_scratch = [&](auto&& body) {
-    // Accumulators for NB = 0 only, aligned by hand (std::vector promises 16 bytes).
+    // Accumulators for NB = 0 only (kGroup rows for the pixel pass), aligned by hand
+    // (std::vector promises 16 bytes).
     if (NB > 0) return body(static_cast<__m256*>(nullptr));
-    std::vector<float> raw((nb + 1) * kLane);
+    std::vector<float> raw((kGroup * nb + 1) * kLane);
     body(reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t{31}));
   };
 

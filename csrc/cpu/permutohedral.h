@@ -532,31 +532,68 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L, int64_t r
   }
 }
 
-// Fills L.chain from L.blur_nb.  A blur along one axis over a chain needs each row
-// once (the previous row's value is kept), instead of three reads per vertex.
+// Lists one axis' chains into ``out`` (m + 1 ids) from that axis' neighbours ``nb``.
+// Following a chain is a series of dependent reads of nb.  Short chains (the bilateral
+// kernel's, a read or two each) are followed one at a time, in order: the core overlaps
+// each with the next.  Long ones (the positional kernel's, hundreds of vertices) are
+// followed kChainLanes at a time, side by side so that their reads overlap, each
+// written out whole when it ends.  The chains' order in a run does not change the blur.
+inline void list_chains(const int32_t* nb, int64_t m, int32_t* out) {
+  constexpr int kChainLanes = 16;
+  int64_t k = 0, chains = 0;
+  for (int64_t v = 0; v < m; ++v) chains += nb[v * 2 + 1] <= 0;  // no "n2": the first of a chain
+  if (chains * 8 > m) {
+    for (int64_t v = 0; v < m; ++v) {
+      if (nb[v * 2 + 1] > 0) continue;
+      for (int32_t u = static_cast<int32_t>(v + 1);;) {
+        const int32_t next = nb[(u - 1) * 2];
+        out[k++] = next > 0 ? u : -u;
+        if (next <= 0) break;
+        u = next;
+      }
+    }
+  } else {
+    int64_t scan = 0;
+    // The first vertex (+1) of the next chain not yet followed; 0 after the last.
+    auto next_first = [&]() -> int32_t {
+      while (scan < m && nb[scan * 2 + 1] > 0) ++scan;
+      return scan < m ? static_cast<int32_t>(++scan) : 0;
+    };
+    std::vector<int32_t> walked[kChainLanes];
+    int32_t at_[kChainLanes];
+    int live = 0;
+    for (int l = 0; l < kChainLanes; ++l) live += (at_[l] = next_first()) != 0;
+    while (live > 0) {
+      for (int l = 0; l < kChainLanes; ++l) {
+        const int32_t u = at_[l];
+        if (!u) continue;
+        const int32_t next = nb[(u - 1) * 2];
+        walked[l].push_back(next > 0 ? u : -u);
+        if (next > 0) {
+          at_[l] = next;
+          continue;
+        }
+        std::copy(walked[l].begin(), walked[l].end(), out + k);
+        k += static_cast<int64_t>(walked[l].size());
+        walked[l].clear();
+        live -= (at_[l] = next_first()) == 0;
+      }
+    }
+  }
+  // Every vertex is in exactly one chain: n1 is one-to-one and never returns to a
+  // vertex along an axis (each step adds d to the axis' coordinate).
+  TORCH_INTERNAL_ASSERT(k == m, "build_chains: lists ", k, " of ", m, " vertices");
+  out[k] = 0;
+}
+
+// Fills L.chain from L.blur_nb, one task per axis.  A blur along one axis over a chain
+// needs each row once (the previous row's value is kept), instead of three reads per vertex.
 template <typename T>
 void build_chains(Lattice<T>& L) {
   const int64_t m = L.m, dp1 = L.d + 1;
   L.chain.resize(dp1 * (m + 1));
   at::parallel_for(0, dp1, 1, [&](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a) {
-      const int32_t* nb = L.blur_nb.data() + a * m * 2;
-      int32_t* out = L.chain.data() + a * (m + 1);
-      int64_t k = 0;
-      for (int64_t v = 0; v < m; ++v) {
-        if (nb[v * 2 + 1] > 0) continue;  // not the first of its chain
-        for (int32_t u = static_cast<int32_t>(v + 1);;) {
-          const int32_t next = nb[(u - 1) * 2];
-          out[k++] = next > 0 ? u : -u;
-          if (next <= 0) break;
-          u = next;
-        }
-      }
-      // Every vertex is in exactly one chain: n1 is one-to-one and never returns to a
-      // vertex along an axis (each step adds d to the axis' coordinate).
-      TORCH_INTERNAL_ASSERT(k == m, "build_chains: axis ", a, " lists ", k, " of ", m, " vertices");
-      out[k] = 0;
-    }
+    for (int64_t a = a0; a < a1; ++a) list_chains(L.blur_nb.data() + a * m * 2, m, L.chain.data() + a * (m + 1));
   });
 }
 
