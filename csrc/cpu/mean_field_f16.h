@@ -10,10 +10,10 @@
 // lattice's own approximation of the Gaussian.
 //
 // One iteration, per kernel: splat the stored Q (gathering each vertex's
-// contributors), blur along the d+1 axes in place, chain by chain; then one pass
-// over the pixels slices every kernel, adds -unary, takes the softmax and stores Q
-// for the next splat (in half floats) or, after the last iteration, the result (in
-// float32).
+// contributors), blur along the d+1 axes in place, chain by chain (skipping the
+// vertices with no neighbour along the axis); then one pass over the pixels slices
+// every kernel, adds -unary, takes the softmax and stores Q for the next splat
+// (in half floats) or, after the last iteration, the result (in float32).
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: the target pragma below
@@ -326,7 +326,8 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
       });
       for (int ax = 0; ax <= L.d; ++ax) {
         const int32_t* run = L.chain.data() + static_cast<int64_t>(ax) * (m + 1);
-        at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+        // Vertices alone along this axis are not in the run: their rows stay as they are.
+        at::parallel_for(0, L.chain_len[ax], grain, [&](int64_t i0, int64_t i1) {
           blur_chains<NB>(run, a[k].get(), RS, nb, lattice::chain_cut(run, i0), lattice::chain_cut(run, i1));
         });
       }

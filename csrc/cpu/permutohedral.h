@@ -58,11 +58,13 @@ struct Lattice {
   big_vector<T> weight;            // n*(d+1) barycentric weights
   big_vector<T> slice_w;           // n*(d+1) weights used when slicing (alpha folded in)
   big_vector<int32_t> blur_nb;     // (d+1)*m*2
-  // The vertices of each axis as chains along it (build_chains): (d+1) runs of m+1
-  // ids (+1), each run listing every vertex once, chain after chain, from the vertex
-  // with no "n2" neighbour along its "n1" neighbours; the last vertex of a chain is
-  // negated, and each run ends with a 0.
+  // The vertices of each axis as chains along it (build_chains): (d+1) runs in slots
+  // of m+1 ids (+1), each run listing chain_len[axis] vertices, every vertex with a
+  // neighbour along the axis once, chain after chain, from the vertex with no "n2"
+  // neighbour along its "n1" neighbours; the last vertex of a chain is negated, and
+  // each run ends with a 0.
   big_vector<int32_t> chain;
+  std::vector<int64_t> chain_len;
   big_vector<int64_t> gather_ptr;  // m+1
   big_vector<int32_t> gather_pt;   // n*(d+1)
   big_vector<T> gather_w;          // n*(d+1)
@@ -532,20 +534,39 @@ void build_lattice(const T* features, int64_t n, int d, Lattice<T>& L, int64_t r
   }
 }
 
-// Lists one axis' chains into ``out`` (m + 1 ids) from that axis' neighbours ``nb``.
-// Following a chain is a series of dependent reads of nb.  Short chains (the bilateral
-// kernel's, a read or two each) are followed one at a time, in order: the core overlaps
-// each with the next.  Long ones (the positional kernel's, hundreds of vertices) are
-// followed kChainLanes at a time, side by side so that their reads overlap, each
-// written out whole when it ends.  The chains' order in a run does not change the blur.
-inline void list_chains(const int32_t* nb, int64_t m, int32_t* out) {
+// Lists one axis' chains into ``out`` (m + 1 ids) from that axis' neighbours ``nb``,
+// and returns how many vertices it listed.  A vertex with neither neighbour is left
+// out: the blur leaves its row as it is (a third of a bilateral lattice's vertices
+// along each axis).  Following a chain is a series of dependent reads of nb.  Short
+// chains (the bilateral kernel's, a read or two each) are followed one at a time, in
+// order: the core overlaps each with the next.  Long ones (the positional kernel's,
+// hundreds of vertices) are followed kChainLanes at a time, side by side so that their
+// reads overlap, each written out whole when it ends.  The chains' order in a run does
+// not change the blur.
+inline int64_t list_chains(const int32_t* nb, int64_t m, int32_t* out) {
   constexpr int kChainLanes = 16;
-  int64_t k = 0, chains = 0;
-  for (int64_t v = 0; v < m; ++v) chains += nb[v * 2 + 1] <= 0;  // no "n2": the first of a chain
-  if (chains * 8 > m) {
+  // The first vertex of a chain has no "n2"; one that has no "n1" either is alone.
+  auto first = [&](int64_t v) { return nb[v * 2 + 1] <= 0 && nb[v * 2] > 0; };
+  int64_t k = 0, chains = 0, alone = 0;
+  for (int64_t v = 0; v < m; ++v) {
+    chains += first(v);
+    alone += nb[v * 2 + 1] <= 0 && nb[v * 2] <= 0;
+  }
+  if (chains * 8 > m - alone) {
+    // The first vertices, gathered without a branch; the second vertex of the chain
+    // kAheadChains ahead is prefetched, as the walk cannot start its read any earlier.
+    constexpr int64_t kAheadChains = 16;
+    std::vector<int32_t> firsts(chains + 1);
+    int64_t h = 0;
     for (int64_t v = 0; v < m; ++v) {
-      if (nb[v * 2 + 1] > 0) continue;
-      for (int32_t u = static_cast<int32_t>(v + 1);;) {
+      firsts[h] = static_cast<int32_t>(v);
+      h += first(v);
+    }
+    for (int64_t c = 0; c < chains; ++c) {
+#if defined(__GNUC__)
+      if (c + kAheadChains < chains) __builtin_prefetch(&nb[(nb[firsts[c + kAheadChains] * 2] - 1) * 2]);
+#endif
+      for (int32_t u = firsts[c] + 1;;) {
         const int32_t next = nb[(u - 1) * 2];
         out[k++] = next > 0 ? u : -u;
         if (next <= 0) break;
@@ -556,7 +577,7 @@ inline void list_chains(const int32_t* nb, int64_t m, int32_t* out) {
     int64_t scan = 0;
     // The first vertex (+1) of the next chain not yet followed; 0 after the last.
     auto next_first = [&]() -> int32_t {
-      while (scan < m && nb[scan * 2 + 1] > 0) ++scan;
+      while (scan < m && !first(scan)) ++scan;
       return scan < m ? static_cast<int32_t>(++scan) : 0;
     };
     std::vector<int32_t> walked[kChainLanes];
@@ -580,20 +601,24 @@ inline void list_chains(const int32_t* nb, int64_t m, int32_t* out) {
       }
     }
   }
-  // Every vertex is in exactly one chain: n1 is one-to-one and never returns to a
-  // vertex along an axis (each step adds d to the axis' coordinate).
-  TORCH_INTERNAL_ASSERT(k == m, "build_chains: lists ", k, " of ", m, " vertices");
+  // Every other vertex is in exactly one chain: n1 is one-to-one and never returns to
+  // a vertex along an axis (each step adds d to the axis' coordinate).
+  TORCH_INTERNAL_ASSERT(k == m - alone, "build_chains: lists ", k, " of ", m - alone, " vertices");
   out[k] = 0;
+  return k;
 }
 
-// Fills L.chain from L.blur_nb, one task per axis.  A blur along one axis over a chain
-// needs each row once (the previous row's value is kept), instead of three reads per vertex.
+// Fills L.chain and L.chain_len from L.blur_nb, one task per axis.  A blur along one
+// axis over a chain needs each row once (the previous row's value is kept), instead
+// of three reads per vertex.
 template <typename T>
 void build_chains(Lattice<T>& L) {
   const int64_t m = L.m, dp1 = L.d + 1;
   L.chain.resize(dp1 * (m + 1));
+  L.chain_len.assign(dp1, 0);
   at::parallel_for(0, dp1, 1, [&](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a) list_chains(L.blur_nb.data() + a * m * 2, m, L.chain.data() + a * (m + 1));
+    for (int64_t a = a0; a < a1; ++a)
+      L.chain_len[a] = list_chains(L.blur_nb.data() + a * m * 2, m, L.chain.data() + a * (m + 1));
   });
 }
 
