@@ -30,7 +30,6 @@
 
 #include "cpu/big_alloc.h"
 #include "cpu/permutohedral.h"
-#include "cpu/vec8.h"
 
 namespace deeplab {
 namespace f16 {
@@ -78,19 +77,6 @@ inline __m256 exp_nonpositive(__m256 x) {
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
 }
 
 // The kernels below take NB > 0 to fix the number of label blocks at compile time,
@@ -184,7 +170,8 @@ inline void slice_pixel(const Slice& K, int64_t p, int64_t RS, int64_t nb, __m25
 // keep the core busy where one pixel at a time waits on each step.
 constexpr int64_t kGroup = 8;
 
-// out[i] = the largest lane of v[i] (i < 8), as hmax would give each.
+// The largest lane of each of eight vectors v[0..7], in the lanes of one vector
+// (in the order kLaneOf gives).
 inline __m256 hmax8(const __m256* v) {
   __m256 w[4];
   for (int i = 0; i < 4; ++i)
@@ -195,9 +182,10 @@ inline __m256 hmax8(const __m256* v) {
   return _mm256_max_ps(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
 }
 
-// The sum of the lanes of v[i] for eight vectors, added in hsum's order (halves, then
-// pairs two apart, then the last two), so each comes out as hsum(v[i]) would.  Lanes
-// of the result: v[0], v[2], v[4], v[6], v[1], v[3], v[5], v[7] (hmax8 the same).
+// The sum of the lanes of each of eight vectors, in the lanes of one vector: each
+// vector's halves added, then the lanes two apart, then the last two (the order one
+// vector at a time was summed in before).  Lanes of the result: v[0], v[2], v[4],
+// v[6], v[1], v[3], v[5], v[7] (hmax8 the same).
 inline __m256 hsum8(const __m256* v) {
   __m256 w[4];
   for (int i = 0; i < 4; ++i)

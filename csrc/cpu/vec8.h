@@ -1,5 +1,6 @@
-// Eight floats as one value, and the exp the CRF's softmax uses, shared by the
-// float32 loop (cpu/dense_crf.cpp) and the half-storage loop (cpu/mean_field_f16.h).
+// Eight floats as one value, and the exp the CRF's float32 loop (cpu/dense_crf.cpp)
+// uses in its softmax; the half-storage loop (cpu/mean_field_f16.h) has the same
+// steps in AVX2 intrinsics, with the polynomial in fused multiply-adds.
 #pragma once
 
 #include <cstdint>
