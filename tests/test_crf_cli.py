@@ -127,6 +127,22 @@ def test_every_command_reports_argument_errors_in_one_line(command, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("deeplab-") and "(-h for the usage)" in err
+    assert "unrecognized argument --no-such-flag" in err   # not hidden behind a missing required flag
+
+
+def test_mistyped_flag_is_named_before_the_required_one_it_misses(tree, capsys):
+    # --imgs for --images: argparse alone says only that --images is required.
+    with pytest.raises(SystemExit) as exit_:
+        main(["--features", str(tree / "features"), "--imgs", str(tree / "images"), "-q"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "deeplab-crf: error: unrecognized argument --imgs; did you mean '--images'? (-h for the usage)"
+
+
+def test_flag_prefixes_still_work(tree):
+    # argparse takes an unambiguous prefix of a flag; the check for unknown flags keeps that.
+    assert _run(tree, "--preset", "deeplab_largefov") == 0
+    assert _run(tree, "--pres", "deeplab_largefov") == 0
 
 
 def test_bad_storage_setting_fails_once_before_any_image(tree, capsys, monkeypatch):

@@ -170,32 +170,23 @@ inline void slice_pixel(const Slice& K, int64_t p, int64_t RS, int64_t nb, __m25
 // keep the core busy where one pixel at a time waits on each step.
 constexpr int64_t kGroup = 8;
 
-// The largest lane of each of eight vectors v[0..7], in the lanes of one vector
-// (in the order kLaneOf gives).
-inline __m256 hmax8(const __m256* v) {
+// For eight vectors v[0..7], the max or the sum (``op``: _mm256_max_ps or
+// _mm256_add_ps) of each one's lanes, in the lanes of one vector: each vector's halves
+// combined, then the lanes two apart, then the last two (for the sum, the order one
+// vector at a time was summed in before).  Lanes of the result: v[0], v[2], v[4], v[6],
+// v[1], v[3], v[5], v[7].
+template <typename Op>
+inline __m256 reduce8(const __m256* v, Op op) {
   __m256 w[4];
   for (int i = 0; i < 4; ++i)
-    w[i] = _mm256_max_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
-                         _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
-  const __m256 x0 = _mm256_max_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
-  const __m256 x1 = _mm256_max_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
-  return _mm256_max_ps(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
+    w[i] = op(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20), _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+  const __m256 x0 = op(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
+  const __m256 x1 = op(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
+  return op(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
 }
-
-// The sum of the lanes of each of eight vectors, in the lanes of one vector: each
-// vector's halves added, then the lanes two apart, then the last two (the order one
-// vector at a time was summed in before).  Lanes of the result: v[0], v[2], v[4],
-// v[6], v[1], v[3], v[5], v[7] (hmax8 the same).
-inline __m256 hsum8(const __m256* v) {
-  __m256 w[4];
-  for (int i = 0; i < 4; ++i)
-    w[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
-                         _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
-  const __m256 x0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
-  const __m256 x1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
-  return _mm256_add_ps(_mm256_shuffle_ps(x0, x1, 0x88), _mm256_shuffle_ps(x0, x1, 0xDD));
-}
-// Where hmax8 and hsum8 put vector i.
+inline __m256 hmax8(const __m256* v) { return reduce8(v, [](__m256 x, __m256 y) { return _mm256_max_ps(x, y); }); }
+inline __m256 hsum8(const __m256* v) { return reduce8(v, [](__m256 x, __m256 y) { return _mm256_add_ps(x, y); }); }
+// Where reduce8 puts vector i.
 constexpr int kLaneOf[kGroup] = {0, 4, 1, 5, 2, 6, 3, 7};
 
 // For pixels [p0, p1): Q = softmax(-unary + sum of the sliced kernels), stored in

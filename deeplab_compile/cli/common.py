@@ -17,7 +17,23 @@ EXIT_USER_ERROR = 2
 
 class Parser(argparse.ArgumentParser):
     """argparse with the commands' one-line errors: ``prog: error: ...`` and exit status 2,
-    without the usage block (``-h`` shows it); a mistyped choice names the one it is near."""
+    without the usage block (``-h`` shows it); a mistyped choice names the one it is near,
+    and so does a mistyped flag, which is reported first (argparse would report a
+    required flag it hides as missing instead)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        from ..errors import did_you_mean
+        argv = sys.argv[1:] if args is None else list(args)
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        for token in argv:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and not any(f.startswith(name) for f in flags):  # argparse takes prefixes
+                hint = did_you_mean(name, flags)
+                self.exit(EXIT_USER_ERROR, f"{self.prog}: error: unrecognized argument {name}"
+                                           f"{'; ' + hint if hint else ''} (-h for the usage)\n")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         from ..netdef.errors import near_miss

@@ -38,7 +38,7 @@ from .common import Parser, entry_point
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="deeplab-crf", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--features", required=True, help="folder of <id>_blob_0.mat feature files")
     p.add_argument("--images", required=True, help="folder of the images (<id>.jpg or .png)")
     p.add_argument("--list", dest="list_file",

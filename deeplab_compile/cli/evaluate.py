@@ -13,7 +13,7 @@ from .common import Parser, entry_point
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="deeplab-eval", description="Confusion matrix, per-class IoU, mIOU and "
-                                "pixel accuracy of PNG predictions or MatWrite .mat features.")
+               "pixel accuracy of PNG predictions or MatWrite .mat features.")
     p.add_argument("--pred", required=True, help="folder of <id>.png predictions or <id>_blob_0.mat features")
     p.add_argument("--gt", required=True, help="folder of <id>.png ground-truth label maps")
     p.add_argument("--list", required=True, help="ids, one per line, or 'image label' lines")

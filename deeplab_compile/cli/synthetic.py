@@ -15,7 +15,7 @@ from .common import Parser, entry_point
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="deeplab-synthetic",
-                                 description="A synthetic PASCAL-VOC-like dataset, written in VOC's layout.")
+                description="A synthetic PASCAL-VOC-like dataset, written in VOC's layout.")
     ap.add_argument("out", help="folder to write (VOC layout)")
     ap.add_argument("--num-images", type=int, default=200)
     ap.add_argument("--val-fraction", type=float, default=0.2)

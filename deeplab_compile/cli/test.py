@@ -15,7 +15,7 @@ from .common import Parser, add_param_limit, add_precision_flags, entry_point, p
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="deeplab-test", description="Run a compiled net's TEST phase over "
-                                "an image list and write DeepLab MatWrite features and/or PNG predictions.")
+               "an image list and write DeepLab MatWrite features and/or PNG predictions.")
     p.add_argument("--net", required=True, help="netdef (.yaml or .prototxt)")
     p.add_argument("--weights", required=True, help=".pt state dict or snapshot, or .caffemodel")
     p.add_argument("--list", help="list of 'image [label]' lines (default: the data layer's source)")

@@ -19,7 +19,7 @@ from .common import Parser, add_param_limit, entry_point
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="deeplab-train", description="Train a compiled DeepLab net with a "
-                                "Caffe-style solver (caffe train --solver=... --weights=...).")
+               "Caffe-style solver (caffe train --solver=... --weights=...).")
     p.add_argument("--solver", required=True, help="solver YAML, or a Caffe solver.prototxt")
     p.add_argument("--weights", help="initial weights: .pt state dict or snapshot, or .caffemodel "
                                      "(overrides the solver's 'weights')")
