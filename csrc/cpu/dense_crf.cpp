@@ -159,7 +159,6 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
   const int64_t tiles = (n + kTile - 1) / kTile;
   // Scratch the loops below overwrite completely: left uninitialised.
   auto neg_u = big_array<float>(n * S);
-  auto q = big_array<float>(n * S);
   at::parallel_for(0, tiles, grain / kTile, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t p0 = t * kTile, p1 = std::min(n, p0 + kTile);
@@ -172,9 +171,12 @@ void crf_one(const float* img, const float* unary, float* qout, int64_t C, int64
 
 #if defined(DEEPLAB_HAVE_F16_MEAN_FIELD)
   if (prm.half) {
-    f16::mean_field(neg_u.get(), kernels, n, S, prm.iterations, q.get());
-  } else
+    // The last pixel pass writes the marginals label-major, straight into qout.
+    f16::mean_field(neg_u.get(), kernels, n, S, C, prm.iterations, qout);
+    return;
+  }
 #endif
+  auto q = big_array<float>(n * S);
   {
     lattice::Workspace<float> ws;
     auto msg = big_array<float>(n * S);

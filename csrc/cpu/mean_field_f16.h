@@ -13,7 +13,8 @@
 // contributors), blur along the d+1 axes in place, chain by chain (skipping the
 // vertices with no neighbour along the axis); then one pass over the pixels slices
 // every kernel, adds -unary, takes the softmax and stores Q for the next splat
-// (in half floats) or, after the last iteration, the result (in float32).
+// (in half floats) or, after the last iteration, the result (in float32, label-major,
+// straight into the op's output).
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: the target pragma below
@@ -40,7 +41,7 @@ using lattice::kLane;
 
 // Halves per stored row: the labels padded to 8, then to a whole cache line once a
 // row is more than half of one.
-inline int64_t row_halves(int64_t S) { return S <= 8 ? 8 : S <= 16 ? 16 : (S + 31) / 32 * 32; }
+constexpr int64_t row_halves(int64_t S) { return S <= 8 ? 8 : S <= 16 ? 16 : (S + 31) / 32 * 32; }
 
 // A 64-byte aligned, uninitialised array of half floats (big_alloc.h).
 using HalfBuffer = BigArray<uint16_t>;
@@ -61,32 +62,40 @@ inline void store_h(uint16_t* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// vec8.h's exp_nonpositive with its polynomial in fused multiply-adds: the same steps,
-// each rounded once instead of twice.
-inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
-  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.69314718055994531f));
-  __m256 p = _mm256_fmadd_ps(f, _mm256_set1_ps(1.f / 5040.f), _mm256_set1_ps(1.f / 720.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 120.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 24.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 6.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+// exp(x - m) for x <= m: 2^t = 2^n * 2^g with t = (x - m) log2(e), n = round(t) and
+// g = t - n in [-1/2, 1/2].  2^g is a degree-5 minimax polynomial (relative error
+// 7.5e-8, 2.3e-7 evaluated in float32), 2^n is built in the exponent bits.  n comes
+// from adding 1.5 * 2^23 + 127, which rounds t to an integer in the low mantissa bits
+// of the sum, biased and ready to shift into the exponent.  t is clamped at -126 (the
+// smallest normal power; the padding lanes sit there).
+inline __m256 exp_shifted(__m256 x, __m256 m) {
+  const __m256 magic = _mm256_set1_ps(12583039.f);  // 1.5 * 2^23 + 127
+  const __m256 t =
+      _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(x, m), _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-126.f));
+  const __m256 tm = _mm256_add_ps(t, magic);
+  const __m256 g = _mm256_sub_ps(t, _mm256_sub_ps(tm, magic));
+  __m256 p = _mm256_fmadd_ps(g, _mm256_set1_ps(1.3276470126584172e-3f), _mm256_set1_ps(9.675541892647743e-3f));
+  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(5.550713464617729e-2f));
+  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(2.4022120237350464e-1f));
+  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(6.931469440460205e-1f));
+  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0000001192092896f));
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(tm), 23)));
 }
+
+// A row's stride in halves: known at compile time for NB > 0, so that row addresses
+// are shifts and a row's prefetch is one instruction.
+template <int NB>
+constexpr int64_t fixed_rs(int64_t RS_rt) { return NB > 0 ? row_halves(NB * kLane) : RS_rt; }
 
 // The kernels below take NB > 0 to fix the number of label blocks at compile time,
 // so that a row's accumulators stay in registers; NB = 0 reads it from ``nb_rt`` and
 // accumulates in the caller's ``heap`` scratch.
 // dst[v] = sum of the weighted stored Q rows of vertex v's contributors.
 template <int NB>
-void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int64_t RS,
+void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int64_t RS_rt,
            uint16_t* __restrict__ dst, int64_t nb_rt, int64_t v0, int64_t v1, __m256* heap) {
   const int64_t nb = NB > 0 ? NB : nb_rt;
+  const int64_t RS = fixed_rs<NB>(RS_rt);
   __m256 local[NB > 0 ? NB : 1];
   __m256* acc = NB > 0 ? local : heap;
   const int64_t end = L.gather_ptr[v1];
@@ -108,10 +117,11 @@ void splat(const lattice::Lattice<float>& L, const uint16_t* __restrict__ q, int
 // chains), each row read once and the old value of the previous vertex kept in
 // registers.  The same arithmetic as a blur into a second buffer, so the same bits.
 template <int NB>
-void blur_chains(const int32_t* __restrict__ run, uint16_t* __restrict__ rows, int64_t RS, int64_t nb_rt,
+void blur_chains(const int32_t* __restrict__ run, uint16_t* __restrict__ rows, int64_t RS_rt, int64_t nb_rt,
                  int64_t i0, int64_t i1) {
   if (i0 >= i1) return;
   const int64_t nb = NB > 0 ? NB : nb_rt;
+  const int64_t RS = fixed_rs<NB>(RS_rt);
   // A row's blocks in registers for up to kMaxNB blocks; more go one block at a time.
   constexpr int64_t kMaxNB = NB > 0 ? NB : 8;
   const int64_t width = nb <= kMaxNB ? nb : 1;
@@ -152,10 +162,16 @@ struct Slice {
   bool prefetch;           // the rows outgrow the per-core cache: prefetch ahead
 };
 
-// acc += the slice of one kernel at pixel p; DP1 > 0 fixes the corner count.
+// acc += the slice of one kernel at pixel p; DP1 > 0 fixes the corner count.  With
+// ``ahead``, also prefetches the rows pixel p + kAhead will slice.
 template <int NB, int DP1>
-inline void slice_pixel(const Slice& K, int64_t p, int64_t RS, int64_t nb, __m256* acc) {
+inline void slice_pixel(const Slice& K, int64_t p, int64_t RS_rt, int64_t nb, bool ahead, __m256* acc) {
   const int dp1 = DP1 > 0 ? DP1 : K.dp1;
+  const int64_t RS = fixed_rs<NB>(RS_rt);
+  if (ahead) {
+    const int32_t* next = K.offset + (p + kAhead) * dp1;
+    for (int r = 0; r < dp1; ++r) lattice::prefetch_row(K.values + static_cast<int64_t>(next[r]) * RS, RS);
+  }
   const int32_t* off = K.offset + p * dp1;
   const float* sw = K.weight + p * dp1;
   for (int r = 0; r < dp1; ++r) {
@@ -189,13 +205,56 @@ inline __m256 hsum8(const __m256* v) { return reduce8(v, [](__m256 x, __m256 y) 
 // Where reduce8 puts vector i.
 constexpr int kLaneOf[kGroup] = {0, 4, 1, 5, 2, 6, 3, 7};
 
+// Transposes the 8x8 matrix of rows r[0..7] in place.
+inline void transpose8(__m256* r) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+  }
+}
+
+// Writes the marginals ``q`` of pixels g0 .. g0+g-1 (nb vectors each, point-major)
+// label-major into ``out`` (C planes of n): eight pixels at a time as an 8x8
+// transpose per block of labels.
+inline void store_planar(const __m256* q, int64_t nb, int64_t g, int64_t C, int64_t n, int64_t g0, float* out) {
+  if (g < kGroup) {
+    for (int64_t i = 0; i < g; ++i) {
+      alignas(32) float row[kLane];
+      for (int64_t b = 0; b < nb; ++b) {
+        _mm256_store_ps(row, q[i * nb + b]);
+        for (int64_t c = b * kLane; c < std::min(C, (b + 1) * kLane); ++c) out[c * n + g0 + i] = row[c - b * kLane];
+      }
+    }
+    return;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256 r[kGroup];
+    for (int64_t i = 0; i < kGroup; ++i) r[i] = q[i * nb + b];
+    transpose8(r);
+    for (int64_t l = 0; l < kLane && b * kLane + l < C; ++l) _mm256_storeu_ps(out + (b * kLane + l) * n + g0, r[l]);
+  }
+}
+
 // For pixels [p0, p1): Q = softmax(-unary + sum of the sliced kernels), stored in
-// half floats into ``qh`` (stride RS) and/or in float32 into ``qf`` (stride S).
-// ``heap``: kGroup * nb vectors of scratch for NB = 0.
+// half floats into ``qh`` (stride RS) and/or in float32 into ``out``, label-major
+// (C planes of n).  ``heap``: kGroup * nb vectors of scratch for NB = 0.
 template <int NB>
-void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_t RS, int64_t nb_rt,
-                int64_t p0, int64_t p1, uint16_t* __restrict__ qh, float* __restrict__ qf, __m256* heap) {
+void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_t RS_rt, int64_t nb_rt,
+                int64_t p0, int64_t p1, uint16_t* __restrict__ qh, float* __restrict__ out, int64_t C, int64_t n,
+                __m256* heap) {
   const int64_t nb = NB > 0 ? NB : nb_rt;
+  const int64_t RS = fixed_rs<NB>(RS_rt);
   const int64_t S = nb * kLane;
   alignas(32) __m256 local[NB > 0 ? kGroup * NB : 1];
   __m256* accs = NB > 0 ? local : heap;
@@ -206,21 +265,16 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
     for (int64_t i = 0; i < g; ++i) {
       const int64_t p = g0 + i;
       __m256* acc = accs + i * nb;
-      if (p + kAhead < p1) {
-        for (int k = 0; k < nk; ++k) {
-          if (!ks[k].values || !ks[k].prefetch) continue;
-          const int32_t* off = ks[k].offset + (p + kAhead) * ks[k].dp1;
-          for (int r = 0; r < ks[k].dp1; ++r) lattice::prefetch_row(ks[k].values + static_cast<int64_t>(off[r]) * RS, RS);
-        }
-      }
       for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);
+      const bool ahead = p + kAhead < p1;
       for (int k = 0; k < nk; ++k) {
         const Slice& K = ks[k];
         if (!K.values) continue;
+        const bool pf = ahead && K.prefetch;
         switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
-          case 3: slice_pixel<NB, 3>(K, p, RS, nb, acc); break;
-          case 6: slice_pixel<NB, 6>(K, p, RS, nb, acc); break;
-          default: slice_pixel<NB, 0>(K, p, RS, nb, acc); break;
+          case 3: slice_pixel<NB, 3>(K, p, RS, nb, pf, acc); break;
+          case 6: slice_pixel<NB, 6>(K, p, RS, nb, pf, acc); break;
+          default: slice_pixel<NB, 0>(K, p, RS, nb, pf, acc); break;
         }
       }
       __m256 mx = acc[0];
@@ -234,7 +288,7 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
       const __m256 m = _mm256_set1_ps(m8[kLaneOf[i]]);
       __m256 tot = _mm256_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
-        acc[b] = exp_nonpositive(_mm256_sub_ps(acc[b], m));
+        acc[b] = exp_shifted(acc[b], m);
         tot = _mm256_add_ps(tot, acc[b]);
       }
       red[i] = tot;
@@ -243,14 +297,14 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
     _mm256_store_ps(inv8, _mm256_div_ps(_mm256_set1_ps(1.f), hsum8(red)));
     for (int64_t i = 0; i < g; ++i) {
       const int64_t p = g0 + i;
-      const __m256* acc = accs + i * nb;
+      __m256* acc = accs + i * nb;
       const __m256 inv = _mm256_set1_ps(inv8[kLaneOf[i]]);
       for (int64_t b = 0; b < nb; ++b) {
-        const __m256 qv = _mm256_mul_ps(acc[b], inv);
-        if (qh) store_h(qh + p * RS + b * kLane, qv);
-        if (qf) _mm256_storeu_ps(qf + p * S + b * kLane, qv);
+        acc[b] = _mm256_mul_ps(acc[b], inv);
+        if (qh) store_h(qh + p * RS + b * kLane, acc[b]);
       }
     }
+    if (out) store_planar(accs, nb, g, C, n, g0, out);
   }
 }
 
@@ -259,10 +313,11 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
 // Runs ``iterations`` mean-field steps.  ``neg_u`` is -unary, point-major with S
 // (a multiple of 8) floats per pixel, padding lanes at a large negative energy;
 // ``kernels`` carry their contributor lists with the splat scale folded into
-// gather_w, and their slice weights.  Writes the marginals, point-major, to ``q``.
+// gather_w, and their slice weights.  Writes the marginals of the C labels,
+// label-major (C planes of n), to ``out``.
 template <int NB>
 void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<float>>& kernels, int64_t n,
-                     int64_t S, int64_t iterations, float* q) {
+                     int64_t S, int64_t C, int64_t iterations, float* out) {
   const int64_t nb = S / kLane, RS = row_halves(S);
   const int nk = static_cast<int>(kernels.size());
   const int64_t grain = 2048;
@@ -293,7 +348,8 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
     const bool last = it == iterations || nk == 0;
     at::parallel_for(0, n, grain, [&](int64_t p0, int64_t p1) {
       with_scratch([&](__m256* heap) {
-        pixel_pass<NB>(neg_u, slices.data(), nk, RS, nb, p0, p1, last ? nullptr : qh.get(), last ? q : nullptr, heap);
+        pixel_pass<NB>(neg_u, slices.data(), nk, RS, nb, p0, p1, last ? nullptr : qh.get(), last ? out : nullptr, C, n,
+                       heap);
       });
     });
     if (last) break;
@@ -316,13 +372,13 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
 }
 
 inline void mean_field(const float* neg_u, const std::vector<lattice::Lattice<float>>& kernels, int64_t n,
-                       int64_t S, int64_t iterations, float* q) {
+                       int64_t S, int64_t C, int64_t iterations, float* out) {
   switch (S / kLane) {  // up to 32 labels with a row's accumulators in registers
-    case 1: return mean_field_impl<1>(neg_u, kernels, n, S, iterations, q);
-    case 2: return mean_field_impl<2>(neg_u, kernels, n, S, iterations, q);
-    case 3: return mean_field_impl<3>(neg_u, kernels, n, S, iterations, q);
-    case 4: return mean_field_impl<4>(neg_u, kernels, n, S, iterations, q);
-    default: return mean_field_impl<0>(neg_u, kernels, n, S, iterations, q);
+    case 1: return mean_field_impl<1>(neg_u, kernels, n, S, C, iterations, out);
+    case 2: return mean_field_impl<2>(neg_u, kernels, n, S, C, iterations, out);
+    case 3: return mean_field_impl<3>(neg_u, kernels, n, S, C, iterations, out);
+    case 4: return mean_field_impl<4>(neg_u, kernels, n, S, C, iterations, out);
+    default: return mean_field_impl<0>(neg_u, kernels, n, S, C, iterations, out);
   }
 }
 
