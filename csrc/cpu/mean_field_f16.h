@@ -248,7 +248,13 @@ inline void store_planar(const __m256* q, int64_t nb, int64_t g, int64_t C, int6
 
 // For pixels [p0, p1): Q = softmax(-unary + sum of the sliced kernels), stored in
 // half floats into ``qh`` (stride RS) and/or in float32 into ``out``, label-major
-// (C planes of n).  ``heap``: kGroup * nb vectors of scratch for NB = 0.
+// (C planes of n).  ``heap``: 2 * kGroup * nb vectors of scratch for NB = 0.
+//
+// Software-pipelined by group: slicing a group waits on memory, its softmax on
+// arithmetic, and one group is more than the core can look ahead, so the exps of
+// each group's pixels run interleaved with the slicing of the next group's (the
+// accumulators of the two alternate between two halves of the scratch).  Each pixel
+// gets the same operations in the same order as one group at a time.
 template <int NB>
 void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_t RS_rt, int64_t nb_rt,
                 int64_t p0, int64_t p1, uint16_t* __restrict__ qh, float* __restrict__ out, int64_t C, int64_t n,
@@ -256,55 +262,66 @@ void pixel_pass(const float* __restrict__ neg_u, const Slice* ks, int nk, int64_
   const int64_t nb = NB > 0 ? NB : nb_rt;
   const int64_t RS = fixed_rs<NB>(RS_rt);
   const int64_t S = nb * kLane;
-  alignas(32) __m256 local[NB > 0 ? kGroup * NB : 1];
-  __m256* accs = NB > 0 ? local : heap;
-  alignas(32) __m256 red[kGroup];
+  alignas(32) __m256 local[NB > 0 ? 2 * kGroup * NB : 1];
+  __m256* bufs = NB > 0 ? local : heap;
+  alignas(32) __m256 red[kGroup], tot[kGroup];
   alignas(32) float m8[kGroup], inv8[kGroup];
-  for (int64_t g0 = p0; g0 < p1; g0 += kGroup) {
-    const int64_t g = std::min(kGroup, p1 - g0);
-    for (int64_t i = 0; i < g; ++i) {
-      const int64_t p = g0 + i;
-      __m256* acc = accs + i * nb;
-      for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);
-      const bool ahead = p + kAhead < p1;
-      for (int k = 0; k < nk; ++k) {
-        const Slice& K = ks[k];
-        if (!K.values) continue;
-        const bool pf = ahead && K.prefetch;
-        switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
-          case 3: slice_pixel<NB, 3>(K, p, RS, nb, pf, acc); break;
-          case 6: slice_pixel<NB, 6>(K, p, RS, nb, pf, acc); break;
-          default: slice_pixel<NB, 0>(K, p, RS, nb, pf, acc); break;
+  __m256* prev = nullptr;  // the previous group's accumulators, exps pending
+  int64_t prev_g0 = 0, prev_g = 0;
+  for (int64_t g0 = p0, k = 0;; g0 += kGroup, ++k) {
+    const int64_t g = g0 < p1 ? std::min(kGroup, p1 - g0) : 0;
+    __m256* cur = bufs + (k & 1) * kGroup * nb;
+    for (int64_t i = 0; i < kGroup; ++i) {
+      if (i < g) {
+        const int64_t p = g0 + i;
+        __m256* acc = cur + i * nb;
+        for (int64_t b = 0; b < nb; ++b) acc[b] = _mm256_loadu_ps(neg_u + p * S + b * kLane);
+        const bool ahead = p + kAhead < p1;
+        for (int kk = 0; kk < nk; ++kk) {
+          const Slice& K = ks[kk];
+          if (!K.values) continue;
+          const bool pf = ahead && K.prefetch;
+          switch (K.dp1) {  // DeepLab's kernels: positional (d = 2) and bilateral (d = 5)
+            case 3: slice_pixel<NB, 3>(K, p, RS, nb, pf, acc); break;
+            case 6: slice_pixel<NB, 6>(K, p, RS, nb, pf, acc); break;
+            default: slice_pixel<NB, 0>(K, p, RS, nb, pf, acc); break;
+          }
+        }
+        __m256 mx = acc[0];
+        for (int64_t b = 1; b < nb; ++b) mx = _mm256_max_ps(mx, acc[b]);
+        red[i] = mx;
+      }
+      if (i < prev_g) {
+        __m256* acc = prev + i * nb;
+        const __m256 m = _mm256_set1_ps(m8[kLaneOf[i]]);
+        __m256 t = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+          acc[b] = exp_shifted(acc[b], m);
+          t = _mm256_add_ps(t, acc[b]);
+        }
+        tot[i] = t;
+      }
+    }
+    if (prev_g > 0) {
+      for (int64_t i = prev_g; i < kGroup; ++i) tot[i] = tot[0];
+      _mm256_store_ps(inv8, _mm256_div_ps(_mm256_set1_ps(1.f), hsum8(tot)));
+      for (int64_t i = 0; i < prev_g; ++i) {
+        const int64_t p = prev_g0 + i;
+        __m256* acc = prev + i * nb;
+        const __m256 inv = _mm256_set1_ps(inv8[kLaneOf[i]]);
+        for (int64_t b = 0; b < nb; ++b) {
+          acc[b] = _mm256_mul_ps(acc[b], inv);
+          if (qh) store_h(qh + p * RS + b * kLane, acc[b]);
         }
       }
-      __m256 mx = acc[0];
-      for (int64_t b = 1; b < nb; ++b) mx = _mm256_max_ps(mx, acc[b]);
-      red[i] = mx;
+      if (out) store_planar(prev, nb, prev_g, C, n, prev_g0, out);
     }
+    if (g == 0) break;
     for (int64_t i = g; i < kGroup; ++i) red[i] = red[0];
     _mm256_store_ps(m8, hmax8(red));
-    for (int64_t i = 0; i < g; ++i) {
-      __m256* acc = accs + i * nb;
-      const __m256 m = _mm256_set1_ps(m8[kLaneOf[i]]);
-      __m256 tot = _mm256_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
-        acc[b] = exp_shifted(acc[b], m);
-        tot = _mm256_add_ps(tot, acc[b]);
-      }
-      red[i] = tot;
-    }
-    for (int64_t i = g; i < kGroup; ++i) red[i] = red[0];
-    _mm256_store_ps(inv8, _mm256_div_ps(_mm256_set1_ps(1.f), hsum8(red)));
-    for (int64_t i = 0; i < g; ++i) {
-      const int64_t p = g0 + i;
-      __m256* acc = accs + i * nb;
-      const __m256 inv = _mm256_set1_ps(inv8[kLaneOf[i]]);
-      for (int64_t b = 0; b < nb; ++b) {
-        acc[b] = _mm256_mul_ps(acc[b], inv);
-        if (qh) store_h(qh + p * RS + b * kLane, acc[b]);
-      }
-    }
-    if (out) store_planar(accs, nb, g, C, n, g0, out);
+    prev = cur;
+    prev_g0 = g0;
+    prev_g = g;
   }
 }
 
@@ -322,10 +339,10 @@ void mean_field_impl(const float* neg_u, const std::vector<lattice::Lattice<floa
   const int nk = static_cast<int>(kernels.size());
   const int64_t grain = 2048;
   auto with_scratch = [&](auto&& body) {
-    // Accumulators for NB = 0 only (kGroup rows for the pixel pass), aligned by hand
+    // Accumulators for NB = 0 only (2 * kGroup rows for the pixel pass), aligned by hand
     // (std::vector promises 16 bytes).
     if (NB > 0) return body(static_cast<__m256*>(nullptr));
-    std::vector<float> raw((kGroup * nb + 1) * kLane);
+    std::vector<float> raw((2 * kGroup * nb + 1) * kLane);
     body(reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t{31}));
   };
 
