@@ -136,13 +136,16 @@ void blur_chains(const int32_t* __restrict__ run, uint16_t* __restrict__ rows, i
     for (int64_t i = i0; i < i1; ++i) {
       if (i + kAhead < i1) lattice::prefetch_row(rows + static_cast<int64_t>(std::abs(run[i + kAhead])) * RS, RS);
       const int32_t o = run[i];
-      const bool last = o < 0;
+      // -1 for the last vertex of a chain, else 0: the chain's end taken without a
+      // branch (bilateral chains are two or three vertices long, so a branch on it
+      // would be mispredicted about once per chain).
+      const int32_t last = o >> 31;
       // The next row: this chain's next vertex, or the first of the next chain, which
       // only becomes ``cur``; row 0 (zeros) after the last chain of the range.
       const int64_t next = i + 1 < i1 ? std::abs(run[i + 1]) : 0;
       const uint16_t* r = rows + next * RS + b0 * kLane;
-      const __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(last ? 0 : -1));
-      uint16_t* out = rows + static_cast<int64_t>(last ? -o : o) * RS + b0 * kLane;
+      const __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(~last));
+      uint16_t* out = rows + static_cast<int64_t>((o ^ last) - last) * RS + b0 * kLane;
       for (int64_t b = 0; b < width; ++b) {
         const __m256 nx = load_h(r + b * kLane);
         store_h(out + b * kLane, _mm256_fmadd_ps(half, _mm256_add_ps(prev[b], _mm256_and_ps(nx, keep)), cur[b]));
