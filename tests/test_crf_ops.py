@@ -184,6 +184,28 @@ def test_compiled_crf_zero_weights_and_iterations():
 
 
 @compiled
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("C", [1, 5, 21, 40])
+def test_half_storage_without_iterations_is_the_softmax(C, threads):
+    # No iterations: the half-storage loop's one pixel pass is the softmax of -unary,
+    # with its polynomial exp, written label-major eight pixels at a time (a tail of
+    # five pixels here).  Energies span +-300, so that many exps come close to zero: the
+    # rounding of (x - max) log2(e), at most 126 where 2^t is not clamped to the
+    # smallest normal float, bounds the relative error near 1e-5.
+    g = torch.Generator().manual_seed(C)
+    image = torch.rand(1, 3, 13, 29, generator=g) * 255
+    unary = (torch.rand(1, C, 13, 29, generator=g) - 0.5) * 600
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        q = dense_crf(image, unary, 3, 3, 4, 10, 5, 0)
+    finally:
+        torch.set_num_threads(before)
+    expected = torch.softmax(-unary.double(), 1).float()
+    torch.testing.assert_close(q, expected, rtol=1e-5, atol=1e-37)
+
+
+@compiled
 @pytest.mark.parametrize("C", [1, 4, 13, 21, 32, 40, 70])   # 1, 1, 2, 3, 4, 5 and 9 label blocks (5, 9: generic)
 def test_half_storage_close_to_float32(C, monkeypatch):
     g = torch.Generator().manual_seed(C)
