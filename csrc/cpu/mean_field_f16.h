@@ -31,6 +31,7 @@
 
 #include "cpu/big_alloc.h"
 #include "cpu/permutohedral.h"
+#include "cpu/vec8.h"
 
 namespace deeplab {
 namespace f16 {
@@ -62,23 +63,16 @@ inline void store_h(uint16_t* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// exp(x - m) for x <= m: 2^t = 2^n * 2^g with t = (x - m) log2(e), n = round(t) and
-// g = t - n in [-1/2, 1/2].  2^g is a degree-5 minimax polynomial (relative error
-// 7.5e-8, 2.3e-7 evaluated in float32), 2^n is built in the exponent bits.  n comes
-// from adding 1.5 * 2^23 + 127, which rounds t to an integer in the low mantissa bits
-// of the sum, biased and ready to shift into the exponent.  t is clamped at -126 (the
-// smallest normal power; the padding lanes sit there).
+// exp(x - m) for x <= m: vec8.h's exp_nonpositive (the same steps and coefficients)
+// in AVX2 intrinsics, the polynomial in fused multiply-adds.
 inline __m256 exp_shifted(__m256 x, __m256 m) {
-  const __m256 magic = _mm256_set1_ps(12583039.f);  // 1.5 * 2^23 + 127
+  const __m256 magic = _mm256_set1_ps(kExp2Magic);
   const __m256 t =
       _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(x, m), _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(-126.f));
   const __m256 tm = _mm256_add_ps(t, magic);
   const __m256 g = _mm256_sub_ps(t, _mm256_sub_ps(tm, magic));
-  __m256 p = _mm256_fmadd_ps(g, _mm256_set1_ps(1.3276470126584172e-3f), _mm256_set1_ps(9.675541892647743e-3f));
-  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(5.550713464617729e-2f));
-  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(2.4022120237350464e-1f));
-  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(6.931469440460205e-1f));
-  p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0000001192092896f));
+  __m256 p = _mm256_fmadd_ps(g, _mm256_set1_ps(kExp2Poly[5]), _mm256_set1_ps(kExp2Poly[4]));
+  for (int k = 3; k >= 0; --k) p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(kExp2Poly[k]));
   return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(tm), 23)));
 }
 
@@ -191,9 +185,8 @@ constexpr int64_t kGroup = 8;
 
 // For eight vectors v[0..7], the max or the sum (``op``: _mm256_max_ps or
 // _mm256_add_ps) of each one's lanes, in the lanes of one vector: each vector's halves
-// combined, then the lanes two apart, then the last two (for the sum, the order one
-// vector at a time was summed in before).  Lanes of the result: v[0], v[2], v[4], v[6],
-// v[1], v[3], v[5], v[7].
+// combined, then the lanes two apart, then the last two.  Lanes of the result: v[0],
+// v[2], v[4], v[6], v[1], v[3], v[5], v[7].
 template <typename Op>
 inline __m256 reduce8(const __m256* v, Op op) {
   __m256 w[4];
