@@ -63,7 +63,8 @@ def test_both_spellings_resolve_to_the_same_parameters():
     (dict(bi_ww=4), "unknown CRF parameter 'bi_ww'; did you mean 'bi_w'"),
     ({"bilateral": {"sxy": 3, "srgb": 0, "compat": 1}}, "'bilateral.srgb'"),
     ({"gaussian": {"sxy": (3, 4), "compat": 1}}, "equal"),
-    ("nope", "unknown CRF preset 'nope'"),
+    ("nope", "unknown CRF preset 'nope'; choose one of deeplab_largefov"),
+    ("deeplab_largefv", "unknown CRF preset 'deeplab_largefv'; did you mean 'deeplab_largefov'"),
 ])
 def test_bad_parameters_name_the_argument(params, match):
     with pytest.raises(CRFError, match=match):

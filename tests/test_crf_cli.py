@@ -99,7 +99,8 @@ def test_grid_prints_table_best_first_and_saves_csv(tree, capsys):
     (["--grid", "bi_w=1"], "--grid needs --labels"),
     (["--bi-xy-std", "0"], "'bi_xy_std' must be a positive"),
     (["--jobs", "0"], "--jobs must be >= 1"),
-    (["--grid", "bi_q=1", "--labels", "."], "unknown parameter 'bi_q'"),
+    (["--grid", "sigma=1", "--labels", "."], "unknown parameter 'sigma'; use bi_w, bi_xy_std"),
+    (["--grid", "bi_xy_sdt=1", "--labels", "."], "unknown parameter 'bi_xy_sdt'; did you mean 'bi_xy_std'?"),
 ])
 def test_command_errors_exit_2_with_one_line(tree, capsys, args, match):
     assert _run(tree, *args) == 2

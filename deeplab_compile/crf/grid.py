@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ..errors import did_you_mean
 from .errors import CRFError
 from .params import DEEPLAB_KEYS, CRFParams
 
@@ -29,7 +30,8 @@ def parse_grid_axis(spec: str) -> tuple[str, list[float]]:
     key, _, rhs = spec.partition("=")
     key = key.strip().replace("-", "_")
     if key not in DEEPLAB_KEYS:
-        raise CRFError(f"--grid: unknown parameter '{key}'", hint=f"use {', '.join(DEEPLAB_KEYS)}")
+        raise CRFError(f"--grid: unknown parameter '{key}'",
+                       hint=did_you_mean(key, DEEPLAB_KEYS) or f"use {', '.join(DEEPLAB_KEYS)}")
     values: list[float] = []
     for part in rhs.split(","):
         part = part.strip()

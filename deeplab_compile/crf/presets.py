@@ -37,7 +37,8 @@ def get_preset(name: str) -> CRFParams:
     try:
         return PRESETS[name]
     except KeyError:
-        raise CRFError(f"unknown CRF preset '{name}'", hint=f"choose one of {', '.join(sorted(PRESETS))}") from None
+        raise CRFError(f"unknown CRF preset '{name}'",
+                       hint=did_you_mean(str(name), PRESETS) or f"choose one of {', '.join(sorted(PRESETS))}") from None
 
 
 def resolve(params: Any = None, **overrides) -> CRFParams:
